@@ -1,0 +1,691 @@
+"""lagvae: VAEs without posterior collapse, after He, Spokoyny, Neubig & Berg-Kirkpatrick,
+"Lagging Inference Networks and Posterior Collapse in Variational Autoencoders" (ICLR 2019).
+
+    python lagvae.py train --data synthetic --aggressive --nz 1
+    python lagvae.py eval --ckpt runs/synthetic-aggressive-s0/model.pt
+    python lagvae.py table runs/*
+
+Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training modes,
+5 evaluation, 6 analysis, 7 CLI. Paper equations are tagged `# Eq. N`.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data as datalib
+
+# ------------------------------------------------------------------------------------------------
+# 1. Config & presets. Every field is a command-line flag (`--field-name`); a preset overrides the
+# defaults and explicit flags override the preset. The resolved config is saved with every run.
+
+@dataclass
+class Config:
+    data: str = "synthetic"        # dataset name (see data.py)
+    preset: str = ""               # synthetic | paper | tiny; default: the dataset's own
+    data_dir: str = ""             # data root; default $LAGVAE_DATA or ./data
+    subset: int = 0                # keep the first N examples of each split (0 = all)
+    out: str = ""                  # run directory; default runs/<data>-<mode>-s<seed>
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+    quiet: bool = False
+    resume: bool = False           # continue from <out>/last.pt
+    # model (App. B)
+    nz: int = 32
+    ni: int = 512                  # word embedding size
+    enc_nh: int = 1024
+    dec_nh: int = 1024
+    dropout_in: float = 0.5
+    dropout_out: float = 0.5
+    # optimisation (App. B)
+    batch_size: int = 32
+    optim: str = "sgd"             # sgd (text, App. B.2) | adam (images, App. B.3)
+    lr: float = 1.0
+    clip_grad: float = 5.0
+    epochs: int = 100
+    decay_patience: int = 2        # epochs without a better validation -ELBO before lr decays
+    lr_decay: float = 0.5
+    max_decay: int = 5             # stop after this many decays
+    # aggressive inference-network training (Algorithm 1, Sec. 4.2)
+    aggressive: bool = False
+    inner_window: int = 15         # inner loop stops when the mean loss of a window stops falling
+    max_inner_steps: int = 100
+    inner_steps: int = 0           # fixed inner budget instead of the convergence test (Table 4)
+    mi_patience: int = 2           # epochs without a new best validation MI before aggressive ends
+    # evaluation
+    iw_samples: int = 500          # importance samples for the test NLL (Burda et al.)
+    iw_chunk: int = 100            # samples per decoder pass, for bounded memory
+
+
+PRESETS = {
+    # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
+    "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50),
+    # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
+    "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
+    # For tests: a few seconds per run.
+    "tiny": dict(ni=16, enc_nh=16, dec_nh=16, nz=2, batch_size=8, epochs=2, subset=64,
+                 iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10),
+}
+DEFAULT_PRESET = {"synthetic": "synthetic"}
+
+
+class UsageError(Exception):
+    """Bad flag or file; the CLI prints it as one line and exits with code 2."""
+
+
+def resolve_config(overrides):
+    """Defaults <- preset <- explicit overrides (a dict of field -> value)."""
+    data = overrides.get("data", Config.data)
+    preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "paper")
+    if preset not in PRESETS:
+        raise UsageError(f"--preset: unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
+    cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset})
+    for name in ("nz", "ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window",
+                 "max_inner_steps", "iw_chunk", "mi_patience", "decay_patience"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
+    for name in ("subset", "inner_steps", "iw_samples"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.dropout_in < 1 or not 0 <= cfg.dropout_out < 1:
+        raise UsageError("--dropout-in/--dropout-out: expected a probability in [0, 1)")
+    if cfg.optim not in ("sgd", "adam"):
+        raise UsageError(f"--optim: expected sgd or adam, got {cfg.optim!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device: expected auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return cfg
+
+
+def mode_name(cfg):
+    return "aggressive" if cfg.aggressive else "basic"
+
+
+def get_device(cfg):
+    return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                        "cpu" if cfg.device == "auto" else cfg.device)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Models. A VAE exposes encode(x) -> (mu, logvar) and log_px_given_z(x, z) -> (B, S) for z of
+# shape (B, S, nz); everything else (objectives, training modes, evaluation) is written against that.
+
+def uniform_init(module, scale=0.01, embed_scale=0.1):
+    """App. B: every weight and bias U(-0.01, 0.01), embeddings U(-0.1, 0.1)."""
+    for p in module.parameters():
+        nn.init.uniform_(p, -scale, scale)
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.uniform_(m.weight, -embed_scale, embed_scale)
+
+
+class LSTMEncoder(nn.Module):
+    """Embedding -> LSTM over <s> ... </s> -> final hidden state -> linear -> (mu, logvar)."""
+
+    def __init__(self, vocab_size, cfg):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.ni)
+        self.lstm = nn.LSTM(cfg.ni, cfg.enc_nh, batch_first=True)
+        self.linear = nn.Linear(cfg.enc_nh, 2 * cfg.nz, bias=False)   # no bias, as the official code
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(self.embed(x))
+        return self.linear(h[-1]).chunk(2, -1)
+
+
+class LSTMDecoder(nn.Module):
+    """Dropped-out embedding with z appended at every step -> LSTM whose initial cell state is a
+    linear map of z (hidden state its tanh) -> dropout -> vocabulary logits."""
+
+    def __init__(self, vocab_size, cfg):
+        super().__init__()
+        # The official decoder embedding sets padding_idx=-1, which silently freezes the last
+        # vocabulary entry; batches are never padded, so we use no padding index at all.
+        self.embed = nn.Embedding(vocab_size, cfg.ni)
+        self.drop_in, self.drop_out = nn.Dropout(cfg.dropout_in), nn.Dropout(cfg.dropout_out)
+        self.lstm = nn.LSTM(cfg.ni + cfg.nz, cfg.dec_nh, batch_first=True)
+        self.trans_z = nn.Linear(cfg.nz, cfg.dec_nh, bias=False)
+        self.pred = nn.Linear(cfg.dec_nh, vocab_size, bias=False)
+
+    def forward(self, x, z):
+        """Token-summed log p(x|z): x (B, T) ids with <s>/</s>, z (B, S, nz) -> (B, S)."""
+        (B, T), S = x.shape, z.size(1)
+        emb = self.drop_in(self.embed(x[:, :-1]))                           # (B, T-1, ni)
+        emb = emb.unsqueeze(1).expand(B, S, T - 1, emb.size(-1)).reshape(B * S, T - 1, -1)
+        zf = z.reshape(B * S, -1)
+        c0 = self.trans_z(zf).unsqueeze(0)
+        out, _ = self.lstm(torch.cat([emb, zf.unsqueeze(1).expand(-1, T - 1, -1)], -1),
+                           (torch.tanh(c0), c0))
+        logits = self.pred(self.drop_out(out))                               # (B*S, T-1, V)
+        target = x[:, 1:].unsqueeze(1).expand(B, S, T - 1).reshape(-1)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target, reduction="none")
+        return -nll.view(B, S, T - 1).sum(-1)
+
+
+class TextVAE(nn.Module):
+    def __init__(self, vocab_size, cfg):
+        super().__init__()
+        self.nz, self.vocab_size = cfg.nz, vocab_size
+        self.encoder = LSTMEncoder(vocab_size, cfg)
+        self.decoder = LSTMDecoder(vocab_size, cfg)
+        uniform_init(self)
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def log_px_given_z(self, x, z):
+        return self.decoder(x, z)
+
+    @staticmethod
+    def n_targets(x):
+        """Predicted tokens in a batch: words + </s> (perplexities and the inner-loop test use it)."""
+        return x.size(0) * (x.size(1) - 1)
+
+    def elements_per_sample(self, x):
+        """Decoder activations per (example, z sample), to size evaluation chunks."""
+        return (x.size(1) - 1) * self.vocab_size
+
+
+def build_model(cfg, corpus):
+    return TextVAE(corpus.vocab_size, cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Objectives & estimators. Prior p(z) = N(0, I); q(z|x) diagonal Gaussian.
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl(mu, logvar):
+    """Analytic KL(N(mu, exp(logvar)) || N(0, I)) summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
+
+
+def log_gaussian(z, mu, logvar):
+    """log N(z; mu, diag exp(logvar)) summed over the last dimension (broadcasts)."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def sample_z(mu, logvar, nsamples=1, gen=None):
+    """Reparameterized samples (B, S, nz)."""
+    eps = torch.randn(mu.size(0), nsamples, mu.size(1), device=mu.device, dtype=mu.dtype, generator=gen)
+    return mu.unsqueeze(1) + eps * (0.5 * logvar).exp().unsqueeze(1)
+
+
+def log_aggregate_posterior(z, mu, logvar, chunk=None):
+    """log q(z_i) with q(z) = (1/N) sum_j q(z|x_j), the mixture over all N encodings.
+    Log-sum-exp over j, computed in row chunks so memory stays O(chunk * N * nz)."""
+    n, nz = mu.shape
+    chunk = chunk or max(1, 2 ** 22 // (n * nz))
+    out = [torch.logsumexp(log_gaussian(z[i:i + chunk, None], mu[None], logvar[None]), 1)
+           for i in range(0, z.size(0), chunk)]
+    return torch.cat(out) - math.log(n)
+
+
+def mutual_info(mu, logvar, z, analytic=True):
+    """Eq. 5: I_q = E_x KL(q(z|x)||p(z)) - KL(q(z)||p(z)) = E[log q(z|x)] - E[log q(z)], with one
+    sample z_i ~ q(z|x_i) per row and q(z) the mixture over the rows (so the estimate is at most
+    log N). analytic=True uses the closed-form entropy of q(z|x) as the official code does;
+    analytic=False uses log q(z_i|x_i) at the same samples, for which the identity
+    mean KL_mc = MI + aggregate KL holds exactly."""
+    if analytic:
+        log_qzx = -0.5 * (mu.size(1) * LOG_2PI + (1 + logvar).sum(-1))
+    else:
+        log_qzx = log_gaussian(z, mu, logvar)
+    return (log_qzx - log_aggregate_posterior(z, mu, logvar)).mean()
+
+
+def aggregate_kl(mu, logvar, z):
+    """Monte Carlo KL(q(z) || p(z)) at samples z_i ~ q(z|x_i)."""
+    return (log_aggregate_posterior(z, mu, logvar) - log_gaussian(z, torch.zeros_like(z), torch.zeros_like(z))).mean()
+
+
+def active_units(mu_all, threshold=0.01):
+    """Number of dimensions d with Var_x(E_q[z_d|x]) > threshold (Burda et al. 2016)."""
+    return int((mu_all.var(0) > threshold).sum())
+
+
+def iw_nll(model, x, k, chunk=100, gen=None):
+    """Importance-weighted -log p(x) per example (Burda et al. 2016), K samples from q(z|x):
+    log p(x) ~ logsumexp_k [log p(z_k) + log p(x|z_k) - log q(z_k|x)] - log K. Samples are drawn
+    in chunks so decoder memory stays bounded; only the (B, K) log-weights are kept."""
+    mu, logvar = model.encode(x)
+    budget = max(1, 2 ** 25 // (x.size(0) * model.elements_per_sample(x)))
+    log_w = []
+    for s in range(0, k, min(chunk, budget)):
+        z = sample_z(mu, logvar, min(chunk, budget, k - s), gen)
+        log_w.append(log_gaussian(z, torch.zeros_like(z), torch.zeros_like(z))
+                     + model.log_px_given_z(x, z) - log_gaussian(z, mu.unsqueeze(1), logvar.unsqueeze(1)))
+    return -(torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(k))
+
+
+def vae_loss(model, x, kl_weight=1.0):
+    """Per-example -ELBO terms with one reparameterized sample: (rec + kl_weight * kl, rec, kl)."""
+    mu, logvar = model.encode(x)
+    rec = -model.log_px_given_z(x, sample_z(mu, logvar)).squeeze(1)
+    kl = gaussian_kl(mu, logvar)
+    return rec + kl_weight * kl, rec, kl
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Training modes. One loop (train) with small pieces: `update` steps the encoder, the decoder or
+# both; `aggressive_inner_loop` is Algorithm 1 lines 5-9; the MI rule of Sec. 4.2 ends it.
+
+def make_optimizers(model, cfg, lr):
+    """Separate optimizers so that an encoder-only or decoder-only step touches nothing else.
+    A decay recreates them, dropping Adam's moments, as the official code does."""
+    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cfg.optim]
+    return {"encoder": opt(model.encoder.parameters(), lr=lr),
+            "decoder": opt(model.decoder.parameters(), lr=lr)}
+
+
+@contextmanager
+def trainable(model, part):
+    """Only `part` ('encoder', 'decoder' or 'all') requires gradients inside the block, so a
+    one-sided step neither computes nor clips the other side's weight gradients."""
+    for name in ("encoder", "decoder"):
+        for p in getattr(model, name).parameters():
+            p.requires_grad_(part in (name, "all"))
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+def update(model, opts, x, cfg, part="all", kl_weight=1.0):
+    """One gradient step on the batch-mean loss for `part`; returns the detached per-example
+    (loss, rec, kl).
+
+    Clipping covers only the parameters being stepped. The official code clips the joint norm of
+    encoder and decoder gradients even for one-sided steps, so the idle side's gradient shrinks
+    the active side's step; we depart from that on purpose."""
+    with trainable(model, part):
+        loss, rec, kl = vae_loss(model, x, kl_weight)
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
+        loss.mean().backward()
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        for name, opt in opts.items():
+            if part in (name, "all"):
+                opt.step()
+    return loss.detach(), rec.detach(), kl.detach()
+
+
+def aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight=1.0):
+    """Algorithm 1, lines 5-9: encoder-only updates, the first on the outer minibatch and later ones
+    on random minibatches, until the mean per-token loss over a window of `inner_window` steps is
+    higher than over the window before (or a fixed budget of `inner_steps`). Returns the step count.
+    The loss is accumulated on the device and read once per window, so there is one sync per window."""
+    budget = cfg.inner_steps or cfg.max_inner_steps
+    prev, win_loss, win_n, steps = math.inf, 0.0, 0, 0
+    while steps < budget:
+        win_loss = win_loss + update(model, opts, x, cfg, "encoder", kl_weight)[0].sum()
+        win_n += model.n_targets(x)
+        steps += 1
+        if not cfg.inner_steps and steps % cfg.inner_window == 0:
+            cur = float(win_loss) / win_n
+            if cur > prev:
+                break
+            prev, win_loss, win_n = cur, 0.0, 0
+        x = random_batch()
+    return steps
+
+
+class AggressiveSwitch:
+    """Sec. 4.2: aggressive updates continue while validation MI keeps climbing.
+
+    The official text code compares the per-minibatch MI estimate with the previous epoch's, starting
+    from 0; that estimate is noisy (negative on a collapsed model), so one unlucky epoch ends
+    aggressive training for good. We use the whole-validation-set estimator `mi_full` (mixture over
+    all encodings, evaluated with the same noise every epoch) and end aggressive training only after
+    `mi_patience` epochs without a new best, as the official image code does with patience 5."""
+
+    def __init__(self, on, patience):
+        self.on, self.patience, self.best, self.bad = on, patience, -math.inf, 0
+
+    def step(self, mi):
+        if not self.on:
+            return
+        if mi > self.best:
+            self.best, self.bad = mi, 0
+        else:
+            self.bad += 1
+            self.on = self.bad < self.patience
+
+
+class Plateau:
+    """App. B: the lr decays when validation -ELBO has not improved for `patience` epochs. Unlike the
+    official text.py (which also waits until epoch 15 and then resets its reference to the current,
+    worse loss) we always compare with the best value so far, as its image code does."""
+
+    def __init__(self, patience):
+        self.patience, self.best, self.bad = patience, math.inf, 0
+
+    def step(self, loss):
+        """Returns 'best' for a new best, 'decay' when the lr should decay now, else None."""
+        if loss < self.best:
+            self.best, self.bad = loss, 0
+            return "best"
+        self.bad += 1
+        if self.bad >= self.patience:
+            self.bad = 0
+            return "decay"
+        return None
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_dir(cfg):
+    return Path(cfg.out or f"runs/{cfg.data}-{mode_name(cfg)}-s{cfg.seed}")
+
+
+def environment():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "git_commit": commit or None}
+
+
+def load_data(cfg):
+    try:
+        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset)
+    except datalib.DataError as e:
+        raise UsageError(str(e)) from None
+
+
+def train(cfg):
+    """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
+    result.json into the run directory. Returns the result dict."""
+    device = get_device(cfg)
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_all(cfg.seed)
+    corpus = load_data(cfg)
+    model = build_model(cfg, corpus).to(device)
+    put = lambda b: b.to(device)
+    val = [put(b) for b in datalib.batches(corpus.splits["valid"], cfg.batch_size)]
+    rng = np.random.default_rng(cfg.seed)
+
+    state = dict(epoch=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
+                 switch=AggressiveSwitch(cfg.aggressive, cfg.mi_patience))
+    opts = make_optimizers(model, cfg, cfg.lr)
+    last = out / "last.pt"
+    if cfg.resume:
+        if not last.is_file():
+            raise UsageError(f"--resume: no checkpoint at {last}")
+        ck = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        state = ck["state"]
+        opts = make_optimizers(model, cfg, state["lr"])
+        for name, opt in opts.items():
+            opt.load_state_dict(ck["opts"][name])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        lines = (out / "log.jsonl").read_text().splitlines()[:state["epoch"]]
+        (out / "log.jsonl").write_text("".join(line + "\n" for line in lines))
+    else:
+        (out / "log.jsonl").write_text("")
+    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "mode": mode_name(cfg),
+                                                 "device": str(device), **environment()}, indent=2))
+
+    while state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay:
+        state["epoch"] += 1
+        switch = state["switch"]
+        t0 = time.time()
+        model.train()
+        train_batches = [put(b) for b in datalib.batches(corpus.splits["train"], cfg.batch_size, rng)]
+        random_batch = lambda: train_batches[rng.integers(len(train_batches))]
+        inner_total, was_aggressive = 0, switch.on
+        sums = torch.zeros(2, device=device)       # train rec, kl; read once per epoch
+        # disable=None: progress bars only on a terminal, never in nohup logs.
+        for x in tqdm(train_batches, desc=f"epoch {state['epoch']}", disable=cfg.quiet or None, leave=False):
+            if switch.on:
+                inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg)
+                _, rec, kl = update(model, opts, x, cfg, "decoder")
+            else:
+                _, rec, kl = update(model, opts, x, cfg, "all")
+            sums += torch.stack([rec.sum(), kl.sum()])
+        n_train = sum(len(b) for b in train_batches)
+        train_rec, train_kl = (sums / n_train).tolist()
+        metrics = evaluate(model, val, cfg, desc="valid")
+        switch.step(metrics["mi_full"])
+        state["train_seconds"] += time.time() - t0
+        row = {"epoch": state["epoch"], "train_elbo": train_rec + train_kl, "train_rec": train_rec,
+               "train_kl": train_kl, **{f"val_{k}": v for k, v in metrics.items()},
+               "lr": state["lr"], "aggressive": was_aggressive,
+               "inner_steps": inner_total / len(train_batches) if was_aggressive else 0.0,
+               "seconds": time.time() - t0}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if not cfg.quiet:
+            print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
+                  f"kl {metrics['kl']:.3f} mi {metrics['mi']:.3f} mi_full {metrics['mi_full']:.3f} "
+                  f"au {metrics['au']} | lr {state['lr']:g} | aggressive {int(was_aggressive)} "
+                  f"inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
+
+        verdict = state["plateau"].step(metrics["elbo"])
+        if verdict == "best":
+            atomic_save({"config": asdict(cfg), "model": model.state_dict(),
+                         "vocab_size": corpus.vocab_size, "epoch": state["epoch"]}, out / "model.pt")
+        elif verdict == "decay":                      # halve the lr and restart from the best model
+            state["lr"] *= cfg.lr_decay
+            state["decays"] += 1
+            model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
+            opts = make_optimizers(model, cfg, state["lr"])
+        atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
+                     "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
+                    last)
+
+    model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
+    test = [put(b) for b in datalib.batches(corpus.splits["test"], cfg.batch_size)]
+    result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
+              "epochs": state["epoch"], "train_seconds": state["train_seconds"],
+              **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    if not cfg.quiet:
+        print("test | " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in result.items()))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Evaluation: the same code for every mode and dataset.
+
+@torch.no_grad()
+def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
+    """Per-example -ELBO (`elbo`), `rec`, analytic `kl`; `mi` as the paper computes it (each
+    minibatch is the mixture, weighted average over batches, at most log B); `mi_full` with the whole
+    set as the mixture; active units `au`; `elbo_ppl` per predicted token; with iw_samples > 0 also
+    `iw_nll` and `ppl` from it. Noise comes from a generator seeded with cfg.seed, so every call sees
+    the same noise (common random numbers make epoch-to-epoch MI comparisons meaningful)."""
+    model.eval()
+    dev = batches[0].device
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    n = tokens = 0
+    rec_sum = kl_sum = mi_sum = nll_sum = 0.0
+    mus, logvars, zs = [], [], []
+    for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
+        mu, logvar = model.encode(x)
+        z = sample_z(mu, logvar, 1, gen)
+        rec_sum += float(-model.log_px_given_z(x, z).sum())
+        kl_sum += float(gaussian_kl(mu, logvar).sum())
+        mi_sum += float(mutual_info(mu, logvar, z[:, 0])) * x.size(0)
+        if iw_samples:
+            nll_sum += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen).sum())
+        mus.append(mu), logvars.append(logvar), zs.append(z[:, 0])
+        n += x.size(0)
+        tokens += model.n_targets(x)
+    mu_all, logvar_all = torch.cat(mus), torch.cat(logvars)
+    out = {"elbo": (rec_sum + kl_sum) / n, "rec": rec_sum / n, "kl": kl_sum / n, "mi": mi_sum / n,
+           "mi_full": float(mutual_info(mu_all, logvar_all, torch.cat(zs))),
+           "au": active_units(mu_all), "elbo_ppl": math.exp((rec_sum + kl_sum) / tokens), "n": n}
+    if iw_samples:
+        out.update(iw_nll=nll_sum / n, ppl=math.exp(nll_sum / tokens), iw_samples=iw_samples)
+    model.train()
+    return out
+
+
+def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", quiet=False):
+    """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split."""
+    try:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = ck["config"]
+    except (OSError, RuntimeError, KeyError, TypeError) as e:
+        raise UsageError(f"--ckpt {ckpt}: not a lagvae model checkpoint ({e})") from None
+    cfg = Config(**{**saved, "device": device, "quiet": quiet,
+                    **({"data_dir": data_dir} if data_dir else {}),
+                    **({"iw_samples": iw_samples} if iw_samples is not None else {})})
+    cfg = resolve_config(asdict(cfg))
+    corpus = load_data(cfg)
+    if corpus.vocab_size != ck["vocab_size"]:
+        raise UsageError(f"--ckpt {ckpt}: trained with vocabulary {ck['vocab_size']}, "
+                         f"but {cfg.data} now has {corpus.vocab_size}")
+    device = get_device(cfg)
+    model = build_model(cfg, corpus).to(device)
+    model.load_state_dict(ck["model"])
+    seed_all(cfg.seed)
+    test = [b.to(device) for b in datalib.batches(corpus.splits["test"], cfg.batch_size)]
+    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed,
+            **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Analysis: tables from run directories.
+
+TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds"]
+
+
+def collapse_state(result):
+    """'collapsed' (AU 0 and MI < 0.1), 'escaped' (AU >= 1 and MI > 0.5) or 'between'."""
+    if result["au"] == 0 and result["mi"] < 0.1:
+        return "collapsed"
+    return "escaped" if result["au"] >= 1 and result["mi"] > 0.5 else "between"
+
+
+def load_results(run_dirs):
+    results = []
+    for d in map(Path, run_dirs):
+        try:
+            results.append(json.loads((d / "result.json").read_text()))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{d}: no readable result.json ({e})") from None
+    return results
+
+
+def summarize(results):
+    """Group by (data, mode): mean and std over seeds of TABLE_COLUMNS, collapse counts, and training
+    time relative to basic VAE in the same dataset."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["data"], r["mode"]), []).append(r)
+    rows = []
+    for (data, mode), rs in sorted(groups.items()):
+        row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
+        for c in TABLE_COLUMNS:
+            v = np.array([r[c] for r in rs], dtype=float)
+            row[c], row[c + "_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        states = [collapse_state(r) for r in rs]
+        row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
+        rows.append(row)
+    for row in rows:
+        base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"]
+        row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if base else None
+    return rows
+
+
+def format_table(rows, fmt="md"):
+    head = ["data", "mode", "runs", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio"]
+    cell = lambda row, c: (f"{row[c]:.2f} ({row[c + '_std']:.2f})" if c in TABLE_COLUMNS and fmt == "md"
+                           else "" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float)
+                           else str(row[c]))
+    if fmt == "csv":
+        lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
+        lines += [",".join([cell(r, c) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
+                  for r in rows]
+        return "\n".join(lines)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(r, c) for c in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. CLI
+
+def add_config_flags(parser):
+    """One flag per Config field; defaults are left unset so presets can fill them."""
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper())
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv=None):
+    ap = Parser(prog="lagvae", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    add_config_flags(sub.add_parser("train", help="train a VAE (flags map onto Config fields)"))
+    ev = sub.add_parser("eval", help="evaluate a saved model on its test split")
+    ev.add_argument("--ckpt", required=True)
+    ev.add_argument("--iw-samples", type=int, default=None)
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--quiet", action="store_true")
+    tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
+    tb.add_argument("run_dirs", nargs="+")
+    tb.add_argument("--format", choices=["md", "csv"], default="md")
+    args = vars(ap.parse_args(argv))
+    try:
+        cmd = args.pop("cmd")
+        if cmd == "train":
+            train(resolve_config(args))
+        elif cmd == "eval":
+            print(json.dumps(evaluate_checkpoint(**args), indent=2))
+        else:
+            print(format_table(summarize(load_results(args["run_dirs"])), args["format"]))
+    except UsageError as e:
+        print(f"lagvae: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

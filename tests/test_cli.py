@@ -1,0 +1,81 @@
+"""Section 6: the command line, run directories, resume and error messages."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lagvae
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = {"config.json", "log.jsonl", "model.pt", "result.json"}
+LOG_KEYS = {"epoch", "train_elbo", "train_rec", "train_kl", "val_elbo", "val_rec", "val_kl", "val_mi",
+            "val_mi_full", "val_au", "lr", "aggressive", "inner_steps", "seconds"}
+RESULT_KEYS = {"iw_nll", "elbo", "rec", "kl", "mi", "mi_full", "au", "ppl", "train_seconds", "mode"}
+
+
+@pytest.mark.parametrize("flags,mode", [([], "basic"), (["--aggressive"], "aggressive"),
+                                        (["--aggressive", "--inner-steps", "3"], "aggressive")])
+def test_each_mode_writes_a_complete_run(data_env, tmp_path, flags, mode):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--out", str(out), *flags]) == 0
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(LOG_KEYS <= r.keys() for r in rows)
+    assert rows[0]["aggressive"] == (mode == "aggressive")
+    if "--inner-steps" in flags:
+        assert rows[0]["inner_steps"] == 3
+    result = json.loads((out / "result.json").read_text())
+    assert RESULT_KEYS <= result.keys() and result["mode"] == mode
+    assert result["iw_nll"] <= result["elbo"] + 1.0      # IW bound is (nearly always) tighter
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["preset"] == "tiny" and config["torch"] == torch.__version__
+
+
+def test_eval_reproduces_the_test_result(data_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    lagvae.main(["train", "--preset", "tiny", "--quiet", "--out", str(out)])
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(out / "model.pt"), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "result.json").read_text())
+    for key in ("iw_nll", "elbo", "kl", "mi", "au"):
+        assert printed[key] == pytest.approx(saved[key], rel=1e-6)
+
+
+def test_resume_continues_exactly(data_env, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    base = ["train", "--preset", "tiny", "--quiet", "--aggressive"]
+    lagvae.main(base + ["--epochs", "2", "--out", str(straight)])
+    lagvae.main(base + ["--epochs", "1", "--out", str(resumed)])
+    lagvae.main(base + ["--epochs", "2", "--out", str(resumed), "--resume"])
+    a, b = (json.loads((d / "result.json").read_text()) for d in (straight, resumed))
+    for key in ("iw_nll", "elbo", "kl", "mi", "au", "epochs"):
+        assert a[key] == b[key]
+    assert len((resumed / "log.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--nz", "0"], "--nz"),
+    (["train", "--preset", "huge"], "--preset"),
+    (["train", "--data", "nosuch"], "nosuch"),
+    (["train", "--device", "tpu"], "--device"),
+    (["train", "--nz", "two"], "--nz"),
+    (["train", "--no-such-flag"], "--no-such-flag"),
+    (["eval", "--ckpt", "/nonexistent/model.pt"], "--ckpt"),
+])
+def test_bad_input_gives_one_line_and_exit_2(data_env, tmp_path, argv, needle):
+    proc = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *argv, "--quiet"] if argv[0] == "train"
+                          else [sys.executable, str(ROOT / "lagvae.py"), *argv],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_resume_without_checkpoint_is_a_clear_error(data_env, tmp_path, capsys):
+    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--resume", "--out", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err

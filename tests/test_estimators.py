@@ -1,0 +1,135 @@
+"""Section 3: KL, MI (Eq. 5), aggregate KL, active units and the importance-weighted bound."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from conftest import random_batch, tiny_model
+from lagvae import (active_units, aggregate_kl, gaussian_kl, iw_nll, log_gaussian, mutual_info,
+                    sample_z, vae_loss)
+
+# 0 or at least 1e-3 away from it, so "KL = 0 only at the prior" is decidable in float64.
+floats = st.one_of(st.just(0.0), st.floats(1e-3, 3), st.floats(-3, -1e-3))
+encodings = st.integers(2, 40).flatmap(lambda n: st.integers(1, 4).flatmap(lambda d: st.tuples(
+    arrays(np.float64, (n, d), elements=floats), arrays(np.float64, (n, d), elements=floats))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(encodings)
+def test_kl_nonnegative_and_zero_only_at_prior(enc):
+    mu, logvar = map(torch.from_numpy, enc)
+    kl = gaussian_kl(mu, logvar)
+    assert (kl >= 0).all()
+    at_prior = (mu == 0).all(1) & (logvar == 0).all(1)
+    assert torch.all((kl < 1e-12) == at_prior)
+
+
+@settings(max_examples=60, deadline=None)
+@given(encodings, st.integers(0, 2 ** 31 - 1))
+def test_kl_decomposition_exact_with_shared_samples(enc, seed):
+    """mean_i [log q(z_i|x_i) - log p(z_i)] = MI + KL(q(z)||p) at the same samples (Eq. 5)."""
+    mu, logvar = map(torch.from_numpy, enc)
+    z = sample_z(mu, logvar, 1, torch.Generator().manual_seed(seed))[:, 0]
+    kl_mc = (log_gaussian(z, mu, logvar) - log_gaussian(z, torch.zeros_like(z), torch.zeros_like(z))).mean()
+    total = mutual_info(mu, logvar, z, analytic=False) + aggregate_kl(mu, logvar, z)
+    assert float(kl_mc) == pytest.approx(float(total), abs=1e-9, rel=1e-12)
+
+
+def test_kl_decomposition_analytic_within_monte_carlo_error():
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    mu = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    logvar = torch.randn(n, 3, generator=g, dtype=torch.float64) - 1
+    z = sample_z(mu, logvar, 1, g)[:, 0]
+    lhs = gaussian_kl(mu, logvar).mean()
+    rhs = mutual_info(mu, logvar, z) + aggregate_kl(mu, logvar, z)
+    # The two sides differ only through log q(z_i|x_i) vs its expectation: bound by 5 standard errors.
+    log_q = log_gaussian(z, mu, logvar)
+    se = float(log_q.std() / math.sqrt(n))
+    assert abs(float(lhs - rhs)) < 5 * se
+    assert se < 0.05
+
+
+@settings(max_examples=60, deadline=None)
+@given(encodings, st.integers(0, 2 ** 31 - 1))
+def test_mi_at_most_log_mixture_size(enc, seed):
+    mu, logvar = map(torch.from_numpy, enc)
+    z = sample_z(mu, logvar, 1, torch.Generator().manual_seed(seed))[:, 0]
+    assert float(mutual_info(mu, logvar, z, analytic=False)) <= math.log(len(mu)) + 1e-9
+
+
+def test_mi_reaches_log_n_for_separated_encodings_and_zero_when_identical():
+    n = 512
+    g = torch.Generator().manual_seed(0)
+    mu = torch.arange(n, dtype=torch.float64)[:, None] * 100
+    logvar = torch.zeros(n, 1, dtype=torch.float64)
+    z = sample_z(mu, logvar, 1, g)[:, 0]
+    assert float(mutual_info(mu, logvar, z, analytic=False)) == pytest.approx(math.log(n), abs=1e-9)
+    # The analytic entropy replaces a sample mean of log q(z|x) (std 1/sqrt(2) per row): 5 s.e.
+    assert float(mutual_info(mu, logvar, z)) == pytest.approx(math.log(n), abs=5 * 0.71 / math.sqrt(n))
+    same = torch.zeros_like(mu)
+    z = sample_z(same, logvar, 1, g)[:, 0]
+    assert float(mutual_info(same, logvar, z, analytic=False)) == pytest.approx(0, abs=1e-9)
+    assert float(mutual_info(same, logvar, z)) == pytest.approx(0, abs=5 * 0.71 / math.sqrt(n))
+
+
+def test_aggregate_posterior_chunking_is_exact():
+    g = torch.Generator().manual_seed(3)
+    mu, logvar = torch.randn(50, 2, generator=g, dtype=torch.float64), torch.randn(50, 2, generator=g, dtype=torch.float64)
+    z = sample_z(mu, logvar, 1, g)[:, 0]
+    from lagvae import log_aggregate_posterior
+    assert torch.allclose(log_aggregate_posterior(z, mu, logvar, chunk=7),
+                          log_aggregate_posterior(z, mu, logvar, chunk=50), atol=1e-12)
+
+
+def test_active_units_on_constructed_encodings():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 0.5, 0.2, 0.05, 0.0])        # variances 1, .25, .04, .0025, 0
+    mu = torch.randn(20000, 5, generator=g, dtype=torch.float64) * scales + 3.0
+    assert active_units(mu) == 3
+    assert active_units(mu, threshold=0.001) == 4
+    assert active_units(torch.zeros(10, 4)) == 0
+
+
+def z_dependent(model, scale=1.0):
+    """Make the tiny model's decoder depend on z and its encoder informative but imperfect,
+    so the gaps between the bounds are visible."""
+    with torch.no_grad():
+        for w in (model.encoder.linear.weight, model.decoder.trans_z.weight,
+                  model.decoder.lstm.weight_ih_l0, model.decoder.pred.weight):
+            w.normal_(0, scale)
+
+
+def test_iw_bound_above_elbo_and_non_decreasing_in_k():
+    model, _ = tiny_model(dtype=torch.float64)
+    z_dependent(model)
+    model.eval()
+    reps, x = 400, random_batch(batch=3)
+    xr = x.repeat(reps, 1)                      # expectations by averaging over repeated rows
+    torch.manual_seed(0)
+    with torch.no_grad():
+        elbo_draws = (-vae_loss(model, xr)[0]).view(reps, -1)
+        iw1_draws = (-iw_nll(model, xr, 1)).view(reps, -1)
+        bounds = {k: (-iw_nll(model, xr, k, chunk=7)).view(reps, -1).mean(0) for k in (5, 50)}
+    elbo, bounds[1] = elbo_draws.mean(0), iw1_draws.mean(0)
+    se = ((elbo_draws.var(0) + iw1_draws.var(0)) / reps).sqrt()
+    # K = 1 is the ELBO in expectation (within 4 standard errors); more samples tighten the bound.
+    assert ((bounds[1] - elbo).abs() < 4 * se).all()
+    assert (bounds[5] > bounds[1]).all() and (bounds[50] > bounds[5]).all()
+    assert ((bounds[50] - elbo) > 4 * se).all()
+
+
+def test_iw_equals_exact_log_likelihood_when_decoder_ignores_z():
+    model, cfg = tiny_model(dtype=torch.float64)
+    with torch.no_grad():
+        model.encoder.linear.weight.zero_()                    # q(z|x) = p(z)
+        model.decoder.trans_z.weight.zero_()                   # z reaches neither the state ...
+        model.decoder.lstm.weight_ih_l0[:, cfg.ni:].zero_()    # ... nor the inputs
+    model.eval()
+    x = random_batch()
+    with torch.no_grad():
+        exact = -model.log_px_given_z(x, torch.randn(x.size(0), 1, cfg.nz, dtype=torch.float64))[:, 0]
+        assert torch.allclose(iw_nll(model, x, 37, chunk=10), exact, atol=1e-10)
