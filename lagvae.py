@@ -37,9 +37,12 @@ import data as datalib
 @dataclass
 class Config:
     data: str = "synthetic"        # dataset name (see data.py)
-    preset: str = ""               # synthetic | paper | tiny; default: the dataset's own
+    preset: str = ""               # synthetic | paper | cpu | tiny; default synthetic or cpu
     data_dir: str = ""             # data root; default $LAGVAE_DATA or ./data
     subset: int = 0                # keep the first N examples of each split (0 = all)
+    max_test: int = 0              # evaluate on the first N test examples (0 = all)
+    max_vocab: int = 0             # text: keep the N most frequent training words (0 = all)
+    max_len: int = 0               # text: cut documents to their first N tokens (0 = no cut)
     out: str = ""                  # run directory; default runs/<data>-<mode>-s<seed>
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
@@ -72,16 +75,19 @@ class Config:
     iw_chunk: int = 100            # samples per decoder pass, for bounded memory
 
 
-PRESETS = {
+PRESETS = {"text": {
     # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
     "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50),
     # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
     "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
+    # Sized for 2 CPU cores (yahoo-small, ptb); see CPU_TEXT_TIMING for the measured epoch times.
+    "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=10, subset=9000,
+                max_vocab=5000, max_len=40, max_test=1000, iw_samples=100),
     # For tests: a few seconds per run.
     "tiny": dict(ni=16, enc_nh=16, dec_nh=16, nz=2, batch_size=8, epochs=2, subset=64,
                  iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10),
-}
-DEFAULT_PRESET = {"synthetic": "synthetic"}
+}}
+DEFAULT_PRESET = {"synthetic": "synthetic"}     # every other dataset: cpu
 
 
 class UsageError(Exception):
@@ -91,15 +97,16 @@ class UsageError(Exception):
 def resolve_config(overrides):
     """Defaults <- preset <- explicit overrides (a dict of field -> value)."""
     data = overrides.get("data", Config.data)
-    preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "paper")
-    if preset not in PRESETS:
-        raise UsageError(f"--preset: unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
-    cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset})
+    presets = PRESETS[datalib.kind(data)]
+    preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu")
+    if preset not in presets:
+        raise UsageError(f"--preset: unknown preset {preset!r} for {data} (expected one of {', '.join(presets)})")
+    cfg = Config(**{**presets[preset], **overrides, "preset": preset})
     for name in ("nz", "ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window",
                  "max_inner_steps", "iw_chunk", "mi_patience", "decay_patience"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
-    for name in ("subset", "inner_steps", "iw_samples"):
+    for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.dropout_in < 1 or not 0 <= cfg.dropout_out < 1:
@@ -420,7 +427,7 @@ def environment():
 
 def load_data(cfg):
     try:
-        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset)
+        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len)
     except datalib.DataError as e:
         raise UsageError(str(e)) from None
 
@@ -435,7 +442,7 @@ def train(cfg):
     corpus = load_data(cfg)
     model = build_model(cfg, corpus).to(device)
     put = lambda b: b.to(device)
-    val = [put(b) for b in datalib.batches(corpus.splits["valid"], cfg.batch_size)]
+    val = [put(b) for b in corpus.batches("valid", cfg.batch_size)]
     rng = np.random.default_rng(cfg.seed)
 
     state = dict(epoch=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
@@ -465,12 +472,13 @@ def train(cfg):
         switch = state["switch"]
         t0 = time.time()
         model.train()
-        train_batches = [put(b) for b in datalib.batches(corpus.splits["train"], cfg.batch_size, rng)]
-        random_batch = lambda: train_batches[rng.integers(len(train_batches))]
+        train_batches = [put(b) for b in corpus.batches("train", cfg.batch_size, rng)]
+        random_batch = lambda: corpus.prepare(train_batches[rng.integers(len(train_batches))])
         inner_total, was_aggressive = 0, switch.on
         sums = torch.zeros(2, device=device)       # train rec, kl; read once per epoch
         # disable=None: progress bars only on a terminal, never in nohup logs.
         for x in tqdm(train_batches, desc=f"epoch {state['epoch']}", disable=cfg.quiet or None, leave=False):
+            x = corpus.prepare(x)
             if switch.on:
                 inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg)
                 _, rec, kl = update(model, opts, x, cfg, "decoder")
@@ -509,7 +517,7 @@ def train(cfg):
                     last)
 
     model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
-    test = [put(b) for b in datalib.batches(corpus.splits["test"], cfg.batch_size)]
+    test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
     result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
               "epochs": state["epoch"], "train_seconds": state["train_seconds"],
               **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
@@ -576,7 +584,7 @@ def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", qui
     model = build_model(cfg, corpus).to(device)
     model.load_state_dict(ck["model"])
     seed_all(cfg.seed)
-    test = [b.to(device) for b in datalib.batches(corpus.splits["test"], cfg.batch_size)]
+    test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
     return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed,
             **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
 

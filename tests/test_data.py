@@ -1,5 +1,8 @@
 """data.py: the synthetic generator, text corpora and length-bucketed batches."""
+import os
+import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,28 +34,89 @@ def test_prepared_files_and_splits(synth_root):
     assert corpus.vocab_size <= 1004
 
 
-def test_text_corpus_vocab_from_train_and_unknowns(tmp_path):
-    (tmp_path / "t.train.txt").write_text("a b c\n\nb c\n")
-    (tmp_path / "t.valid.txt").write_text("a z\n")
-    (tmp_path / "t.test.txt").write_text("c\n")
-    corpus = datalib.text_corpus("t", {s: tmp_path / f"t.{s}.txt" for s in ("train", "valid", "test")})
+def write_split(tmp_path, texts, stem="t"):
+    paths = {}
+    for split, text in texts.items():
+        paths[split] = tmp_path / f"{stem}.{split}.txt"
+        paths[split].write_bytes(text if isinstance(text, bytes) else text.encode())
+    return paths
+
+
+def test_text_corpus_vocab_from_train_unknowns_and_empty_lines(tmp_path):
+    paths = write_split(tmp_path, {"train": "a b c\n\nb c\n", "valid": "a z\n", "test": "c\n \n"})
+    corpus = datalib.text_corpus("t", paths)
     assert corpus.vocab == datalib.SPECIALS + ["a", "b", "c"]
-    assert len(corpus.splits["train"]) == 2                   # the empty line is dropped
-    assert corpus.splits["valid"][0].tolist() == [1, 4, 3, 2]  # z -> <unk>
+    assert [x.tolist() for x in corpus.splits["train"]] == [[1, 4, 5, 6, 2], [1, 5, 6, 2]]
+    assert corpus.splits["valid"][0].tolist() == [1, 4, 3, 2]            # z -> <unk>
+    assert corpus.stats["train"]["empty"] == 1 and corpus.stats["test"]["empty"] == 1
 
 
-def test_bad_text_files(tmp_path):
-    paths = {s: tmp_path / f"t.{s}.txt" for s in ("train", "valid", "test")}
-    with pytest.raises(datalib.DataError, match="missing"):
-        datalib.text_corpus("t", paths)
-    for p in paths.values():
-        p.write_text("a b\n")
-    paths["valid"].write_bytes(b"a \xff b\n")
-    with pytest.raises(datalib.DataError, match="t.valid.txt: not UTF-8"):
-        datalib.text_corpus("t", paths)
-    paths["valid"].write_text("\n\n")
-    with pytest.raises(datalib.DataError, match="t.valid.txt: file has no tokens"):
-        datalib.text_corpus("t", paths)
+def test_labelled_corpus_keeps_labels_apart(tmp_path):
+    paths = write_split(tmp_path, {"train": "3\tgood food\n1\tbad\n", "valid": "5\tgood\n",
+                                   "test": "2\tfood bad\n"})
+    corpus = datalib.text_corpus("y", paths, labelled=True)
+    assert corpus.labels["train"] == [3, 1] and corpus.labels["test"] == [2]
+    assert corpus.vocab[4:] == ["good", "food", "bad"]                    # the label is not a word
+    assert corpus.splits["train"][1].tolist() == [1, 6, 2]
+
+
+def test_vocab_file_cap_and_truncation(tmp_path):
+    paths = write_split(tmp_path, {"train": "b a a a c b\n", "valid": "c d\n", "test": "a\n"})
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("a\nb\nc\nd\n")
+    full = datalib.text_corpus("t", paths, vocab_file=vocab)
+    assert full.vocab[4:] == ["a", "b", "c", "d"]
+    assert full.splits["valid"][0].tolist() == [1, 6, 7, 2]               # d known from the file
+    capped = datalib.text_corpus("t", paths, vocab_file=vocab, max_vocab=6, max_len=2)
+    assert capped.vocab[4:] == ["a", "b"]                                 # the two most frequent
+    assert capped.splits["train"][0].tolist() == [1, 5, 4, 2]             # cut to 2 tokens
+    assert capped.stats["train"]["truncated"] == 1
+    assert datalib.build_vocab([["x", "y", "y"]], max_vocab=5) == datalib.SPECIALS + ["y"]
+    dict_file = tmp_path / "v.dict"
+    dict_file.write_text("<pad> 0\n<unk> 1\nthe 2\ncat 3\n")
+    assert datalib.read_vocab(dict_file) == datalib.SPECIALS + ["the", "cat"]
+
+
+@pytest.mark.parametrize("texts,labelled,needle", [
+    ({"train": b"a \xff b\n"}, False, "t.train.txt:1: not UTF-8"),
+    ({"train": "a\nb\n\xe9\n".encode("latin-1")}, False, "t.train.txt:3: not UTF-8"),
+    ({"train": "\n\n"}, False, "t.train.txt: no documents"),
+    ({"train": ""}, False, "t.train.txt: no documents"),
+    ({"train": "good food\n"}, True, "t.train.txt:1: expected an integer label and a tab"),
+    ({"train": "1\tok\npos\tbad\n"}, True, "t.train.txt:2: expected an integer label"),
+])
+def test_bad_text_files_name_file_and_line(tmp_path, texts, labelled, needle):
+    ok = "1\ta\n" if labelled else "a\n"
+    paths = write_split(tmp_path, {**texts, "valid": ok, "test": ok})
+    with pytest.raises(datalib.DataError, match=needle):
+        datalib.text_corpus("t", paths, labelled=labelled)
+
+
+def test_missing_files_say_what_and_where(tmp_path):
+    with pytest.raises(datalib.DataError) as e:
+        datalib.load("yahoo", tmp_path)
+    msg = str(e.value)
+    assert "yahoo.train.txt" in msg and "jxhe/vae-lagging-encoder" in msg and str(tmp_path / "yahoo") in msg
+    with pytest.raises(datalib.DataError, match="chardata.mat"):
+        datalib.load("omniglot", tmp_path)
+    with pytest.raises(datalib.DataError, match="unknown dataset"):
+        datalib.load("mnist", tmp_path)
+
+
+def test_bad_vocab_file(tmp_path):
+    v = tmp_path / "vocab.txt"
+    v.write_text("a\nb\na\n")
+    with pytest.raises(datalib.DataError, match="vocab.txt:3: duplicate word 'a'"):
+        datalib.read_vocab(v)
+    v.write_text("a 1 2\n")
+    with pytest.raises(datalib.DataError, match="vocab.txt:1: expected"):
+        datalib.read_vocab(v)
+
+
+def test_text_prefix_dataset(tmp_path):
+    write_split(tmp_path, {"train": "x y\n", "valid": "y\n", "test": "x\n"}, stem="corpus")
+    corpus = datalib.load(f"text:{tmp_path / 'corpus'}", tmp_path)
+    assert len(corpus.splits["train"]) == 1 and corpus.vocab_size == 6
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -68,3 +132,131 @@ def test_batches_keep_every_example_once_with_one_length(shuffle):
         again = datalib.batches(examples, 8, np.random.default_rng(1))
         assert [b.shape for b in again] != [b.shape for b in bs] or \
             any(not torch.equal(a, b) for a, b in zip(again, bs))
+
+
+# ------------------------------------------------------------------------------------------------
+# Omniglot
+
+def fake_drawings(chars=2, seed=0):
+    """(chars, 20, 105, 105) bool drawings, True = paper, with a distinct ink square per drawer."""
+    x = np.ones((chars, 20, 105, 105), dtype=bool)
+    for c in range(chars):
+        for d in range(20):
+            x[c, d, 10 + d:40 + d, 5 * c:5 * c + 30] = False
+    return x
+
+
+def test_area_downsampling_is_exact():
+    a = datalib.area_matrix()
+    assert a.shape == (28, 105) and np.allclose(a.sum(1), 1)
+    paper = np.ones((1, 105, 105), dtype=bool)
+    paper[0, :15, :15] = False                        # exactly 4 x 4 target pixels of full ink
+    ink = datalib.downsample(paper)[0]
+    assert np.allclose(ink[:4, :4], 1) and np.allclose(ink[4:, :], 0) and np.allclose(ink[:, 4:], 0)
+    assert ink.sum() == pytest.approx(15 * 15 / 3.75 ** 2, rel=1e-5)      # ink mass is preserved
+
+
+def test_omniglot_from_raw_npz(tmp_path):
+    raw = tmp_path / "omniglot" / "raw"
+    raw.mkdir(parents=True)
+    np.savez(raw / "images_background.npz", images=fake_drawings(2), labels=np.zeros((2, 20)))
+    np.savez(raw / "images_evaluation.npz", images=fake_drawings(1), labels=np.zeros((1, 20)))
+    d = datalib.load_omniglot(tmp_path, n_valid=5)
+    assert d.source == "raw npz"
+    assert [len(d.splits[s]) for s in datalib.SPLITS] == [3 * 15 - 5, 5, 3 * 5]
+    assert d.splits["train"].shape[1:] == (1, 28, 28)
+    assert set(d.splits["test"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_omniglot_from_png_tree(tmp_path):
+    from PIL import Image
+    drawings = fake_drawings(1)[0]
+    char = tmp_path / "omniglot" / "omniglot-py" / "images_background" / "Alpha" / "character01"
+    char.mkdir(parents=True)
+    (tmp_path / "omniglot" / "omniglot-py" / "images_evaluation").mkdir()
+    for d in range(20):
+        Image.fromarray(drawings[d]).save(char / f"0101_{d + 1:02d}.png")
+    npz = datalib.split_drawers(drawings[None])
+    got = datalib.load_png_tree([char.parents[1], char.parents[2] / "images_evaluation"])
+    assert np.array_equal(got["train"], npz["train"]) and np.array_equal(got["test"], npz["test"])
+
+
+def test_omniglot_from_chardata_mat(tmp_path):
+    import scipy.io
+    g = np.random.default_rng(0)
+    train, test = g.random((30, 28, 28)), g.random((7, 28, 28))
+    # Burda et al. store images column-major: column n is image n flattened in Fortran order.
+    fortran = lambda x: x.transpose(0, 2, 1).reshape(len(x), -1).T
+    (tmp_path / "omniglot").mkdir()
+    scipy.io.savemat(tmp_path / "omniglot" / "chardata.mat", {"data": fortran(train), "testdata": fortran(test)})
+    got = datalib.load_chardata(tmp_path / "omniglot" / "chardata.mat")
+    assert np.allclose(got["train"], train) and np.allclose(got["test"], test)
+    d = datalib.load_omniglot(tmp_path, n_valid=4)
+    assert d.source == "chardata.mat" and len(d.splits["valid"]) == 4 and len(d.splits["test"]) == 7
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"data": np.zeros((784, 3))}, "missing array 'testdata'"),
+    ({"data": np.zeros((780, 3)), "testdata": np.zeros((784, 2))}, "shape (780, 3), expected (784, N)"),
+    ({"data": np.full((784, 3), 2.0), "testdata": np.zeros((784, 2))}, "expected intensities in [0, 1]"),
+])
+def test_bad_chardata(tmp_path, arrays, needle):
+    import scipy.io
+    path = tmp_path / "chardata.mat"
+    scipy.io.savemat(path, arrays)
+    with pytest.raises(datalib.DataError, match=re.escape(needle)):
+        datalib.load_chardata(path)
+    path.write_bytes(b"not a mat file")
+    with pytest.raises(datalib.DataError, match="chardata.mat: not a readable MATLAB file"):
+        datalib.load_chardata(path)
+
+
+@pytest.mark.parametrize("images,needle", [
+    (np.ones((2, 20, 28, 28), dtype=bool), "expected (characters, 20, 105, 105)"),
+    (np.ones((2, 20, 105, 105), dtype=np.uint8), "expected bool"),
+])
+def test_bad_raw_npz(tmp_path, images, needle):
+    path = tmp_path / "images_background.npz"
+    np.savez(path, images=images)
+    with pytest.raises(datalib.DataError, match=re.escape(needle)):
+        datalib.load_raw_npz([path])
+
+
+def test_binarization_fixed_for_eval_dynamic_for_train(tmp_path):
+    raw = tmp_path / "omniglot" / "raw"
+    raw.mkdir(parents=True)
+    grey = np.ones((4, 20, 105, 105), dtype=bool)
+    grey[:, :, ::2, ::2] = False                        # about 1/4 ink everywhere: grey after resize
+    for name in ("images_background.npz", "images_evaluation.npz"):
+        np.savez(raw / name, images=grey)
+    a, b = datalib.load_omniglot(tmp_path, n_valid=10), datalib.load_omniglot(tmp_path, n_valid=10)
+    assert torch.equal(a.splits["test"], b.splits["test"]) and torch.equal(a.splits["valid"], b.splits["valid"])
+    x = a.splits["train"]
+    assert 0 < float(x.min()) and float(x.max()) < 1          # kept grey
+    s1, s2 = a.prepare(x), a.prepare(x)
+    assert not torch.equal(s1, s2)
+    assert float(s1.mean()) == pytest.approx(float(x.mean()), abs=0.01)    # Bernoulli(p) has mean p
+    assert float(a.splits["test"].mean()) == pytest.approx(float(x.mean()), abs=0.01)
+
+
+@pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
+def test_shared_omniglot_matches_the_derived_stand_in():
+    root = Path(os.environ["LAGVAE_DATA"])
+    derived = root / "omniglot" / "derived" / "omniglot28_area_split15-5.npz"
+    if not derived.is_file():
+        pytest.skip(f"{derived} not present")
+    ours = datalib.load_raw_npz(datalib.omniglot_sources(root)["raw npz"])
+    with np.load(derived) as ref:
+        for split in ("train", "test"):
+            diff = np.abs(ours[split] - ref[split] / 255.0)
+            assert diff.max() < 0.5 / 255 + 1e-6          # equal up to its uint8 rounding
+            assert ours[split].mean() == pytest.approx((ref[split] / 255.0).mean(), abs=1e-4)
+
+
+@pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
+def test_info_lists_what_is_here_and_what_is_missing(capsys):
+    assert datalib.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("synthetic", "yahoo-small", "ptb", "omniglot"):
+        assert f"{name}: available" in out
+    assert "yahoo: MISSING" in out and "yelp: MISSING" in out
