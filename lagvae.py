@@ -70,6 +70,22 @@ class Config:
     max_inner_steps: int = 100
     inner_steps: int = 0           # fixed inner budget instead of the convergence test (Table 4)
     mi_patience: int = 2           # epochs without a new best validation MI before aggressive ends
+    # KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10
+    anneal: bool = False           # KL weight rises linearly from kl_start to 1 over the warm-up
+    kl_start: float = 0.1
+    warm_up: int = 10              # warm-up length in epochs ...
+    warm_up_iters: int = 0         # ... or in iterations (Table 9)
+    beta: float = 1.0              # constant KL weight (beta-VAE); evaluation always uses 1
+    savae: bool = False            # semi-amortized VAE (Kim et al. 2018)
+    svi_steps: int = 10
+    svi_lr: float = 1.0
+    lm: bool = False               # no latent: the decoder alone, exact NLL
+    encoder_lr_mult: float = 1.0   # encoder lr = lr * this (Table 10)
+    # later remedies
+    free_bits: float = 0.0         # KL term max(lambda, KL_d) per dimension (Kingma et al. 2016)
+    cyclical: int = 0              # M cycles of KL annealing, half of each a ramp (Fu et al. 2019)
+    bn_gamma: float = 0.0          # BN-VAE: batch-normalized means, fixed scale gamma (Zhu et al. 2020)
+    pretrain_encoder: bool = False  # autoencoder first, then a fresh decoder (Li et al. 2019)
     # evaluation
     iw_samples: int = 500          # importance samples for the test NLL (Burda et al.)
     iw_chunk: int = 100            # samples per decoder pass, for bounded memory
@@ -101,14 +117,29 @@ def resolve_config(overrides):
     preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu")
     if preset not in presets:
         raise UsageError(f"--preset: unknown preset {preset!r} for {data} (expected one of {', '.join(presets)})")
-    cfg = Config(**{**presets[preset], **overrides, "preset": preset})
-    for name in ("nz", "ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window",
-                 "max_inner_steps", "iw_chunk", "mi_patience", "decay_patience"):
+    implied = {}
+    if overrides.get("pretrain_encoder"):
+        # Li et al. 2019 follow the pretraining with annealing from 0 and free bits.
+        implied = {"anneal": True, "kl_start": 0.0, "free_bits": 0.5}
+    if overrides.get("lm"):
+        implied = {"nz": 0, "iw_samples": 1}      # log p(x) is exact: one "sample" suffices
+    cfg = Config(**{**presets[preset], **implied, **overrides, "preset": preset})
+    if cfg.lm and (cfg.nz or cfg.aggressive or cfg.savae or cfg.bn_gamma or cfg.free_bits or cfg.pretrain_encoder):
+        raise UsageError("--lm: the language-model baseline has no latent; drop --nz and the latent-variable modes")
+    if cfg.savae and cfg.aggressive:
+        raise UsageError("--savae and --aggressive are alternative remedies; pick one")
+    for name in ("ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window", "max_inner_steps",
+                 "iw_chunk", "mi_patience", "decay_patience", "warm_up", "svi_steps") + (() if cfg.lm else ("nz",)):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
-    for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples"):
+    for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples", "warm_up_iters",
+                 "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.kl_start <= 1:
+        raise UsageError(f"--kl-start: expected a weight in [0, 1], got {cfg.kl_start}")
+    if cfg.encoder_lr_mult <= 0:
+        raise UsageError(f"--encoder-lr-mult: expected > 0, got {cfg.encoder_lr_mult}")
     if not 0 <= cfg.dropout_in < 1 or not 0 <= cfg.dropout_out < 1:
         raise UsageError("--dropout-in/--dropout-out: expected a probability in [0, 1)")
     if cfg.optim not in ("sgd", "adam"):
@@ -121,7 +152,18 @@ def resolve_config(overrides):
 
 
 def mode_name(cfg):
-    return "aggressive" if cfg.aggressive else "basic"
+    """Canonical mode, e.g. 'aggressive+anneal', 'savae', 'basic+beta0.4', 'pretrain+anneal+fb0.5'."""
+    base = ("lm" if cfg.lm else "savae" if cfg.savae else "pretrain" if cfg.pretrain_encoder else
+            f"aggressive-inner{cfg.inner_steps}" if cfg.aggressive and cfg.inner_steps else
+            "aggressive" if cfg.aggressive else "basic")
+    parts = [base,
+             (f"anneal{cfg.warm_up_iters}" if cfg.warm_up_iters else "anneal") if cfg.anneal else "",
+             f"cyclical{cfg.cyclical}" if cfg.cyclical else "",
+             f"beta{cfg.beta:g}" if cfg.beta != 1 else "",
+             f"fb{cfg.free_bits:g}" if cfg.free_bits else "",
+             f"bn{cfg.bn_gamma:g}" if cfg.bn_gamma else "",
+             f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else ""]
+    return "+".join(p for p in parts if p)
 
 
 def get_device(cfg):
@@ -142,6 +184,36 @@ def uniform_init(module, scale=0.01, embed_scale=0.1):
             nn.init.uniform_(m.weight, -embed_scale, embed_scale)
 
 
+class GaussianHead(nn.Module):
+    """Features -> (mu, logvar). With gamma > 0 (BN-VAE, Zhu et al. 2020) the means are batch-
+    normalized with the fixed scale gamma and a learned shift, so every dimension's batch mean of mu^2
+    is at least gamma^2 and E[KL] >= nz * gamma^2 / 2: the KL cannot collapse to zero."""
+
+    def __init__(self, nh, nz, gamma=0.0, bias=False, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.linear = nn.Linear(nh, 2 * nz, bias=bias)
+        self.gamma, self.eps, self.momentum = gamma, eps, momentum
+        if gamma:
+            self.shift = nn.Parameter(torch.zeros(nz))
+            self.register_buffer("running_mean", torch.zeros(nz))
+            self.register_buffer("running_var", torch.ones(nz))
+
+    def forward(self, h):
+        mu, logvar = self.linear(h).chunk(2, -1)
+        if not self.gamma:
+            return mu, logvar
+        # By hand rather than nn.BatchNorm1d: length buckets can hold a single sentence, where the
+        # batch variance is 0 (mu becomes the shift) instead of an error.
+        if self.training:
+            mean, var = mu.mean(0), mu.var(0, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return self.gamma * (mu - mean) / (var + self.eps).sqrt() + self.shift, logvar
+
+
 class LSTMEncoder(nn.Module):
     """Embedding -> LSTM over <s> ... </s> -> final hidden state -> linear -> (mu, logvar)."""
 
@@ -149,11 +221,13 @@ class LSTMEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, cfg.ni)
         self.lstm = nn.LSTM(cfg.ni, cfg.enc_nh, batch_first=True)
-        self.linear = nn.Linear(cfg.enc_nh, 2 * cfg.nz, bias=False)   # no bias, as the official code
+        self.head = GaussianHead(cfg.enc_nh, cfg.nz, cfg.bn_gamma)     # no bias, as the official code
 
     def forward(self, x):
+        if not self.head.linear.out_features:         # --lm: no latent, nothing to encode
+            return x.new_zeros(x.size(0), 0, dtype=torch.float), x.new_zeros(x.size(0), 0, dtype=torch.float)
         _, (h, _) = self.lstm(self.embed(x))
-        return self.linear(h[-1]).chunk(2, -1)
+        return self.head(h[-1])
 
 
 class LSTMDecoder(nn.Module):
@@ -239,7 +313,7 @@ def log_aggregate_posterior(z, mu, logvar, chunk=None):
     """log q(z_i) with q(z) = (1/N) sum_j q(z|x_j), the mixture over all N encodings.
     Log-sum-exp over j, computed in row chunks so memory stays O(chunk * N * nz)."""
     n, nz = mu.shape
-    chunk = chunk or max(1, 2 ** 22 // (n * nz))
+    chunk = chunk or max(1, 2 ** 22 // max(1, n * nz))
     out = [torch.logsumexp(log_gaussian(z[i:i + chunk, None], mu[None], logvar[None]), 1)
            for i in range(0, z.size(0), chunk)]
     return torch.cat(out) - math.log(n)
@@ -268,11 +342,12 @@ def active_units(mu_all, threshold=0.01):
     return int((mu_all.var(0) > threshold).sum())
 
 
-def iw_nll(model, x, k, chunk=100, gen=None):
+def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
     """Importance-weighted -log p(x) per example (Burda et al. 2016), K samples from q(z|x):
     log p(x) ~ logsumexp_k [log p(z_k) + log p(x|z_k) - log q(z_k|x)] - log K. Samples are drawn
-    in chunks so decoder memory stays bounded; only the (B, K) log-weights are kept."""
-    mu, logvar = model.encode(x)
+    in chunks so decoder memory stays bounded; only the (B, K) log-weights are kept.
+    posterior: (mu, logvar) to use instead of the encoder's (SA-VAE's refined q)."""
+    mu, logvar = posterior if posterior is not None else model.encode(x)
     budget = max(1, 2 ** 25 // (x.size(0) * model.elements_per_sample(x)))
     log_w = []
     for s in range(0, k, min(chunk, budget)):
@@ -282,12 +357,65 @@ def iw_nll(model, x, k, chunk=100, gen=None):
     return -(torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(k))
 
 
-def vae_loss(model, x, kl_weight=1.0):
-    """Per-example -ELBO terms with one reparameterized sample: (rec + kl_weight * kl, rec, kl)."""
+def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0):
+    """SA-VAE (Kim et al. 2018): svi_steps of gradient descent with momentum 0.5 on the batch-mean
+    -ELBO w.r.t. (mu, logvar), each gradient clipped to norm 5, starting from the encoder's output.
+
+    In training we backpropagate through the steps exactly (autograd with create_graph), so the
+    decoder gets its second-order terms and the encoder learns through the refinement; the original
+    uses finite-difference Hessian-vector products (r = 1e-5), which adds error and needs replayed
+    noise and dropout masks. Like the original, the objective is the batch mean, so each example's
+    effective step is svi_lr / B. Outside training the steps are plain (no graph is kept)."""
+    exact = torch.is_grad_enabled() and model.training
+    with torch.enable_grad():
+        if not exact:
+            mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
+        v_mu = v_lv = 0.0
+        for _ in range(cfg.svi_steps):
+            loss = (-model.log_px_given_z(x, sample_z(mu, logvar)).squeeze(1)
+                    + kl_weight * gaussian_kl(mu, logvar)).mean()
+            g_mu, g_lv = torch.autograd.grad(loss, (mu, logvar), create_graph=exact)
+            g_mu, g_lv = (g * (5.0 / g.norm().clamp(min=5.0)) for g in (g_mu, g_lv))
+            v_mu, v_lv = 0.5 * v_mu - g_mu, 0.5 * v_lv - g_lv
+            mu, logvar = mu + cfg.svi_lr * v_mu, logvar + cfg.svi_lr * v_lv
+            if not exact:
+                mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
+    return (mu, logvar) if exact else (mu.detach(), logvar.detach())
+
+
+def infer(model, x, cfg, kl_weight=1.0):
+    """q(z|x)'s (mu, logvar): the encoder's, refined per batch for SA-VAE."""
     mu, logvar = model.encode(x)
+    if cfg.savae:
+        # cuDNN's LSTM has no double backward; the native kernels do.
+        with torch.backends.cudnn.flags(enabled=False):
+            return svi_refine(model, x, mu, logvar, cfg, kl_weight)
+    return mu, logvar
+
+
+def objective(model, x, cfg, kl_weight=1.0):
+    """Batch loss to minimise (mean -ELBO with the KL weighted, or free bits: sum over dimensions of
+    max(lambda, batch-mean KL_d), Kingma et al. 2016), plus per-example rec and kl for logging."""
+    mu, logvar = infer(model, x, cfg, kl_weight)
     rec = -model.log_px_given_z(x, sample_z(mu, logvar)).squeeze(1)
-    kl = gaussian_kl(mu, logvar)
-    return rec + kl_weight * kl, rec, kl
+    kl_d = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)                 # gaussian_kl per dimension
+    kl_term = kl_d.mean(0).clamp(min=cfg.free_bits).sum() if cfg.free_bits else kl_d.sum(-1).mean()
+    return rec.mean() + kl_weight * kl_term, rec, kl_d.sum(-1)
+
+
+def kl_weight_at(cfg, it, n_batches):
+    """KL weight at training iteration it (1-based): beta times the schedule, which is linear from
+    kl_start to 1 over the warm-up (App. B), or M cycles that each ramp from 0 to 1 over their first
+    half and then hold (Fu et al. 2019), or constant 1. The official code counts the warm-up in
+    N/B batches; we count the batches actually run."""
+    if cfg.cyclical:
+        period = cfg.epochs * n_batches / cfg.cyclical
+        ramp = min(1.0, ((it - 1) % period) / (period / 2))
+    elif cfg.anneal:
+        ramp = min(1.0, cfg.kl_start + (1 - cfg.kl_start) * it / (cfg.warm_up_iters or cfg.warm_up * n_batches))
+    else:
+        ramp = 1.0
+    return cfg.beta * ramp
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,7 +426,7 @@ def make_optimizers(model, cfg, lr):
     """Separate optimizers so that an encoder-only or decoder-only step touches nothing else.
     A decay recreates them, dropping Adam's moments, as the official code does."""
     opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cfg.optim]
-    return {"encoder": opt(model.encoder.parameters(), lr=lr),
+    return {"encoder": opt(model.encoder.parameters(), lr=lr * cfg.encoder_lr_mult),
             "decoder": opt(model.decoder.parameters(), lr=lr)}
 
 
@@ -317,17 +445,17 @@ def trainable(model, part):
 
 
 def update(model, opts, x, cfg, part="all", kl_weight=1.0):
-    """One gradient step on the batch-mean loss for `part`; returns the detached per-example
-    (loss, rec, kl).
+    """One gradient step on the batch objective for `part`; returns the detached (batch loss,
+    per-example rec, per-example kl).
 
     Clipping covers only the parameters being stepped. The official code clips the joint norm of
     encoder and decoder gradients even for one-sided steps, so the idle side's gradient shrinks
     the active side's step; we depart from that on purpose."""
     with trainable(model, part):
-        loss, rec, kl = vae_loss(model, x, kl_weight)
+        loss, rec, kl = objective(model, x, cfg, kl_weight)
         for opt in opts.values():
             opt.zero_grad(set_to_none=True)
-        loss.mean().backward()
+        loss.backward()
         params = [p for p in model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
         for name, opt in opts.items():
@@ -344,7 +472,7 @@ def aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight=1.0):
     budget = cfg.inner_steps or cfg.max_inner_steps
     prev, win_loss, win_n, steps = math.inf, 0.0, 0, 0
     while steps < budget:
-        win_loss = win_loss + update(model, opts, x, cfg, "encoder", kl_weight)[0].sum()
+        win_loss = win_loss + update(model, opts, x, cfg, "encoder", kl_weight)[0] * x.size(0)
         win_n += model.n_targets(x)
         steps += 1
         if not cfg.inner_steps and steps % cfg.inner_window == 0:
@@ -445,13 +573,22 @@ def train(cfg):
     val = [put(b) for b in corpus.batches("valid", cfg.batch_size)]
     rng = np.random.default_rng(cfg.seed)
 
-    state = dict(epoch=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
+    state = dict(epoch=0, it=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
                  switch=AggressiveSwitch(cfg.aggressive, cfg.mi_patience))
-    opts = make_optimizers(model, cfg, cfg.lr)
     last = out / "last.pt"
-    if cfg.resume:
-        if not last.is_file():
-            raise UsageError(f"--resume: no checkpoint at {last}")
+    if cfg.resume and not last.is_file() and not cfg.pretrain_encoder:
+        raise UsageError(f"--resume: no checkpoint at {last}")
+    if cfg.pretrain_encoder and not last.is_file():
+        # Li et al. 2019: an autoencoder (KL weight 0) first; keep its encoder, and the decoder
+        # built above stays freshly initialized.
+        pre = out / "pretrain"
+        ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0,
+                                 free_bits=0.0, iw_samples=0, out=str(pre), resume=(pre / "last.pt").is_file())
+        state["train_seconds"] = train(ae)["train_seconds"]
+        enc = torch.load(pre / "model.pt", map_location=device)["model"]
+        model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
+    opts = make_optimizers(model, cfg, cfg.lr)
+    if cfg.resume and last.is_file():
         ck = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         state = ck["state"]
@@ -460,6 +597,8 @@ def train(cfg):
             opt.load_state_dict(ck["opts"][name])
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
         lines = (out / "log.jsonl").read_text().splitlines()[:state["epoch"]]
         (out / "log.jsonl").write_text("".join(line + "\n" for line in lines))
     else:
@@ -479,11 +618,13 @@ def train(cfg):
         # disable=None: progress bars only on a terminal, never in nohup logs.
         for x in tqdm(train_batches, desc=f"epoch {state['epoch']}", disable=cfg.quiet or None, leave=False):
             x = corpus.prepare(x)
+            state["it"] += 1
+            kl_weight = kl_weight_at(cfg, state["it"], len(train_batches))
             if switch.on:
-                inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg)
-                _, rec, kl = update(model, opts, x, cfg, "decoder")
+                inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight)
+                _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
             else:
-                _, rec, kl = update(model, opts, x, cfg, "all")
+                _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
             sums += torch.stack([rec.sum(), kl.sum()])
         n_train = sum(len(b) for b in train_batches)
         train_rec, train_kl = (sums / n_train).tolist()
@@ -492,7 +633,7 @@ def train(cfg):
         state["train_seconds"] += time.time() - t0
         row = {"epoch": state["epoch"], "train_elbo": train_rec + train_kl, "train_rec": train_rec,
                "train_kl": train_kl, **{f"val_{k}": v for k, v in metrics.items()},
-               "lr": state["lr"], "aggressive": was_aggressive,
+               "lr": state["lr"], "kl_weight": kl_weight, "aggressive": was_aggressive,
                "inner_steps": inner_total / len(train_batches) if was_aggressive else 0.0,
                "seconds": time.time() - t0}
         with open(out / "log.jsonl", "a") as f:
@@ -500,7 +641,7 @@ def train(cfg):
         if not cfg.quiet:
             print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
                   f"kl {metrics['kl']:.3f} mi {metrics['mi']:.3f} mi_full {metrics['mi_full']:.3f} "
-                  f"au {metrics['au']} | lr {state['lr']:g} | aggressive {int(was_aggressive)} "
+                  f"au {metrics['au']} | lr {state['lr']:g} kl_weight {kl_weight:.3f} | aggressive {int(was_aggressive)} "
                   f"inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
 
         verdict = state["plateau"].step(metrics["elbo"])
@@ -513,8 +654,8 @@ def train(cfg):
             model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
             opts = make_optimizers(model, cfg, state["lr"])
         atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-                     "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
-                    last)
+                     "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, last)
 
     model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
@@ -537,21 +678,27 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
     minibatch is the mixture, weighted average over batches, at most log B); `mi_full` with the whole
     set as the mixture; active units `au`; `elbo_ppl` per predicted token; with iw_samples > 0 also
     `iw_nll` and `ppl` from it. Noise comes from a generator seeded with cfg.seed, so every call sees
-    the same noise (common random numbers make epoch-to-epoch MI comparisons meaningful)."""
+    the same noise (common random numbers make epoch-to-epoch MI comparisons meaningful). SA-VAE is
+    evaluated on its refined posteriors, and `svi_gap` is how much refinement lowers the -ELBO."""
+    was_training = model.training
     model.eval()
     dev = batches[0].device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     n = tokens = 0
-    rec_sum = kl_sum = mi_sum = nll_sum = 0.0
+    rec_sum = kl_sum = mi_sum = nll_sum = amortized_sum = 0.0
     mus, logvars, zs = [], [], []
     for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
-        mu, logvar = model.encode(x)
+        mu, logvar = infer(model, x, cfg)
+        if cfg.savae:
+            mu0, logvar0 = model.encode(x)
+            amortized_sum += float(gaussian_kl(mu0, logvar0).sum()
+                                   - model.log_px_given_z(x, sample_z(mu0, logvar0, 1, gen)).sum())
         z = sample_z(mu, logvar, 1, gen)
         rec_sum += float(-model.log_px_given_z(x, z).sum())
         kl_sum += float(gaussian_kl(mu, logvar).sum())
         mi_sum += float(mutual_info(mu, logvar, z[:, 0])) * x.size(0)
         if iw_samples:
-            nll_sum += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen).sum())
+            nll_sum += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
         mus.append(mu), logvars.append(logvar), zs.append(z[:, 0])
         n += x.size(0)
         tokens += model.n_targets(x)
@@ -559,9 +706,11 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
     out = {"elbo": (rec_sum + kl_sum) / n, "rec": rec_sum / n, "kl": kl_sum / n, "mi": mi_sum / n,
            "mi_full": float(mutual_info(mu_all, logvar_all, torch.cat(zs))),
            "au": active_units(mu_all), "elbo_ppl": math.exp((rec_sum + kl_sum) / tokens), "n": n}
+    if cfg.savae:
+        out["svi_gap"] = (amortized_sum - rec_sum - kl_sum) / n
     if iw_samples:
         out.update(iw_nll=nll_sum / n, ppl=math.exp(nll_sum / tokens), iw_samples=iw_samples)
-    model.train()
+    model.train(was_training)
     return out
 
 

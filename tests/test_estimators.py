@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 
 from conftest import random_batch, tiny_model
 from lagvae import (active_units, aggregate_kl, gaussian_kl, iw_nll, log_gaussian, mutual_info,
-                    sample_z, vae_loss)
+                    objective, sample_z)
 
 # 0 or at least 1e-3 away from it, so "KL = 0 only at the prior" is decidable in float64.
 floats = st.one_of(st.just(0.0), st.floats(1e-3, 3), st.floats(-3, -1e-3))
@@ -98,20 +98,21 @@ def z_dependent(model, scale=1.0):
     """Make the tiny model's decoder depend on z and its encoder informative but imperfect,
     so the gaps between the bounds are visible."""
     with torch.no_grad():
-        for w in (model.encoder.linear.weight, model.decoder.trans_z.weight,
+        for w in (model.encoder.head.linear.weight, model.decoder.trans_z.weight,
                   model.decoder.lstm.weight_ih_l0, model.decoder.pred.weight):
             w.normal_(0, scale)
 
 
 def test_iw_bound_above_elbo_and_non_decreasing_in_k():
-    model, _ = tiny_model(dtype=torch.float64)
+    model, cfg = tiny_model(dtype=torch.float64)
     z_dependent(model)
     model.eval()
     reps, x = 400, random_batch(batch=3)
     xr = x.repeat(reps, 1)                      # expectations by averaging over repeated rows
     torch.manual_seed(0)
     with torch.no_grad():
-        elbo_draws = (-vae_loss(model, xr)[0]).view(reps, -1)
+        _, rec, kl = objective(model, xr, cfg)
+        elbo_draws = -(rec + kl).view(reps, -1)
         iw1_draws = (-iw_nll(model, xr, 1)).view(reps, -1)
         bounds = {k: (-iw_nll(model, xr, k, chunk=7)).view(reps, -1).mean(0) for k in (5, 50)}
     elbo, bounds[1] = elbo_draws.mean(0), iw1_draws.mean(0)
@@ -125,7 +126,7 @@ def test_iw_bound_above_elbo_and_non_decreasing_in_k():
 def test_iw_equals_exact_log_likelihood_when_decoder_ignores_z():
     model, cfg = tiny_model(dtype=torch.float64)
     with torch.no_grad():
-        model.encoder.linear.weight.zero_()                    # q(z|x) = p(z)
+        model.encoder.head.linear.weight.zero_()                    # q(z|x) = p(z)
         model.decoder.trans_z.weight.zero_()                   # z reaches neither the state ...
         model.decoder.lstm.weight_ih_l0[:, cfg.ni:].zero_()    # ... nor the inputs
     model.eval()

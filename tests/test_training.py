@@ -1,11 +1,14 @@
 """Section 4: one-sided updates, the aggressive inner loop and its switch, the lr plateau rule."""
+import dataclasses
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import lagvae
 from conftest import DEVICES, random_batch, tiny_model
+from test_estimators import z_dependent
 
 
 def snapshot(module):
@@ -124,3 +127,100 @@ def test_training_is_deterministic(data_env, tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if k != "train_seconds"}
     assert strip(a) == strip(b)
     assert math.isfinite(a["iw_nll"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Modes of issue 4: KL schedules, free bits, BN-VAE, SA-VAE, LM
+
+def test_annealing_and_cyclical_schedules():
+    cfg = lagvae.resolve_config({"anneal": True, "kl_start": 0.1, "warm_up": 10})
+    assert lagvae.kl_weight_at(cfg, 500, 100) == pytest.approx(0.55)
+    assert lagvae.kl_weight_at(cfg, 1000, 100) == 1.0 and lagvae.kl_weight_at(cfg, 5000, 100) == 1.0
+    iters = lagvae.resolve_config({"anneal": True, "kl_start": 0.0, "warm_up_iters": 30000})
+    assert lagvae.kl_weight_at(iters, 15000, 100) == pytest.approx(0.5)
+    cyc = lagvae.resolve_config({"cyclical": 2, "epochs": 10})
+    assert [lagvae.kl_weight_at(cyc, it, 100) for it in (1, 126, 251, 500, 501)] == [0, 0.5, 1, 1, 0]
+    beta = lagvae.resolve_config({"beta": 0.4})
+    assert lagvae.kl_weight_at(beta, 1, 100) == 0.4 and lagvae.kl_weight_at(beta, 10 ** 6, 100) == 0.4
+
+
+def test_evaluation_ignores_the_training_kl_weight():
+    model, cfg = tiny_model()
+    batches = [random_batch(seed=s) for s in range(3)]
+    beta_cfg = dataclasses.replace(cfg, beta=0.2, anneal=True)
+    assert lagvae.evaluate(model, batches, cfg) == lagvae.evaluate(model, batches, beta_cfg)
+
+
+def blind_decoder(model, cfg):
+    with torch.no_grad():
+        model.decoder.trans_z.weight.zero_()
+        model.decoder.lstm.weight_ih_l0[:, cfg.ni:].zero_()
+
+
+def test_free_bits_gradient_vanishes_below_lambda():
+    for lam, expect_zero in ((10.0, True), (1e-12, False)):
+        model, cfg = tiny_model(free_bits=lam, nz=3, dtype=torch.float64)
+        blind_decoder(model, cfg)                  # only the KL term reaches the encoder head
+        loss, _, _ = lagvae.objective(model, random_batch(), cfg)
+        loss.backward()
+        grad = model.encoder.head.linear.weight.grad
+        assert (grad.abs().sum() == 0) == expect_zero
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.1, 2.0), st.integers(0, 1000))
+def test_bn_vae_kl_lower_bound(gamma, seed):
+    model, cfg = tiny_model(bn_gamma=gamma, nz=3, seed=seed)
+    with torch.no_grad():               # batch variance of the raw means well above BN's eps
+        for p in model.encoder.parameters():
+            p.normal_(0, 1)
+    model.train()
+    with torch.no_grad():
+        mu, logvar = model.encode(random_batch(batch=6, seed=seed))
+    assert float(lagvae.gaussian_kl(mu, logvar).mean()) >= cfg.nz * gamma ** 2 / 2 - 1e-4
+
+
+def test_svi_refinement_raises_the_elbo():
+    model, cfg = tiny_model(savae=True, svi_steps=20, dtype=torch.float64)
+    z_dependent(model, 0.3)
+    model.eval()
+    x = random_batch(batch=16)
+
+    def neg_elbo(mu, logvar, n=400):
+        torch.manual_seed(1)
+        z = lagvae.sample_z(mu, logvar, n)
+        return -model.log_px_given_z(x, z).mean(1) + lagvae.gaussian_kl(mu, logvar)
+    with torch.no_grad():
+        mu0, logvar0 = model.encode(x)
+        mu1, logvar1 = lagvae.infer(model, x, cfg)
+        assert neg_elbo(mu1, logvar1).mean() < neg_elbo(mu0, logvar0).mean() - 0.02
+
+
+def test_svi_encoder_gradient_matches_finite_differences():
+    model, cfg = tiny_model(savae=True, svi_steps=3, dropout_in=0.0, dropout_out=0.0, dtype=torch.float64)
+    z_dependent(model, 0.3)
+    model.train()
+    x = random_batch(batch=3)
+    w = model.encoder.head.linear.weight
+
+    def loss():
+        torch.manual_seed(7)                       # the same noise in every evaluation
+        return lagvae.objective(model, x, cfg)[0]
+    grad, = torch.autograd.grad(loss(), w)
+    v = torch.randn(w.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eps = 1e-6
+    with torch.no_grad():
+        w += eps * v
+        up = loss()
+        w -= 2 * eps * v
+        down = loss()
+        w += eps * v
+    assert float((grad * v).sum()) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5)
+    assert float(grad.abs().sum()) > 0
+
+
+def test_lm_is_exact_and_has_no_latent(data_env, tmp_path):
+    r = lagvae.train(lagvae.resolve_config({"preset": "tiny", "lm": True, "quiet": True, "epochs": 1,
+                                            "out": str(tmp_path / "lm")}))
+    assert r["mode"] == "lm" and r["kl"] == 0 and r["au"] == 0
+    assert r["iw_nll"] == pytest.approx(r["elbo"], rel=1e-6)     # no latent: both are -log p(x)
