@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,3 +39,30 @@ def random_batch(vocab=12, batch=5, length=7, seed=0):
     x = torch.randint(4, vocab, (batch, length), generator=g)
     x[:, 0], x[:, -1] = 1, 2
     return x
+
+
+@pytest.fixture(scope="session")
+def omni_root(tmp_path_factory):
+    """A data root with small Omniglot-format drawings (raw npz): enough characters that 2,000
+    training images remain for validation, as in the paper's split."""
+    root = tmp_path_factory.mktemp("omni")
+    g = np.random.default_rng(0)
+    for name, chars in (("images_background.npz", 140), ("images_evaluation.npz", 4)):
+        x = np.ones((chars, 20, 105, 105), dtype=bool)
+        r, c = g.integers(0, 70, (2, chars, 20))
+        for i in range(chars):
+            for d in range(20):
+                x[i, d, r[i, d]:r[i, d] + 30, c[i, d]:c[i, d] + 8] = False
+        (root / "omniglot" / "raw").mkdir(parents=True, exist_ok=True)
+        np.savez(root / "omniglot" / "raw" / name, images=x)
+    return root
+
+
+def tiny_image_model(seed=0, dtype=torch.float32, **over):
+    torch.manual_seed(seed)
+    cfg = lagvae.resolve_config({"data": "omniglot", "preset": "tiny", **over})
+    return lagvae.ImageVAE(cfg).to(dtype), cfg
+
+
+def random_images(batch=4, seed=0):
+    return torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(seed))

@@ -118,3 +118,32 @@ def test_incompatible_modes_are_refused(data_env, capsys, argv, needle):
     assert lagvae.main(["train", "--preset", "tiny", "--quiet", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+@pytest.fixture
+def omni_env(omni_root, monkeypatch):
+    monkeypatch.setenv("LAGVAE_DATA", str(omni_root))
+    return omni_root
+
+
+@pytest.mark.parametrize("flags", [[], ["--aggressive"], ["--aggressive", "--anneal"], ["--beta", "0.4"],
+                                   ["--savae", "--svi-steps", "2"], ["--lm"], ["--free-bits", "0.1"],
+                                   ["--cyclical", "2"], ["--bn-gamma", "0.6"], ["--pretrain-encoder"],
+                                   ["--encoder-lr-mult", "0.5"]])
+def test_every_mode_trains_on_images(omni_env, tmp_path, flags):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--data", "omniglot", "--preset", "tiny", "--epochs", "1", "--quiet",
+                        "--out", str(out), *flags]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["n"] == 40 and "ppl" not in result
+    assert result["iw_nll"] <= result["elbo"] + 1.0
+
+
+def test_samples_grid_png(omni_env, tmp_path):
+    from PIL import Image
+    out = tmp_path / "run"
+    lagvae.main(["train", "--data", "omniglot", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)])
+    assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--n", "8"]) == 0
+    img = Image.open(out / "samples.png")
+    assert img.size == (8 * 28 + 9 * 2, 3 * 28 + 4 * 2)      # prior row, then test and reconstruction rows
+    assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--n", "5"]) == 2

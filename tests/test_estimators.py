@@ -134,3 +134,18 @@ def test_iw_equals_exact_log_likelihood_when_decoder_ignores_z():
     with torch.no_grad():
         exact = -model.log_px_given_z(x, torch.randn(x.size(0), 1, cfg.nz, dtype=torch.float64))[:, 0]
         assert torch.allclose(iw_nll(model, x, 37, chunk=10), exact, atol=1e-10)
+
+
+def test_iw_bound_on_the_image_vae():
+    from conftest import random_images, tiny_image_model
+    model, cfg = tiny_image_model(dtype=torch.float64)
+    model.eval()
+    reps, x = 100, random_images(2).double()
+    xr = x.repeat(reps, 1, 1, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, rec, kl = objective(model, xr, cfg)
+        elbo_draws = -(rec + kl).view(reps, -1)
+        bound = (-iw_nll(model, xr, 20, chunk=7)).view(reps, -1).mean(0)
+    se = (elbo_draws.var(0) / reps).sqrt()
+    assert (bound > elbo_draws.mean(0) + 4 * se).all()

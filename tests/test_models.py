@@ -1,7 +1,10 @@
 """Section 2: the text VAE's shapes, initialization and likelihood."""
 import torch
 
-from conftest import random_batch, tiny_model
+import pytest
+
+import lagvae
+from conftest import random_batch, random_images, tiny_image_model, tiny_model
 
 
 def test_encode_and_likelihood_shapes():
@@ -51,3 +54,58 @@ def test_z_reaches_the_likelihood():
     z = torch.zeros(5, 1, cfg.nz, requires_grad=True)
     model.log_px_given_z(x, z).sum().backward()
     assert (z.grad.abs().sum(-1) > 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Image VAE: ResNet encoder, PixelCNN decoder
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_pixelcnn_is_autoregressive(preset):
+    """In eval mode (batch norm on running statistics, as in evaluation) the logit of pixel (r, c)
+    has zero gradient w.r.t. every pixel at or after (r, c) in raster order, and a non-zero one
+    w.r.t. some earlier pixel."""
+    torch.manual_seed(0)
+    cfg = lagvae.resolve_config({"data": "omniglot", "preset": preset})
+    model = lagvae.ImageVAE(cfg).eval()
+    z = torch.randn(1, cfg.nz)
+    for r, c in [(0, 0), (5, 9), (14, 14), (27, 27), (20, 0)]:
+        x = torch.bernoulli(torch.full((1, 1, 28, 28), 0.5)).requires_grad_()
+        model.decoder.logits(x, z)[0, 0, r, c].backward()
+        g = x.grad[0, 0].abs()
+        later = torch.zeros(28, 28, dtype=torch.bool)
+        later[r, c:] = True
+        later[r + 1:] = True
+        assert g[later].sum() == 0
+        if (r, c) != (0, 0):
+            assert g[~later].sum() > 0
+
+
+def test_masks_types_a_and_b():
+    a = lagvae.MaskedConv2d(2, 3, 5, "A", masked_in=1).mask
+    b = lagvae.MaskedConv2d(2, 3, 5, "B").mask
+    assert a[0, 0, 2, 2] == 0 and b[0, 0, 2, 2] == 1          # centre: A excludes, B includes
+    assert a[0, 0, 2, :2].all() and a[0, 0, :2].all() and not a[0, 0, 3:].any() and not a[0, 0, 2, 3:].any()
+    assert a[0, 1].all()                                       # the z maps are not masked
+
+
+def test_z_reaches_every_pixel():
+    model, cfg = tiny_image_model()
+    model.eval()
+    x = random_images(1)
+    z = torch.randn(1, cfg.nz)
+    jac = torch.autograd.functional.jacobian(lambda z: model.decoder.logits(x, z)[0, 0], z)
+    assert (jac.abs().sum(-1) > 0).all()
+
+
+def test_image_shapes_and_bernoulli_likelihood():
+    model, cfg = tiny_image_model(dtype=torch.float64)
+    model.eval()
+    x = random_images(3).double()
+    mu, logvar = model.encode(x)
+    assert mu.shape == (3, cfg.nz)
+    z = torch.randn(3, 2, cfg.nz, dtype=torch.float64)
+    ll = model.log_px_given_z(x, z)
+    assert ll.shape == (3, 2) and (ll < 0).all()
+    p = torch.sigmoid(model.decoder.logits(x, z[:, 0]))
+    manual = (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
+    assert torch.allclose(ll[:, 0], manual)

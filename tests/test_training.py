@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import lagvae
-from conftest import DEVICES, random_batch, tiny_model
+from conftest import DEVICES, random_batch, random_images, tiny_image_model, tiny_model
 from test_estimators import z_dependent
 
 
@@ -20,13 +20,18 @@ def changed(before, module):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("optim", ["sgd", "adam"])
+@pytest.mark.parametrize("kind,optim", [("text", "sgd"), ("text", "adam"), ("image", "adam"), ("text-bn", "sgd")])
 @pytest.mark.parametrize("part,other", [("encoder", "decoder"), ("decoder", "encoder")])
-def test_one_sided_step_touches_only_its_own_side(device, optim, part, other):
-    model, cfg = tiny_model(optim=optim)
+def test_one_sided_step_touches_only_its_own_side(device, kind, optim, part, other):
+    """Parameters, optimizer state and batch-norm statistics of the idle side stay exactly as they were."""
+    if kind == "image":
+        model, cfg = tiny_image_model(optim=optim)
+        x = random_images().to(device)
+    else:
+        model, cfg = tiny_model(optim=optim, bn_gamma=0.5 if kind == "text-bn" else 0.0)
+        x = random_batch().to(device)
     model.to(device)
     opts = lagvae.make_optimizers(model, cfg, cfg.lr)
-    x = random_batch().to(device)
     lagvae.update(model, opts, x, cfg, "all")              # give both optimizers some state
     mine, theirs = getattr(model, part), getattr(model, other)
     before_mine, before_theirs = snapshot(mine), snapshot(theirs)
