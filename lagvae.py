@@ -90,6 +90,9 @@ class Config:
     # evaluation
     iw_samples: int = 500          # importance samples for the test NLL (Burda et al.)
     iw_chunk: int = 100            # samples per decoder pass, for bounded memory
+    # posterior-mean snapshots for Figure 2 (scalar z only)
+    snapshot_iters: str = ""       # generator updates after which to record, e.g. "0,200,2000"
+    grid_stride: float = 0.1       # stride of the z grid on [-20, 20] for the true posterior mean
 
 
 PRESETS = {"text": {
@@ -111,8 +114,8 @@ PRESETS = {"text": {
                   decay_patience=20, inner_window=10, mi_patience=5),
     # Sized for 2 CPU cores; see the measured epoch times in RESULTS.md.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
-                epochs=8, decay_patience=2, inner_window=10, mi_patience=2, subset=6000, max_test=2000,
-                iw_samples=100),
+                epochs=8, decay_patience=2, inner_window=10, mi_patience=2, subset=4000, max_test=1000,
+                iw_samples=50),
     "tiny": dict(nz=4, enc_nh=8, dec_nh=8, dec_kernels="5,3", batch_size=10, optim="adam", lr=1e-3,
                  epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
 }}
@@ -155,6 +158,14 @@ def resolve_config(overrides):
                  "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
+    try:
+        [int(i) for i in cfg.snapshot_iters.split(",") if i]
+    except ValueError:
+        raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts, got {cfg.snapshot_iters!r}") from None
+    if cfg.snapshot_iters and cfg.nz != 1:
+        raise UsageError("--snapshot-iters: posterior-mean snapshots need a scalar latent (--nz 1)")
+    if cfg.grid_stride <= 0:
+        raise UsageError(f"--grid-stride: expected > 0, got {cfg.grid_stride}")
     if not 0 <= cfg.kl_start <= 1:
         raise UsageError(f"--kl-start: expected a weight in [0, 1], got {cfg.kl_start}")
     if cfg.encoder_lr_mult <= 0:
@@ -483,6 +494,20 @@ def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
     return -(torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(k))
 
 
+@torch.no_grad()
+def posterior_mean_grid(model, x, zmin=-20.0, zmax=20.0, stride=0.1, chunk=64):
+    """E_{p(z|x)}[z] for a scalar latent by discretizing z on [zmin, zmax] (App. A, Eq. 6): weights
+    softmax_k(log p(z_k) + log p(x|z_k)), a log-sum-exp normalization over the grid."""
+    grid = torch.arange(zmin, zmax + stride / 2, stride, device=x.device, dtype=torch.get_default_dtype())
+    out = []
+    for i in range(0, x.size(0), chunk):
+        xb = x[i:i + chunk]
+        log_joint = torch.cat([model.log_px_given_z(xb, grid[j:j + 64].view(1, -1, 1).expand(xb.size(0), -1, 1))
+                               for j in range(0, len(grid), 64)], 1) - 0.5 * grid ** 2
+        out.append((torch.softmax(log_joint, 1) * grid).sum(1))
+    return torch.cat(out)
+
+
 def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0):
     """SA-VAE (Kim et al. 2018): svi_steps of gradient descent with momentum 0.5 on the batch-mean
     -ELBO w.r.t. (mu, logvar), each gradient clipped to norm 5, starting from the encoder's output.
@@ -664,6 +689,20 @@ class Plateau:
         return None
 
 
+def record_snapshot(model, batches, it, cfg, path):
+    """Append the true posterior means (grid) and inference means mu(x) of the snapshot points after
+    `it` generator updates to snapshots.jsonl. Deterministic and draws no random numbers, so a run
+    with snapshots trains exactly as one without."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        true = torch.cat([posterior_mean_grid(model, x, stride=cfg.grid_stride) for x in batches])
+        mu = torch.cat([model.encode(x)[0][:, 0] for x in batches])
+    model.train(was_training)
+    with open(path, "a") as f:
+        f.write(json.dumps({"iter": it, "model_mean": true.tolist(), "inference_mean": mu.tolist()}) + "\n")
+
+
 def seed_all(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -744,6 +783,14 @@ def train(cfg):
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "mode": mode_name(cfg),
                                                  "device": str(device), **environment()}, indent=2))
 
+    snap_iters = {int(i) for i in cfg.snapshot_iters.split(",") if i}
+    snap_points = [put(b) for b in corpus.batches("valid", 50, limit=500)] if snap_iters else []
+    snap = lambda: record_snapshot(model, snap_points, state["it"], cfg, out / "snapshots.jsonl")
+    if snap_iters and not cfg.resume:
+        (out / "snapshots.jsonl").write_text("")
+        if 0 in snap_iters:
+            snap()
+
     while state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay:
         state["epoch"] += 1
         switch = state["switch"]
@@ -764,6 +811,8 @@ def train(cfg):
             else:
                 _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
             sums += torch.stack([rec.sum(), kl.sum()])
+            if state["it"] in snap_iters:
+                snap()
         n_train = sum(len(b) for b in train_batches)
         train_rec, train_kl = (sums / n_train).tolist()
         metrics = evaluate(model, val, cfg, desc="valid")
@@ -797,6 +846,8 @@ def train(cfg):
                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, last)
 
     model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
+    if snap_iters:
+        snap()                                           # "convergence": the best model
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
     result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
               "epochs": state["epoch"], "train_seconds": state["train_seconds"],

@@ -7,19 +7,42 @@ cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
+DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
 mkdir -p runs
 
-# Issue 2 / Figure 2: scalar latent on synthetic data, no annealing, basic vs aggressive.
-jobs=()
+# run NAME ARGS...: queue `lagvae.py train ARGS --out runs/NAME` unless it has finished;
+# flush runs the queue, JOBS at a time.
+queue=()
+run() {
+  local out=runs/$1; shift
+  [ -f "$out/result.json" ] && return 0
+  queue+=("OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --quiet > $out.log 2>&1")
+}
+flush() {
+  [ ${#queue[@]} -gt 0 ] && printf '%s\0' "${queue[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}'
+  queue=()
+}
+
+# Issue 2 / Figure 2: scalar latent on synthetic data, no annealing, basic vs aggressive, 5 seeds;
+# posterior-mean snapshots after 0, 200 and 2000 generator updates and at the end.
 for mode in aggressive basic; do
   for seed in $SEEDS; do
-    out=runs/synthetic-nz1-$mode-s$seed
-    [ -f "$out/result.json" ] && continue
     flag=""; [ "$mode" = aggressive ] && flag="--aggressive"
-    jobs+=("OMP_NUM_THREADS=1 $PY lagvae.py train --data synthetic --preset synthetic --nz 1 $flag --seed $seed --out $out --quiet > $out.log 2>&1")
+    run synthetic-nz1-$mode-s$seed --data synthetic --data-dir data --preset synthetic --nz 1 $flag \
+      --snapshot-iters 0,200,2000 --seed "$seed"
   done
 done
-if [ ${#jobs[@]} -gt 0 ]; then
-  printf '%s\0' "${jobs[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}'
-fi
+flush
+
+# Issue 3: the cpu preset on the real text available offline (basic VAE).
+run yahoo-small-cpu-basic-s0 --data yahoo-small --data-dir "$DATA" --preset cpu --seed 0
+run ptb-cpu-basic-s0 --data ptb --data-dir "$DATA" --preset cpu --seed 0
+flush
+
+# Issue 5: Omniglot, cpu preset, basic vs aggressive.
+run omniglot-cpu-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --seed 0
+run omniglot-cpu-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed 0
+flush
+
 $PY lagvae.py table runs/synthetic-nz1-* | tee runs/table_synthetic_nz1.md
+$PY lagvae.py table runs/*-cpu-* | tee runs/table_cpu.md

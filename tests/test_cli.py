@@ -147,3 +147,15 @@ def test_samples_grid_png(omni_env, tmp_path):
     img = Image.open(out / "samples.png")
     assert img.size == (8 * 28 + 9 * 2, 3 * 28 + 4 * 2)      # prior row, then test and reconstruction rows
     assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--n", "5"]) == 2
+
+
+def test_snapshots_are_recorded_and_do_not_change_training(data_env, tmp_path):
+    base = ["train", "--preset", "tiny", "--nz", "1", "--aggressive", "--quiet", "--grid-stride", "0.5"]
+    lagvae.main(base + ["--out", str(tmp_path / "plain")])
+    lagvae.main(base + ["--out", str(tmp_path / "snap"), "--snapshot-iters", "0,3"])
+    snaps = [json.loads(line) for line in (tmp_path / "snap" / "snapshots.jsonl").read_text().splitlines()]
+    assert [s["iter"] for s in snaps] == [0, 3, 16]          # 2 epochs of 8 batches, then the final
+    assert all(len(s["model_mean"]) == len(s["inference_mean"]) == 64 for s in snaps)
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("plain", "snap"))
+    assert a["iw_nll"] == b["iw_nll"] and a["kl"] == b["kl"]
+    assert lagvae.main(["train", "--preset", "tiny", "--snapshot-iters", "5", "--quiet"]) == 2   # nz 2

@@ -149,3 +149,35 @@ def test_iw_bound_on_the_image_vae():
         bound = (-iw_nll(model, xr, 20, chunk=7)).view(reps, -1).mean(0)
     se = (elbo_draws.var(0) / reps).sqrt()
     assert (bound > elbo_draws.mean(0) + 4 * se).all()
+
+
+def linear_gaussian_posterior_mean():
+    """A 'decoder' with log p(x|z) = log N(x; a z, s^2) for scalar x and z: the exact posterior mean
+    under N(0, 1) is a x / (a^2 + s^2)."""
+    a, s2 = 1.7, 0.5
+
+    class LinearGaussian(torch.nn.Module):
+        def log_px_given_z(self, x, z):
+            return -0.5 * ((x[:, None, :] - a * z) ** 2 / s2 + math.log(2 * math.pi * s2)).sum(-1)
+    return LinearGaussian(), a, s2
+
+
+@pytest.mark.parametrize("stride", [0.1, 0.05])
+def test_grid_posterior_mean_is_exact_for_a_linear_gaussian_decoder(stride):
+    from lagvae import posterior_mean_grid
+    model, a, s2 = linear_gaussian_posterior_mean()
+    x = torch.linspace(-4, 4, 9, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        got = posterior_mean_grid(model, x, stride=stride)
+    assert torch.allclose(got.double(), a * x[:, 0] / (a ** 2 + s2), atol=1e-5)
+
+
+def test_grid_posterior_mean_stable_to_halving_the_stride():
+    from conftest import tiny_model
+    from lagvae import posterior_mean_grid
+    model, cfg = tiny_model(nz=1)
+    z_dependent(model, 0.5)
+    model.eval()
+    x = random_batch(batch=6)
+    coarse, fine = posterior_mean_grid(model, x, stride=0.1), posterior_mean_grid(model, x, stride=0.05)
+    assert torch.allclose(coarse, fine, atol=1e-3) and coarse.abs().max() > 0.01
