@@ -936,9 +936,22 @@ def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", qui
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Analysis: tables from run directories.
+# 6. Analysis: tables and figures from run directories.
 
 TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds"]
+PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio"]
+PAPER_CSV = Path(__file__).with_name("paper_results.csv")
+PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset it is compared with
+
+
+def paper_results(path=PAPER_CSV):
+    """(dataset, mode) -> the paper's row (typed in from its tables; the first row of a key wins)."""
+    import csv
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault((r["dataset"], r["mode"]), r)
+    return rows
 
 
 def collapse_state(result):
@@ -973,14 +986,20 @@ def summarize(results):
         states = [collapse_state(r) for r in rs]
         row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
         rows.append(row)
+    paper = paper_results()
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"]
         row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if base else None
+        ref = paper.get((PAPER_DATA.get(row["data"], row["data"]), row["mode"]), {})
+        row["paper_table"] = ref.get("table")
+        for c in PAPER_COLUMNS:
+            row["paper_" + c] = float(ref[c]) if ref.get(c) else None
     return rows
 
 
 def format_table(rows, fmt="md"):
-    head = ["data", "mode", "runs", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio"]
+    head = ["data", "mode", "runs", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio", "paper_table",
+            *("paper_" + c for c in PAPER_COLUMNS)]
     cell = lambda row, c: (f"{row[c]:.2f} ({row[c + '_std']:.2f})" if c in TABLE_COLUMNS and fmt == "md"
                            else "" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float)
                            else str(row[c]))
@@ -992,6 +1011,83 @@ def format_table(rows, fmt="md"):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell(r, c) for c in head) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def read_jsonl(path):
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not readable as JSON lines ({e})") from None
+
+
+def load_snapshots(run):
+    """Snapshots of a run, one per iteration (the last recorded wins after a resume), in order."""
+    snaps = {s["iter"]: s for s in read_jsonl(Path(run) / "snapshots.jsonl")}
+    return [snaps[k] for k in sorted(snaps)]
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_posterior_means(runs, out, lim=3.0):
+    """Figures 2/6: one row per run (e.g. basic, then aggressive), one panel per snapshot; each point
+    is a validation example at (true posterior mean, inference-network mean), diagonal dashed."""
+    plt = pyplot()
+    rows = [(json.loads((Path(r) / "config.json").read_text())["mode"], load_snapshots(r)) for r in runs]
+    cols = max(len(snaps) for _, snaps in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.8 * cols, 2.8 * len(rows)), squeeze=False)
+    for i, (mode, snaps) in enumerate(rows):
+        for j, ax in enumerate(axes[i]):
+            if j >= len(snaps):
+                ax.axis("off")
+                continue
+            ax.scatter(snaps[j]["model_mean"], snaps[j]["inference_mean"], s=3, alpha=0.5)
+            ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=f"{mode}, iter {snaps[j]['iter']}")
+            ax.set_xlabel(r"model posterior mean $\mu_{x,\theta}$", fontsize=8)
+            ax.set_ylabel(r"inference mean $\mu_{x,\phi}$", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_dynamics(runs, out):
+    """Figure 5: validation MI, KL and aggregate KL(q(z)||p(z)) = KL - MI (Eq. 5) per epoch."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        log = read_jsonl(Path(run) / "log.jsonl")
+        epochs = [r["epoch"] for r in log]
+        ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
+        ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
+        ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z))")
+        ax.set(xlabel="epoch", ylabel="nats", title=json.loads((Path(run) / "config.json").read_text())["mode"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_nll_au(runs, out):
+    """Figure 4: test NLL against active units, one point per run, one marker per mode."""
+    plt = pyplot()
+    results = load_results(runs)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for k, mode in enumerate(sorted({r["mode"] for r in results})):
+        pts = [(r["au"], r["iw_nll"]) for r in results if r["mode"] == mode]
+        ax.scatter(*zip(*pts), marker="os^vD<>px*"[k % 10], label=mode)
+    ax.set(xlabel="AU", ylabel="NLL")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au": plot_nll_au}
 
 
 @torch.no_grad()
@@ -1062,6 +1158,10 @@ def main(argv=None):
     sp.add_argument("--n", type=int, default=32)
     sp.add_argument("--data-dir", default=None)
     sp.add_argument("--device", default="auto")
+    fg = sub.add_parser("figure", help="the paper's figures from run directories (PNG)")
+    fg.add_argument("kind", choices=list(FIGURES))
+    fg.add_argument("run_dirs", nargs="+")
+    fg.add_argument("--out", required=True)
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
@@ -1074,6 +1174,9 @@ def main(argv=None):
             print(json.dumps(evaluate_checkpoint(**args), indent=2))
         elif cmd == "samples":
             print(write_samples(**args))
+        elif cmd == "figure":
+            FIGURES[args["kind"]](args["run_dirs"], args["out"])
+            print(args["out"])
         else:
             print(format_table(summarize(load_results(args["run_dirs"])), args["format"]))
     except UsageError as e:

@@ -1,6 +1,7 @@
 """Section 6: tables from run directories."""
 import json
 
+import numpy as np
 import pytest
 
 import lagvae
@@ -36,3 +37,38 @@ def test_summary_means_stds_counts_and_time_ratio(tmp_path):
 def test_table_cli_rejects_a_directory_without_results(tmp_path, capsys):
     assert lagvae.main(["table", str(tmp_path)]) == 2
     assert "result.json" in capsys.readouterr().err
+
+
+def test_summary_carries_the_papers_numbers(tmp_path):
+    rows = lagvae.summarize(lagvae.load_results([
+        fake_run(tmp_path, "o", data="omniglot", mode="aggressive"),
+        fake_run(tmp_path, "y", data="yahoo-small", mode="savae+anneal"),
+        fake_run(tmp_path, "s", data="synthetic", mode="aggressive")]))
+    by = {r["data"]: r for r in rows}
+    assert by["omniglot"]["paper_nll"] == 89.05 and by["omniglot"]["paper_time_ratio"] == 2.19
+    assert by["yahoo-small"]["paper_nll"] == 327.2 and by["yahoo-small"]["paper_table"] == "1+5"
+    assert by["synthetic"]["paper_nll"] is None
+    assert "89.05" in lagvae.format_table(rows)
+
+
+def fake_trained_run(root, name, mode, kl):
+    d = fake_run(root, name, mode=mode, kl=kl, mi=kl / 2, au=int(kl > 0.5))
+    (d / "config.json").write_text(json.dumps({"mode": mode}))
+    (d / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "val_mi": kl / 2 * e, "val_kl": kl * e}) + "\n"
+                                         for e in (1, 2, 3)))
+    g = np.random.default_rng(0)
+    snaps = [{"iter": it, "model_mean": g.normal(size=50).tolist(), "inference_mean": g.normal(size=50).tolist()}
+             for it in (0, 200, 0)]                         # a duplicate from a resume
+    (d / "snapshots.jsonl").write_text("".join(json.dumps(s) + "\n" for s in snaps))
+    return d
+
+
+@pytest.mark.parametrize("kind", ["posterior", "dynamics", "nll-au"])
+def test_figures_are_written(tmp_path, kind):
+    from PIL import Image
+    runs = [str(fake_trained_run(tmp_path, "b", "basic", 0.0)), str(fake_trained_run(tmp_path, "a", "aggressive", 1.2))]
+    out = tmp_path / f"{kind}.png"
+    assert lagvae.main(["figure", kind, *runs, "--out", str(out)]) == 0
+    w, h = Image.open(out).size
+    assert w > 300 and h > 200
+    assert [s["iter"] for s in lagvae.load_snapshots(runs[0])] == [0, 200]
