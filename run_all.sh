@@ -44,5 +44,17 @@ run omniglot-cpu-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --seed
 run omniglot-cpu-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed 0
 flush
 
+# Issue 4: every training mode, one seed, synthetic data (nz 2), 4,000 training sentences, 10 epochs.
+for flags in "" "--aggressive" "--anneal" "--aggressive --anneal" "--beta 0.4" "--savae" "--savae --anneal" \
+             "--lm" "--encoder-lr-mult 2" "--free-bits 0.25" "--cyclical 2" "--bn-gamma 0.6" "--pretrain-encoder"; do
+  name=modes$(echo "$flags" | tr -d ' ' | sed 's/--/-/g')
+  run "$name" --data synthetic --data-dir data --preset synthetic --subset 4000 --epochs 10 --seed 0 $flags
+done
+flush
+
 $PY lagvae.py table runs/synthetic-nz1-* | tee runs/table_synthetic_nz1.md
 $PY lagvae.py table runs/*-cpu-* | tee runs/table_cpu.md
+$PY lagvae.py table runs/modes* | tee runs/table_modes.md
+$PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out runs/fig_posterior_means.png
+$PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out runs/fig_dynamics.png
+$PY lagvae.py figure nll-au runs/modes* --out runs/fig_nll_au.png
