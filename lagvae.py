@@ -56,6 +56,7 @@ class Config:
     dec_kernels: str = "7,7,7,7,7,5,5,5,5,3,3,3,3"   # PixelCNN layers (App. B.3)
     dropout_in: float = 0.5
     dropout_out: float = 0.5
+    shifted_init: bool = False     # App. G: U(0.04, 0.06) weights, U(0, 0.2) embeddings (text)
     # optimisation (App. B)
     batch_size: int = 32
     optim: str = "sgd"             # sgd (text, App. B.2) | adam (images, App. B.3)
@@ -93,6 +94,7 @@ class Config:
     # posterior-mean snapshots for Figure 2 (scalar z only)
     snapshot_iters: str = ""       # generator updates after which to record, e.g. "0,200,2000"
     grid_stride: float = 0.1       # stride of the z grid on [-20, 20] for the true posterior mean
+    trajectory_iters: int = 0      # Figure 3: follow one example through the first N generator updates
 
 
 PRESETS = {"text": {
@@ -162,8 +164,8 @@ def resolve_config(overrides):
         [int(i) for i in cfg.snapshot_iters.split(",") if i]
     except ValueError:
         raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts, got {cfg.snapshot_iters!r}") from None
-    if cfg.snapshot_iters and cfg.nz != 1:
-        raise UsageError("--snapshot-iters: posterior-mean snapshots need a scalar latent (--nz 1)")
+    if (cfg.snapshot_iters or cfg.trajectory_iters) and cfg.nz != 1:
+        raise UsageError("--snapshot-iters/--trajectory-iters: posterior means need a scalar latent (--nz 1)")
     if cfg.grid_stride <= 0:
         raise UsageError(f"--grid-stride: expected > 0, got {cfg.grid_stride}")
     if not 0 <= cfg.kl_start <= 1:
@@ -205,13 +207,16 @@ def get_device(cfg):
 # 2. Models. A VAE exposes encode(x) -> (mu, logvar) and log_px_given_z(x, z) -> (B, S) for z of
 # shape (B, S, nz); everything else (objectives, training modes, evaluation) is written against that.
 
-def uniform_init(module, scale=0.01, embed_scale=0.1):
-    """App. B: every weight and bias U(-0.01, 0.01), embeddings U(-0.1, 0.1)."""
+def uniform_init(module, shifted=False):
+    """App. B: every weight and bias U(-0.01, 0.01), embeddings U(-0.1, 0.1). App. G's shifted
+    initialization adds an offset, U(0.04, 0.06) and U(0, 0.2), so that every encoder output starts
+    positive instead of at the origin."""
+    (lo, hi), (elo, ehi) = ((0.04, 0.06), (0.0, 0.2)) if shifted else ((-0.01, 0.01), (-0.1, 0.1))
     for p in module.parameters():
-        nn.init.uniform_(p, -scale, scale)
+        nn.init.uniform_(p, lo, hi)
     for m in module.modules():
         if isinstance(m, nn.Embedding):
-            nn.init.uniform_(m.weight, -embed_scale, embed_scale)
+            nn.init.uniform_(m.weight, elo, ehi)
 
 
 class GaussianHead(nn.Module):
@@ -295,7 +300,7 @@ class TextVAE(nn.Module):
         self.nz, self.vocab_size = cfg.nz, vocab_size
         self.encoder = LSTMEncoder(vocab_size, cfg)
         self.decoder = LSTMDecoder(vocab_size, cfg)
-        uniform_init(self)
+        uniform_init(self, cfg.shifted_init)
 
     def encode(self, x):
         return self.encoder(x)
@@ -622,17 +627,20 @@ def update(model, opts, x, cfg, part="all", kl_weight=1.0):
     return loss.detach(), rec.detach(), kl.detach()
 
 
-def aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight=1.0):
+def aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight=1.0, after_step=None):
     """Algorithm 1, lines 5-9: encoder-only updates, the first on the outer minibatch and later ones
     on random minibatches, until the mean per-token loss over a window of `inner_window` steps is
     higher than over the window before (or a fixed budget of `inner_steps`). Returns the step count.
-    The loss is accumulated on the device and read once per window, so there is one sync per window."""
+    The loss is accumulated on the device and read once per window, so there is one sync per window.
+    after_step, if given, is called after every encoder update (Figure 3's trajectory)."""
     budget = cfg.inner_steps or cfg.max_inner_steps
     prev, win_loss, win_n, steps = math.inf, 0.0, 0, 0
     while steps < budget:
         win_loss = win_loss + update(model, opts, x, cfg, "encoder", kl_weight)[0] * x.size(0)
         win_n += model.n_targets(x)
         steps += 1
+        if after_step:
+            after_step()
         if not cfg.inner_steps and steps % cfg.inner_window == 0:
             cur = float(win_loss) / win_n
             if cur > prev:
@@ -684,10 +692,10 @@ class Plateau:
         return None
 
 
-def record_snapshot(model, batches, it, cfg, path):
+def record_snapshot(model, batches, it, cfg, path, step=None):
     """Append the true posterior means (grid) and inference means mu(x) of the snapshot points after
-    `it` generator updates to snapshots.jsonl. Deterministic and draws no random numbers, so a run
-    with snapshots trains exactly as one without."""
+    `it` generator updates to snapshots.jsonl (or, with `step`, to the trajectory file). Deterministic
+    and draws no random numbers, so a run with snapshots trains exactly as one without."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -695,7 +703,8 @@ def record_snapshot(model, batches, it, cfg, path):
         mu = torch.cat([model.encode(x)[0][:, 0] for x in batches])
     model.train(was_training)
     with open(path, "a") as f:
-        f.write(json.dumps({"iter": it, "model_mean": true.tolist(), "inference_mean": mu.tolist()}) + "\n")
+        f.write(json.dumps({"iter": it, **({"step": step} if step else {}), "model_mean": true.tolist(),
+                            "inference_mean": mu.tolist()}) + "\n")
 
 
 def seed_all(seed):
@@ -785,6 +794,13 @@ def train(cfg):
         (out / "snapshots.jsonl").write_text("")
         if 0 in snap_iters:
             snap()
+    # Figure 3: one validation example after every encoder and every decoder update.
+    track_point = [put(b) for b in corpus.batches("valid", 1, limit=1)] if cfg.trajectory_iters else []
+    track = lambda step: (record_snapshot(model, track_point, state["it"], cfg, out / "trajectory.jsonl", step)
+                          if state["it"] <= cfg.trajectory_iters else None)
+    if cfg.trajectory_iters and not cfg.resume:
+        (out / "trajectory.jsonl").write_text("")
+        track("init")
 
     while state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay:
         state["epoch"] += 1
@@ -801,10 +817,13 @@ def train(cfg):
             state["it"] += 1
             kl_weight = kl_weight_at(cfg, state["it"], len(train_batches))
             if switch.on:
-                inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight)
+                inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight,
+                                                     (lambda: track("encoder")) if track_point else None)
                 _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
             else:
                 _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
+            if track_point:
+                track("decoder" if switch.on else "joint")
             sums += torch.stack([rec.sum(), kl.sum()])
             if state["it"] in snap_iters:
                 snap()
@@ -1082,7 +1101,32 @@ def plot_nll_au(runs, out):
     plt.close(fig)
 
 
-FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au": plot_nll_au}
+def plot_trajectory(runs, out, lim=3.0):
+    """Figure 3: one example's (true posterior mean, inference mean) after every update of the first
+    generator steps; encoder-only steps move it vertically, generator steps horizontally."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        pts = read_jsonl(Path(run) / "trajectory.jsonl")
+        xs = [p["model_mean"][0] for p in pts]
+        ys = [p["inference_mean"][0] for p in pts]
+        ax.plot(xs, ys, "-", lw=0.6, color="0.6")
+        for step, color in (("encoder", "tab:blue"), ("decoder", "tab:red"), ("joint", "tab:green")):
+            sel = [i for i, p in enumerate(pts) if p.get("step") == step]
+            if sel:
+                ax.scatter([xs[i] for i in sel], [ys[i] for i in sel], s=6, color=color, label=f"{step} update")
+        ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel=r"model posterior mean $\mu_{x,\theta}$",
+               ylabel=r"inference mean $\mu_{x,\phi}$",
+               title=json.loads((Path(run) / "config.json").read_text())["mode"])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au": plot_nll_au,
+           "trajectory": plot_trajectory}
 
 
 @torch.no_grad()

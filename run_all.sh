@@ -52,9 +52,17 @@ run omniglot-cpu-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --seed
 run omniglot-cpu-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed 0
 flush
 
+# Figure 3: one example's path through the first 30 generator updates (basic and aggressive).
+run trajectory-basic --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
+  --iw-samples 0 --trajectory-iters 30 --seed 0
+run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
+  --iw-samples 0 --trajectory-iters 30 --seed 0 --aggressive
+flush
+
 $PY lagvae.py table runs/synthetic-nz1-* | tee runs/table_synthetic_nz1.md
 $PY lagvae.py table runs/*-cpu-* | tee runs/table_cpu.md
 $PY lagvae.py table runs/modes* | tee runs/table_modes.md
 $PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out runs/fig_posterior_means.png
 $PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out runs/fig_dynamics.png
 $PY lagvae.py figure nll-au runs/modes* --out runs/fig_nll_au.png
+$PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out runs/fig_trajectory.png

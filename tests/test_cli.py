@@ -159,3 +159,13 @@ def test_snapshots_are_recorded_and_do_not_change_training(data_env, tmp_path):
     a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("plain", "snap"))
     assert a["iw_nll"] == b["iw_nll"] and a["kl"] == b["kl"]
     assert lagvae.main(["train", "--preset", "tiny", "--snapshot-iters", "5", "--quiet"]) == 2   # nz 2
+
+
+def test_trajectory_follows_every_update(data_env, tmp_path):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--nz", "1", "--aggressive", "--quiet", "--grid-stride", "0.5",
+                        "--trajectory-iters", "2", "--max-inner-steps", "4", "--inner-steps", "4",
+                        "--out", str(out)]) == 0
+    steps = [p["step"] for p in lagvae.read_jsonl(out / "trajectory.jsonl")]
+    assert steps == ["init"] + (["encoder"] * 4 + ["decoder"]) * 2
+    assert lagvae.main(["figure", "trajectory", str(out), "--out", str(tmp_path / "t.png")]) == 0

@@ -109,3 +109,12 @@ def test_image_shapes_and_bernoulli_likelihood():
     p = torch.sigmoid(model.decoder.logits(x, z[:, 0]))
     manual = (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
     assert torch.allclose(ll[:, 0], manual)
+
+
+def test_shifted_initialization_starts_away_from_the_origin():
+    model, _ = tiny_model(shifted_init=True)
+    for name, p in model.named_parameters():
+        lo, hi = (0.0, 0.2) if "embed" in name else (0.04, 0.06)
+        assert lo <= float(p.min()) and float(p.max()) <= hi, name
+    mu, _ = model.encode(random_batch())
+    assert (mu > 0).all()                 # App. G: positive weights give positive encoder outputs
