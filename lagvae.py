@@ -294,19 +294,24 @@ class LSTMDecoder(nn.Module):
         return -nll.view(B, S, T - 1).sum(-1)
 
 
-class TextVAE(nn.Module):
-    def __init__(self, vocab_size, cfg):
-        super().__init__()
-        self.nz, self.vocab_size = cfg.nz, vocab_size
-        self.encoder = LSTMEncoder(vocab_size, cfg)
-        self.decoder = LSTMDecoder(vocab_size, cfg)
-        uniform_init(self, cfg.shifted_init)
+class VAE(nn.Module):
+    """The interface everything after this section uses: encode(x) -> (mu, logvar) and
+    log_px_given_z(x, z) -> (B, S); subclasses add n_targets and elements_per_sample."""
 
     def encode(self, x):
         return self.encoder(x)
 
     def log_px_given_z(self, x, z):
         return self.decoder(x, z)
+
+
+class TextVAE(VAE):
+    def __init__(self, vocab_size, cfg):
+        super().__init__()
+        self.nz, self.vocab_size = cfg.nz, vocab_size
+        self.encoder = LSTMEncoder(vocab_size, cfg)
+        self.decoder = LSTMDecoder(vocab_size, cfg)
+        uniform_init(self, cfg.shifted_init)
 
     @staticmethod
     def n_targets(x):
@@ -398,7 +403,7 @@ class PixelCNNDecoder(nn.Module):
         return ll.view(B, S, -1).sum(-1)
 
 
-class ImageVAE(nn.Module):
+class ImageVAE(VAE):
     def __init__(self, cfg):
         super().__init__()
         self.nz = cfg.nz
@@ -409,16 +414,12 @@ class ImageVAE(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias) if m.bias is not None else None
-
-    def encode(self, x):
-        return self.encoder(x)
-
-    def log_px_given_z(self, x, z):
-        return self.decoder(x, z)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @staticmethod
     def n_targets(x):
+        """Pixels in a batch (the inner-loop test compares per-pixel losses)."""
         return x[0].numel() * x.size(0)
 
     def elements_per_sample(self, x):
