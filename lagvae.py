@@ -116,7 +116,7 @@ PRESETS = {"text": {
                   decay_patience=20, inner_window=10, mi_patience=5),
     # Sized for 2 CPU cores; see the measured epoch times in RESULTS.md.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
-                epochs=8, decay_patience=2, inner_window=10, mi_patience=2, subset=4000, max_test=1000,
+                epochs=8, decay_patience=2, inner_window=10, mi_patience=2, subset=2000, max_test=1000,
                 iw_samples=50),
     "tiny": dict(nz=4, enc_nh=8, dec_nh=8, dec_kernels="5,3", batch_size=10, optim="adam", lr=1e-3,
                  epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
