@@ -490,6 +490,7 @@ def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
     log p(x) ~ logsumexp_k [log p(z_k) + log p(x|z_k) - log q(z_k|x)] - log K. Samples are drawn
     in chunks so decoder memory stays bounded; only the (B, K) log-weights are kept.
     posterior: (mu, logvar) to use instead of the encoder's (SA-VAE's refined q)."""
+    # Eq. 1: p(x) = E_q[p(x|z) p(z) / q(z|x)], estimated by importance sampling.
     mu, logvar = posterior if posterior is not None else model.encode(x)
     budget = max(1, 2 ** 25 // (x.size(0) * model.elements_per_sample(x)))
     log_w = []
@@ -502,7 +503,8 @@ def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
 
 @torch.no_grad()
 def posterior_mean_grid(model, x, zmin=-20.0, zmax=20.0, stride=0.1, chunk=64):
-    """E_{p(z|x)}[z] for a scalar latent by discretizing z on [zmin, zmax] (App. A, Eq. 6): weights
+    """E_{p(z|x)}[z] of the model posterior (the p(z|x) that q must match, Eq. 3) for a scalar latent
+    by discretizing z on [zmin, zmax] (App. A, Eq. 6): weights
     softmax_k(log p(z_k) + log p(x|z_k)), a log-sum-exp normalization over the grid."""
     grid = torch.arange(zmin, zmax + stride / 2, stride, device=x.device, dtype=torch.get_default_dtype())
     out = []
@@ -554,6 +556,7 @@ def objective(model, x, cfg, kl_weight=1.0):
     """Batch loss to minimise (mean -ELBO with the KL weighted, or free bits: sum over dimensions of
     max(lambda, batch-mean KL_d), Kingma et al. 2016), plus per-example rec and kl for logging."""
     mu, logvar = infer(model, x, cfg, kl_weight)
+    # Eq. 2: ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); we minimise its negative.
     rec = -model.log_px_given_z(x, sample_z(mu, logvar)).squeeze(1)
     kl_d = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)                 # gaussian_kl per dimension
     kl_term = kl_d.mean(0).clamp(min=cfg.free_bits).sum() if cfg.free_bits else kl_d.sum(-1).mean()
@@ -634,6 +637,7 @@ def aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight=1.0, afte
     higher than over the window before (or a fixed budget of `inner_steps`). Returns the step count.
     The loss is accumulated on the device and read once per window, so there is one sync per window.
     after_step, if given, is called after every encoder update (Figure 3's trajectory)."""
+    # Eq. 4: phi* = argmax_phi L(X; theta, phi), approximated by these encoder steps.
     budget = cfg.inner_steps or cfg.max_inner_steps
     prev, win_loss, win_n, steps = math.inf, 0.0, 0, 0
     while steps < budget:
@@ -817,7 +821,7 @@ def train(cfg):
             x = corpus.prepare(x)
             state["it"] += 1
             kl_weight = kl_weight_at(cfg, state["it"], len(train_batches))
-            if switch.on:
+            if switch.on:                                 # Algorithm 1, lines 4-12
                 inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight,
                                                      (lambda: track("encoder")) if track_point else None)
                 _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
