@@ -85,7 +85,9 @@ def read_docs(path, labelled=False):
         line = e.object[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
     docs, labels, empty = [], [], 0
-    for n, line in enumerate(text.splitlines(), 1):
+    # split("\n"), not splitlines(): the latter also breaks at form feeds and other Unicode separators.
+    for n, line in enumerate(text.removesuffix("\n").split("\n"), 1):
+        line = line.removesuffix("\r")
         if labelled:
             label, tab, line = line.partition("\t")
             if not line.strip() and not label.strip():
@@ -153,13 +155,15 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
         if take and split in take:
             d, lab = d[take[split]], lab[take[split]]
         d, lab = (d[:subset], lab[:subset]) if subset else (d, lab)
+        if not d:
+            raise DataError(f"{name}: no {split} documents in {path}" + (f" (taking {take[split]})" if take else ""))
         stats[split] = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0}
         docs[split], labels[split] = [t[:max_len] if max_len else t for t in d], lab
     if vocab_file:
         vocab = read_vocab(vocab_file)
         if max_vocab:
             counts = Counter(w for toks in docs["train"] for w in toks)
-            vocab = SPECIALS + sorted(vocab[len(SPECIALS):], key=lambda w: -counts[w])[:max_vocab - len(SPECIALS)]
+            vocab = SPECIALS + sorted(vocab[len(SPECIALS):], key=lambda w: -counts[w])[:max(0, max_vocab - len(SPECIALS))]
     else:
         vocab = build_vocab(docs["train"], max_vocab)
     return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()},
@@ -328,7 +332,7 @@ def load_raw_npz(paths):
         try:
             with np.load(p) as f:
                 x = f["images"]
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:      # not an npz, a corrupt zip, no 'images': all the same to the user
             raise DataError(f"{p}: expected an npz with an 'images' array ({e})") from None
         if x.ndim != 4 or x.shape[1:] != (20, 105, 105):
             raise DataError(f"{p}: 'images' has shape {x.shape}, expected (characters, 20, 105, 105)")
@@ -343,7 +347,10 @@ def load_png_tree(dirs):
     chars = []
     for d in dirs:
         for char_dir in sorted(p for p in Path(d).glob("*/*") if p.is_dir()):
-            files = sorted(char_dir.glob("*.png"), key=lambda p: int(p.stem.split("_")[-1]))
+            files = list(char_dir.glob("*.png"))
+            if not all(p.stem.split("_")[-1].isdigit() for p in files):
+                raise DataError(f"{char_dir}: expected drawings named <id>_<drawer>.png with a numeric drawer")
+            files.sort(key=lambda p: int(p.stem.split("_")[-1]))
             if len(files) != 20:
                 raise DataError(f"{char_dir}: expected 20 drawings <id>_<drawer>.png, found {len(files)}")
             chars.append(np.stack([np.asarray(Image.open(f).convert("1"), dtype=bool) for f in files]))
@@ -378,16 +385,17 @@ def load_omniglot(root, subset=0, n_valid=2000):
     if len(arrays["train"]) <= n_valid:
         raise DataError(f"omniglot ({name}): {len(arrays['train'])} training images, need more than "
                         f"the {n_valid} held out for validation")
+    if not len(arrays["test"]):
+        raise DataError(f"omniglot ({name}): no test images")
     rng = np.random.default_rng(SPLIT_SEED)
     train = arrays["train"][rng.permutation(len(arrays["train"]))]
     splits = {"train": train[:-n_valid], "valid": train[-n_valid:], "test": arrays["test"]}
-    if subset:
-        splits = {s: x[:subset] for s, x in splits.items()}
-    gen = torch.Generator().manual_seed(SPLIT_SEED)
     out = {}
-    for split in SPLITS:
+    for i, split in enumerate(SPLITS):
         x = torch.from_numpy(np.ascontiguousarray(splits[split])).unsqueeze(1)
-        out[split] = x if split == "train" else torch.bernoulli(x, generator=gen)
+        # Each evaluation split is binarized once, by its own generator, before any subset is taken.
+        x = x if split == "train" else torch.bernoulli(x, generator=torch.Generator().manual_seed(SPLIT_SEED + i))
+        out[split] = x[:subset] if subset else x
     return ImageData("omniglot", out, name)
 
 

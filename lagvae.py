@@ -241,9 +241,10 @@ class GaussianHead(nn.Module):
         # batch variance is 0 (mu becomes the shift) instead of an error.
         if self.training:
             mean, var = mu.mean(0), mu.var(0, unbiased=False)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var, self.momentum)
+            if mu.size(0) > 1:                  # a singleton's zero variance would bias the average
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(var, self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         return self.gamma * (mu - mean) / (var + self.eps).sqrt() + self.shift, logvar
@@ -516,7 +517,7 @@ def posterior_mean_grid(model, x, zmin=-20.0, zmax=20.0, stride=0.1, chunk=64):
     return torch.cat(out)
 
 
-def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0):
+def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     """SA-VAE (Kim et al. 2018): svi_steps of gradient descent with momentum 0.5 on the batch-mean
     -ELBO w.r.t. (mu, logvar), each gradient clipped to norm 5, starting from the encoder's output.
 
@@ -531,7 +532,7 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0):
             mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
         v_mu = v_lv = 0.0
         for _ in range(cfg.svi_steps):
-            loss = (-model.log_px_given_z(x, sample_z(mu, logvar)).squeeze(1)
+            loss = (-model.log_px_given_z(x, sample_z(mu, logvar, 1, gen)).squeeze(1)
                     + kl_weight * gaussian_kl(mu, logvar)).mean()
             g_mu, g_lv = torch.autograd.grad(loss, (mu, logvar), create_graph=exact)
             g_mu, g_lv = (g * (5.0 / g.norm().clamp(min=5.0)) for g in (g_mu, g_lv))
@@ -542,13 +543,13 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0):
     return (mu, logvar) if exact else (mu.detach(), logvar.detach())
 
 
-def infer(model, x, cfg, kl_weight=1.0):
+def infer(model, x, cfg, kl_weight=1.0, gen=None):
     """q(z|x)'s (mu, logvar): the encoder's, refined per batch for SA-VAE."""
     mu, logvar = model.encode(x)
     if cfg.savae:
         # cuDNN's LSTM has no double backward; the native kernels do.
         with torch.backends.cudnn.flags(enabled=False):
-            return svi_refine(model, x, mu, logvar, cfg, kl_weight)
+            return svi_refine(model, x, mu, logvar, cfg, kl_weight, gen)
     return mu, logvar
 
 
@@ -764,19 +765,23 @@ def train(cfg):
     last = out / "last.pt"
     if cfg.resume and not last.is_file() and not cfg.pretrain_encoder:
         raise UsageError(f"--resume: no checkpoint at {last}")
-    if cfg.pretrain_encoder and not last.is_file():
+    if cfg.pretrain_encoder and not (cfg.resume and last.is_file()):
         # Li et al. 2019: an autoencoder (KL weight 0) first; keep its encoder, and the decoder
         # built above stays freshly initialized.
         pre = out / "pretrain"
         ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0,
-                                 free_bits=0.0, iw_samples=0, out=str(pre), resume=(pre / "last.pt").is_file())
+                                 free_bits=0.0, iw_samples=0, out=str(pre),
+                                 resume=cfg.resume and (pre / "last.pt").is_file())
         state["train_seconds"] = train(ae)["train_seconds"]
         enc = torch.load(pre / "model.pt", map_location=device)["model"]
         model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
     opts = make_optimizers(model, cfg, cfg.lr)
     if cfg.resume and last.is_file():
-        ck = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
+        try:
+            ck = torch.load(last, map_location=device, weights_only=False)
+            model.load_state_dict(ck["model"])
+        except Exception as e:      # a truncated file or one from other flags: say which and why
+            raise UsageError(f"--resume: cannot continue from {last} ({type(e).__name__}: {str(e)[:200]})") from None
         state = ck["state"]
         opts = make_optimizers(model, cfg, state["lr"])
         for name, opt in opts.items():
@@ -787,8 +792,13 @@ def train(cfg):
             torch.cuda.set_rng_state(ck["cuda_rng"], device)
         lines = (out / "log.jsonl").read_text().splitlines()[:state["epoch"]]
         (out / "log.jsonl").write_text("".join(line + "\n" for line in lines))
+        for name in ("snapshots.jsonl", "trajectory.jsonl"):       # drop records of the lost epoch
+            if (out / name).is_file():
+                keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state["it"]]
+                (out / name).write_text("".join(r + "\n" for r in keep))
     else:
         (out / "log.jsonl").write_text("")
+        (out / "model.pt").unlink(missing_ok=True)     # never reload a best model of an earlier run
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "mode": mode_name(cfg),
                                                  "device": str(device), **environment()}, indent=2))
 
@@ -850,7 +860,13 @@ def train(cfg):
                   f"au {metrics['au']} | lr {state['lr']:g} kl_weight {kl_weight:.3f} | aggressive {int(was_aggressive)} "
                   f"inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
 
-        verdict = state["plateau"].step(metrics["elbo"])
+        # Model selection on validation -ELBO (weight 1), except for the autoencoder of
+        # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
+        score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
+        if not math.isfinite(score):
+            raise UsageError(f"{out}: epoch {state['epoch']}: validation loss is {score}; training diverged "
+                             f"(try a smaller --lr or --clip-grad)")
+        verdict = state["plateau"].step(score)
         if verdict == "best":
             atomic_save({"config": asdict(cfg), "model": model.state_dict(),
                          "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state["epoch"]},
@@ -897,7 +913,7 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
     rec_sum = kl_sum = mi_sum = nll_sum = amortized_sum = 0.0
     mus, logvars, zs = [], [], []
     for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
-        mu, logvar = infer(model, x, cfg)
+        mu, logvar = infer(model, x, cfg, gen=gen)
         if cfg.savae:
             mu0, logvar0 = model.encode(x)
             amortized_sum += float(gaussian_kl(mu0, logvar0).sum()
@@ -931,9 +947,12 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", **overrides):
     try:
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
         saved = ck["config"]
-    except (OSError, RuntimeError, KeyError, TypeError) as e:
-        raise UsageError(f"--ckpt {ckpt}: not a lagvae model checkpoint ({e})") from None
-    cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
+    except Exception as e:          # unpickling errors come in many types; all mean "not a checkpoint"
+        raise UsageError(f"--ckpt {ckpt}: not a lagvae model checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
+    except TypeError as e:
+        raise UsageError(f"--ckpt {ckpt}: its config does not fit this version of lagvae ({e})") from None
     corpus = load_data(cfg)
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
         raise UsageError(f"--ckpt {ckpt}: trained with vocabulary {ck['vocab_size']}, "
@@ -1000,7 +1019,7 @@ def summarize(results):
     for (data, mode), rs in sorted(groups.items()):
         row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
         for c in TABLE_COLUMNS:
-            v = np.array([r[c] for r in rs], dtype=float)
+            v = np.array([r.get(c, np.nan) for r in rs], dtype=float)       # e.g. no iw_nll: NaN
             row[c], row[c + "_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
         states = [collapse_state(r) for r in rs]
         row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
@@ -1045,6 +1064,13 @@ def load_snapshots(run):
     return [snaps[k] for k in sorted(snaps)]
 
 
+def run_mode(run):
+    try:
+        return json.loads((Path(run) / "config.json").read_text())["mode"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{run}: not a run directory with a config.json ({e})") from None
+
+
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")
@@ -1056,7 +1082,7 @@ def plot_posterior_means(runs, out, lim=3.0):
     """Figures 2/6: one row per run (e.g. basic, then aggressive), one panel per snapshot; each point
     is a validation example at (true posterior mean, inference-network mean), diagonal dashed."""
     plt = pyplot()
-    rows = [(json.loads((Path(r) / "config.json").read_text())["mode"], load_snapshots(r)) for r in runs]
+    rows = [(run_mode(r), load_snapshots(r)) for r in runs]
     cols = max(len(snaps) for _, snaps in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.8 * cols, 2.8 * len(rows)), squeeze=False)
     for i, (mode, snaps) in enumerate(rows):
@@ -1084,7 +1110,7 @@ def plot_dynamics(runs, out):
         ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
         ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
         ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z))")
-        ax.set(xlabel="epoch", ylabel="nats", title=json.loads((Path(run) / "config.json").read_text())["mode"])
+        ax.set(xlabel="epoch", ylabel="nats", title=run_mode(run))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -1123,7 +1149,7 @@ def plot_trajectory(runs, out, lim=3.0):
         ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel=r"model posterior mean $\mu_{x,\theta}$",
                ylabel=r"inference mean $\mu_{x,\phi}$",
-               title=json.loads((Path(run) / "config.json").read_text())["mode"])
+               title=run_mode(run))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -1223,7 +1249,7 @@ def main(argv=None):
             print(args["out"])
         else:
             print(format_table(summarize(load_results(args["run_dirs"])), args["format"]))
-    except UsageError as e:
+    except (UsageError, OSError) as e:
         print(f"lagvae: error: {e}", file=sys.stderr)
         return 2
     return 0

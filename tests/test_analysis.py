@@ -72,3 +72,12 @@ def test_figures_are_written(tmp_path, kind):
     w, h = Image.open(out).size
     assert w > 300 and h > 200
     assert [s["iter"] for s in lagvae.load_snapshots(runs[0])] == [0, 200]
+
+
+def test_runs_without_iw_nll_summarize_as_nan(tmp_path):
+    d = fake_run(tmp_path, "r")
+    r = json.loads((d / "result.json").read_text())
+    del r["iw_nll"]
+    (d / "result.json").write_text(json.dumps(r))
+    row = lagvae.summarize(lagvae.load_results([d]))[0]
+    assert np.isnan(row["iw_nll"]) and row["kl"] == 0.0

@@ -169,3 +169,12 @@ def test_trajectory_follows_every_update(data_env, tmp_path):
     steps = [p["step"] for p in lagvae.read_jsonl(out / "trajectory.jsonl")]
     assert steps == ["init"] + (["encoder"] * 4 + ["decoder"]) * 2
     assert lagvae.main(["figure", "trajectory", str(out), "--out", str(tmp_path / "t.png")]) == 0
+
+
+def test_garbage_checkpoint_and_missing_run_dir_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert lagvae.main(["eval", "--ckpt", str(bad)]) == 2
+    assert lagvae.main(["figure", "posterior", str(tmp_path / "nope"), "--out", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--ckpt" in err[0] and "config.json" in err[1]

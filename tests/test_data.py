@@ -260,3 +260,22 @@ def test_info_lists_what_is_here_and_what_is_missing(capsys):
     for name in ("synthetic", "yahoo-small", "ptb", "omniglot"):
         assert f"{name}: available" in out
     assert "yahoo: MISSING" in out and "yelp: MISSING" in out
+
+
+def test_only_newlines_end_documents(tmp_path):
+    paths = write_split(tmp_path, {"train": "a\x0cb c\r\nd\u2028e\n", "valid": "a\n", "test": "a\n"})
+    corpus = datalib.text_corpus("t", paths)
+    assert len(corpus.splits["train"]) == 2
+    assert [len(x) - 2 for x in corpus.splits["train"]] == [3, 2]     # whitespace inside a line still splits tokens
+
+
+def test_an_empty_split_is_an_error(tmp_path):
+    paths = write_split(tmp_path, {"train": "a b\n", "valid": "a\n", "test": "a\n"})
+    with pytest.raises(datalib.DataError, match="no valid documents"):
+        datalib.text_corpus("t", paths, take={"valid": slice(5, None)})
+
+
+def test_eval_binarization_does_not_depend_on_the_subset(omni_root):
+    full, part = datalib.load_omniglot(omni_root), datalib.load_omniglot(omni_root, subset=30)
+    assert torch.equal(full.splits["test"][:30], part.splits["test"])
+    assert torch.equal(full.splits["valid"][:30], part.splits["valid"])
