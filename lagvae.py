@@ -102,7 +102,9 @@ PRESETS = {"text": {
     "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50),
     # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
     "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
-    # Sized for 2 CPU cores (yahoo-small, ptb); see CPU_TEXT_TIMING for the measured epoch times.
+    # Sized for 2 CPU cores (yahoo-small, ptb). Measured 2026-11-24 on the 2-core VM, one thread,
+    # two other runs sharing the cores: yahoo-small 46 s/epoch (whole run 9.4 min with the IW test),
+    # ptb 19 s/epoch (4.5 min); both plain VAEs collapse (AU 0, KL < 0.1). See RESULTS.md.
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=10, subset=9000,
                 max_vocab=5000, max_len=40, max_test=1000, iw_samples=100),
     # For tests: a few seconds per run.
@@ -114,7 +116,7 @@ PRESETS = {"text": {
     # every 10 steps and ends aggressive training after 5 epochs without a new best MI.
     "paper": dict(nz=32, enc_nh=64, dec_nh=64, batch_size=50, optim="adam", lr=1e-3, epochs=1000,
                   decay_patience=20, inner_window=10, mi_patience=5),
-    # Sized for 2 CPU cores; see the measured epoch times in RESULTS.md.
+    # Sized for 2 CPU cores: 2,000 training images; epoch times not yet measured at this size.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
                 epochs=8, decay_patience=2, inner_window=10, mi_patience=2, subset=2000, max_test=1000,
                 iw_samples=50),
