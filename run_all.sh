@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
-mkdir -p runs
+mkdir -p runs figures
 
 # run NAME ARGS...: queue `lagvae.py train ARGS --out runs/NAME` unless it has finished;
 # flush runs the queue, JOBS at a time.
@@ -62,7 +62,9 @@ flush
 $PY lagvae.py table runs/synthetic-nz1-* | tee runs/table_synthetic_nz1.md
 $PY lagvae.py table runs/*-cpu-* | tee runs/table_cpu.md
 $PY lagvae.py table runs/modes* | tee runs/table_modes.md
-$PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out runs/fig_posterior_means.png
-$PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out runs/fig_dynamics.png
-$PY lagvae.py figure nll-au runs/modes* --out runs/fig_nll_au.png
-$PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out runs/fig_trajectory.png
+$PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/posterior_means.png
+$PY lagvae.py figure dynamics runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/dynamics_synthetic.png
+$PY lagvae.py figure nll-au runs/synthetic-nz1-* --out figures/nll_au_synthetic.png
+$PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out figures/dynamics_modes.png
+$PY lagvae.py figure nll-au runs/modes* --out figures/nll_au_modes.png
+$PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out figures/trajectory.png
