@@ -1011,14 +1011,14 @@ def load_results(run_dirs):
     return results
 
 
-def summarize(results):
-    """Group by (data, mode): mean and std over seeds of TABLE_COLUMNS, collapse counts, and training
-    time relative to basic VAE in the same dataset."""
+def summarize(results, by_run=False):
+    """Group by (data, mode), or one row per run: mean and std over seeds of TABLE_COLUMNS, collapse
+    counts, and training time relative to basic VAE in the same dataset (and seed, by run)."""
     groups = {}
     for r in results:
-        groups.setdefault((r["data"], r["mode"]), []).append(r)
+        groups.setdefault((r["data"], r["mode"], r["seed"] if by_run else None), []).append(r)
     rows = []
-    for (data, mode), rs in sorted(groups.items()):
+    for (data, mode, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
         for c in TABLE_COLUMNS:
             v = np.array([r.get(c, np.nan) for r in rs], dtype=float)       # e.g. no iw_nll: NaN
@@ -1028,7 +1028,8 @@ def summarize(results):
         rows.append(row)
     paper = paper_results()
     for row in rows:
-        base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"]
+        base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
+                and (not by_run or b["seeds"] == row["seeds"])]
         row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if base else None
         ref = paper.get((PAPER_DATA.get(row["data"], row["data"]), row["mode"]), {})
         row["paper_table"] = ref.get("table")
@@ -1038,11 +1039,11 @@ def summarize(results):
 
 
 def format_table(rows, fmt="md"):
-    head = ["data", "mode", "runs", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio", "paper_table",
+    head = ["data", "mode", "seeds", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio", "paper_table",
             *("paper_" + c for c in PAPER_COLUMNS)]
     cell = lambda row, c: (f"{row[c]:.2f} ({row[c + '_std']:.2f})" if c in TABLE_COLUMNS and fmt == "md"
                            else "" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float)
-                           else str(row[c]))
+                           else " ".join(map(str, row[c])) if isinstance(row[c], list) else str(row[c]))
     if fmt == "csv":
         lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
         lines += [",".join([cell(r, c) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
@@ -1237,6 +1238,7 @@ def main(argv=None):
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
+    tb.add_argument("--by-run", action="store_true", help="one row per run instead of mean (std) over seeds")
     args = vars(ap.parse_args(argv))
     try:
         cmd = args.pop("cmd")
@@ -1250,7 +1252,7 @@ def main(argv=None):
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])
         else:
-            print(format_table(summarize(load_results(args["run_dirs"])), args["format"]))
+            print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"]), args["format"]))
     except (UsageError, OSError) as e:
         print(f"lagvae: error: {e}", file=sys.stderr)
         return 2

@@ -59,12 +59,12 @@ run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --
   --iw-samples 0 --trajectory-iters 30 --seed 0 --aggressive
 flush
 
-$PY lagvae.py table runs/synthetic-nz1-* | tee runs/table_synthetic_nz1.md
-$PY lagvae.py table runs/*-cpu-* | tee runs/table_cpu.md
-$PY lagvae.py table runs/modes* | tee runs/table_modes.md
+$PY lagvae.py table runs/synthetic-nz1-*/ | tee runs/table_synthetic_nz1.md
+$PY lagvae.py table runs/*-cpu-*/ | tee runs/table_cpu.md
+$PY lagvae.py table runs/modes*/ | tee runs/table_modes.md
 $PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/posterior_means.png
 $PY lagvae.py figure dynamics runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/dynamics_synthetic.png
-$PY lagvae.py figure nll-au runs/synthetic-nz1-* --out figures/nll_au_synthetic.png
+$PY lagvae.py figure nll-au runs/synthetic-nz1-*/ --out figures/nll_au_synthetic.png
 $PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out figures/dynamics_modes.png
-$PY lagvae.py figure nll-au runs/modes* --out figures/nll_au_modes.png
+$PY lagvae.py figure nll-au runs/modes*/ --out figures/nll_au_modes.png
 $PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out figures/trajectory.png

@@ -29,9 +29,9 @@ def test_summary_means_stds_counts_and_time_ratio(tmp_path):
     assert (rows["aggressive"]["collapsed"], rows["aggressive"]["escaped"]) == (1, 1)
     assert rows["aggressive"]["time_ratio"] == pytest.approx(48 / 12)
     md = lagvae.format_table(list(rows.values()))
-    assert "| synthetic | aggressive | 2 | 1 | 1 | 38.50 (0.71) |" in md
+    assert "| synthetic | aggressive | 0 1 | 1 | 1 | 38.50 (0.71) |" in md
     csv = lagvae.format_table(list(rows.values()), "csv").splitlines()
-    assert len(csv) == 3 and csv[0].startswith("data,mode,runs")
+    assert len(csv) == 3 and csv[0].startswith("data,mode,seeds")
 
 
 def test_table_cli_rejects_a_directory_without_results(tmp_path, capsys):
@@ -81,3 +81,11 @@ def test_runs_without_iw_nll_summarize_as_nan(tmp_path):
     (d / "result.json").write_text(json.dumps(r))
     row = lagvae.summarize(lagvae.load_results([d]))[0]
     assert np.isnan(row["iw_nll"]) and row["kl"] == 0.0
+
+
+def test_by_run_rows_and_same_seed_time_ratio(tmp_path):
+    dirs = [fake_run(tmp_path, "b0", seed=0, train_seconds=10.0), fake_run(tmp_path, "b1", seed=1, train_seconds=20.0),
+            fake_run(tmp_path, "a1", mode="aggressive", seed=1, train_seconds=50.0)]
+    rows = lagvae.summarize(lagvae.load_results(dirs), by_run=True)
+    assert [(r["mode"], r["seeds"]) for r in rows] == [("aggressive", [1]), ("basic", [0]), ("basic", [1])]
+    assert rows[0]["time_ratio"] == pytest.approx(2.5)          # against basic of the same seed
