@@ -545,14 +545,17 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     return (mu, logvar) if exact else (mu.detach(), logvar.detach())
 
 
+def refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
+    """The encoder's (mu, logvar), refined per batch for SA-VAE and unchanged otherwise."""
+    if not cfg.savae:
+        return mu, logvar
+    with torch.backends.cudnn.flags(enabled=False):      # cuDNN's LSTM has no double backward
+        return svi_refine(model, x, mu, logvar, cfg, kl_weight, gen)
+
+
 def infer(model, x, cfg, kl_weight=1.0, gen=None):
-    """q(z|x)'s (mu, logvar): the encoder's, refined per batch for SA-VAE."""
-    mu, logvar = model.encode(x)
-    if cfg.savae:
-        # cuDNN's LSTM has no double backward; the native kernels do.
-        with torch.backends.cudnn.flags(enabled=False):
-            return svi_refine(model, x, mu, logvar, cfg, kl_weight, gen)
-    return mu, logvar
+    """q(z|x)'s (mu, logvar) for training and evaluation."""
+    return refine(model, x, *model.encode(x), cfg, kl_weight, gen)
 
 
 def objective(model, x, cfg, kl_weight=1.0):
@@ -915,9 +918,9 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
     rec_sum = kl_sum = mi_sum = nll_sum = amortized_sum = 0.0
     mus, logvars, zs = [], [], []
     for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
-        mu, logvar = infer(model, x, cfg, gen=gen)
+        mu0, logvar0 = model.encode(x)
+        mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
         if cfg.savae:
-            mu0, logvar0 = model.encode(x)
             amortized_sum += float(gaussian_kl(mu0, logvar0).sum()
                                    - model.log_px_given_z(x, sample_z(mu0, logvar0, 1, gen)).sum())
         z = sample_z(mu, logvar, 1, gen)
