@@ -1,5 +1,7 @@
-"""Section 6: the command line, run directories, resume and error messages."""
+"""Section 7: the command line, run directories, resume and error messages."""
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +180,20 @@ def test_garbage_checkpoint_and_missing_run_dir_are_one_line_errors(tmp_path, ca
     assert lagvae.main(["figure", "posterior", str(tmp_path / "nope"), "--out", str(tmp_path / "f.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--ckpt" in err[0] and "config.json" in err[1]
+
+
+SHARED = os.environ.get("LAGVAE_DATA")
+
+
+@pytest.mark.skipif(not SHARED or not (Path(SHARED or ".") / "ptb" / "ptb.train.txt").is_file(),
+                    reason="LAGVAE_DATA with ptb/ is not set (shared data)")
+@pytest.mark.parametrize("flags", [[], ["--aggressive", "--anneal"], ["--savae", "--svi-steps", "2"], ["--lm"],
+                                   ["--beta", "0.4"], ["--free-bits", "0.1"], ["--cyclical", "2"],
+                                   ["--bn-gamma", "0.6"], ["--pretrain-encoder"], ["--encoder-lr-mult", "2"]])
+def test_every_mode_on_real_text(tmp_path, flags):
+    """The modes on Penn Treebank (variable lengths, so length buckets of every size, singletons too)."""
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--data", "ptb", "--data-dir", SHARED, "--preset", "tiny", "--epochs", "1",
+                        "--max-vocab", "500", "--quiet", "--out", str(out), *flags]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["data"] == "ptb" and math.isfinite(result["iw_nll"])
