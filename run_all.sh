@@ -39,11 +39,13 @@ run yahoo-small-cpu-basic-s0 --data yahoo-small --data-dir "$DATA" --preset cpu 
 run ptb-cpu-basic-s0 --data ptb --data-dir "$DATA" --preset cpu --seed 0
 flush
 
-# Issue 4: every training mode, one seed, synthetic data (nz 2), 2,000 training sentences, 6 epochs.
+# Issue 4: every training mode, one seed, synthetic data (nz 2), 2,000 training sentences, 6 epochs,
+# IW-NLL with 100 samples on the first 500 test sentences.
 for flags in "" "--aggressive" "--anneal" "--aggressive --anneal" "--beta 0.4" "--savae" "--savae --anneal" \
              "--lm" "--encoder-lr-mult 2" "--free-bits 0.25" "--cyclical 2" "--bn-gamma 0.6" "--pretrain-encoder"; do
   name=modes$(echo "$flags" | tr -d ' ' | sed 's/--/-/g')
-  run "$name" --data synthetic --data-dir data --preset synthetic --subset 2000 --epochs 6 --seed 0 $flags
+  run "$name" --data synthetic --data-dir data --preset synthetic --subset 2000 --epochs 6 \
+    --iw-samples 100 --max-test 500 --seed 0 $flags
 done
 flush
 
