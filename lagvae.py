@@ -981,7 +981,8 @@ def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", qui
 # ------------------------------------------------------------------------------------------------
 # 6. Analysis: tables and figures from run directories.
 
-TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds"]
+TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds",
+                 "agg_epochs", "agg_epoch_s", "epoch_s"]
 PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio"]
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset it is compared with
@@ -1004,13 +1005,25 @@ def collapse_state(result):
     return "escaped" if result["au"] >= 1 and result["mi"] > 0.5 else "between"
 
 
+def epoch_stats(log):
+    """From log.jsonl rows: how many epochs ran aggressive, and the mean seconds of an aggressive
+    and of a plain epoch, so the cost of the inner loop is measured within one run (same load)."""
+    agg = [e["seconds"] for e in log if e.get("aggressive")]
+    plain = [e["seconds"] for e in log if not e.get("aggressive")]
+    mean = lambda v: float(np.mean(v)) if v else float("nan")
+    return {"agg_epochs": len(agg), "agg_epoch_s": mean(agg), "epoch_s": mean(plain)}
+
+
 def load_results(run_dirs):
     results = []
     for d in map(Path, run_dirs):
         try:
-            results.append(json.loads((d / "result.json").read_text()))
+            r = json.loads((d / "result.json").read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"{d}: no readable result.json ({e})") from None
+        if (d / "log.jsonl").exists():
+            r.update(epoch_stats(read_jsonl(d / "log.jsonl")))
+        results.append(r)
     return results
 
 
@@ -1044,7 +1057,8 @@ def summarize(results, by_run=False):
 def format_table(rows, fmt="md"):
     head = ["data", "mode", "seeds", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio", "paper_table",
             *("paper_" + c for c in PAPER_COLUMNS)]
-    cell = lambda row, c: (f"{row[c]:.2f} ({row[c + '_std']:.2f})" if c in TABLE_COLUMNS and fmt == "md"
+    cell = lambda row, c: (f"{row[c]:.2f}" + (f" ({row[c + '_std']:.2f})" if row["runs"] > 1 else "")
+                           if c in TABLE_COLUMNS and fmt == "md"
                            else "" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float)
                            else " ".join(map(str, row[c])) if isinstance(row[c], list) else str(row[c]))
     if fmt == "csv":

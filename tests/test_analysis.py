@@ -54,7 +54,7 @@ def test_summary_carries_the_papers_numbers(tmp_path):
 def fake_trained_run(root, name, mode, kl):
     d = fake_run(root, name, mode=mode, kl=kl, mi=kl / 2, au=int(kl > 0.5))
     (d / "config.json").write_text(json.dumps({"mode": mode}))
-    (d / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "val_mi": kl / 2 * e, "val_kl": kl * e}) + "\n"
+    (d / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "val_mi": kl / 2 * e, "val_kl": kl * e, "seconds": 1.0}) + "\n"
                                          for e in (1, 2, 3)))
     g = np.random.default_rng(0)
     snaps = [{"iter": it, "model_mean": g.normal(size=50).tolist(), "inference_mean": g.normal(size=50).tolist()}
@@ -89,3 +89,13 @@ def test_by_run_rows_and_same_seed_time_ratio(tmp_path):
     rows = lagvae.summarize(lagvae.load_results(dirs), by_run=True)
     assert [(r["mode"], r["seeds"]) for r in rows] == [("aggressive", [1]), ("basic", [0]), ("basic", [1])]
     assert rows[0]["time_ratio"] == pytest.approx(2.5)          # against basic of the same seed
+
+
+def test_epoch_columns_come_from_the_log(tmp_path):
+    d = fake_run(tmp_path, "a", mode="aggressive")
+    log = [{"epoch": 1, "aggressive": True, "seconds": 300.0}, {"epoch": 2, "aggressive": True, "seconds": 500.0},
+           {"epoch": 3, "aggressive": False, "seconds": 6.0}, {"epoch": 4, "aggressive": False, "seconds": 4.0}]
+    (d / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    row = lagvae.summarize(lagvae.load_results([d, fake_run(tmp_path, "b")]), by_run=True)[0]
+    assert (row["agg_epochs"], row["agg_epoch_s"], row["epoch_s"]) == (2, 400.0, 5.0)
+    assert "| synthetic | aggressive | 0 | 1 | 0 | 40.00 | " in lagvae.format_table([row])
