@@ -116,9 +116,10 @@ PRESETS = {"text": {
     # every 10 steps and ends aggressive training after 5 epochs without a new best MI.
     "paper": dict(nz=32, enc_nh=64, dec_nh=64, batch_size=50, optim="adam", lr=1e-3, epochs=1000,
                   decay_patience=20, inner_window=10, mi_patience=5),
-    # Sized for 2 CPU cores: 2,000 training images; epoch times not yet measured at this size.
+    # Sized for 2 CPU cores (epoch times: see RESULTS.md). mi_patience 2, not the official 5: with
+    # 5, a run this short would stay aggressive nearly to its end.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
-                epochs=8, decay_patience=2, inner_window=10, mi_patience=2, subset=2000, max_test=1000,
+                epochs=12, decay_patience=2, inner_window=10, mi_patience=2, subset=3000, max_test=1000,
                 iw_samples=50),
     "tiny": dict(nz=4, enc_nh=8, dec_nh=8, dec_kernels="5,3", batch_size=10, optim="adam", lr=1e-3,
                  epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
@@ -1054,20 +1055,27 @@ def summarize(results, by_run=False):
     return rows
 
 
+def format_cell(row, c, fmt="md"):
+    v = row[c]
+    if v is None or isinstance(v, float) and np.isnan(v):          # no paper number, no aggressive epoch
+        return ""
+    if isinstance(v, list):
+        return " ".join(map(str, v))
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.2f} ({row[c + '_std']:.2f})" if fmt == "md" and c in TABLE_COLUMNS and row["runs"] > 1 else f"{v:.2f}"
+
+
 def format_table(rows, fmt="md"):
     head = ["data", "mode", "seeds", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio", "paper_table",
             *("paper_" + c for c in PAPER_COLUMNS)]
-    cell = lambda row, c: (f"{row[c]:.2f}" + (f" ({row[c + '_std']:.2f})" if row["runs"] > 1 else "")
-                           if c in TABLE_COLUMNS and fmt == "md"
-                           else "" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float)
-                           else " ".join(map(str, row[c])) if isinstance(row[c], list) else str(row[c]))
     if fmt == "csv":
         lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
-        lines += [",".join([cell(r, c) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
+        lines += [",".join([format_cell(r, c, fmt) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
                   for r in rows]
         return "\n".join(lines)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell(r, c) for c in head) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_cell(r, c) for c in head) + " |" for r in rows]
     return "\n".join(lines)
 
 

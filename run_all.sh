@@ -49,9 +49,10 @@ for flags in "" "--aggressive" "--anneal" "--aggressive --anneal" "--beta 0.4" "
 done
 flush
 
-# Issue 5: Omniglot, cpu preset, basic vs aggressive.
+# Issue 5: Omniglot, cpu preset, basic vs aggressive, and the PixelCNN without z (exact NLL).
 run omniglot-cpu-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --seed 0
 run omniglot-cpu-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed 0
+run omniglot-cpu-lm-s0 --data omniglot --data-dir "$DATA" --preset cpu --lm --seed 0
 flush
 
 # Figure 3: one example's path through the first 30 generator updates (basic and aggressive).
@@ -70,3 +71,7 @@ $PY lagvae.py figure nll-au runs/synthetic-nz1-*/ --out figures/nll_au_synthetic
 $PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out figures/dynamics_modes.png
 $PY lagvae.py figure nll-au runs/modes*/ --out figures/nll_au_modes.png
 $PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out figures/trajectory.png
+$PY lagvae.py figure dynamics runs/omniglot-cpu-basic-s0 runs/omniglot-cpu-aggressive-s0 --out figures/dynamics_omniglot.png
+for mode in basic aggressive; do
+  $PY lagvae.py samples --ckpt runs/omniglot-cpu-$mode-s0/model.pt --data-dir "$DATA" --out figures/omniglot_samples_$mode.png
+done
