@@ -63,7 +63,8 @@ run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --
 flush
 
 $PY lagvae.py table runs/synthetic-nz1-*/ | tee runs/table_synthetic_nz1.md
-$PY lagvae.py table runs/*-cpu-*/ | tee runs/table_cpu.md
+$PY lagvae.py table runs/{yahoo-small,ptb}-cpu-*/ | tee runs/table_cpu.md
+$PY lagvae.py table runs/omniglot-cpu-*/ | tee runs/table_omniglot.md
 $PY lagvae.py table runs/modes*/ | tee runs/table_modes.md
 $PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/posterior_means.png
 $PY lagvae.py figure dynamics runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/dynamics_synthetic.png
