@@ -115,6 +115,6 @@ def test_shifted_initialization_starts_away_from_the_origin():
     model, _ = tiny_model(shifted_init=True)
     for name, p in model.named_parameters():
         lo, hi = (0.0, 0.2) if "embed" in name else (0.04, 0.06)
-        assert lo <= float(p.min()) and float(p.max()) <= hi, name
+        assert lo <= p.min().item() and p.max().item() <= hi, name
     mu, _ = model.encode(random_batch())
     assert (mu > 0).all()                 # App. G: positive weights give positive encoder outputs
