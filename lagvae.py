@@ -1026,19 +1026,22 @@ def load_results(run_dirs):
             raise UsageError(f"{d}: no readable result.json ({e})") from None
         if (d / "log.jsonl").exists():
             r.update(epoch_stats(read_jsonl(d / "log.jsonl")))
-        results.append(r)
+        results.append({**r, "run": str(d)})
     return results
 
 
 def summarize(results, by_run=False):
     """Group by (data, mode), or one row per run: mean and std over seeds of TABLE_COLUMNS, collapse
-    counts, and training time relative to basic VAE in the same dataset (and seed, by run)."""
+    counts, and training time relative to basic VAE in the same dataset (by run: the one basic run
+    of the same seed; none if there are several, e.g. two schedules)."""
     groups = {}
     for r in results:
-        groups.setdefault((r["data"], r["mode"], r["seed"] if by_run else None), []).append(r)
+        groups.setdefault((r["data"], r["mode"], (r["seed"], r["run"]) if by_run else None), []).append(r)
     rows = []
     for (data, mode, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
+        if by_run:
+            row["run"] = rs[0]["run"]
         for c in TABLE_COLUMNS:
             v = np.array([r.get(c, np.nan) for r in rs], dtype=float)       # e.g. no iw_nll: NaN
             row[c], row[c + "_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -1049,7 +1052,7 @@ def summarize(results, by_run=False):
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
                 and (not by_run or b["seeds"] == row["seeds"])]
-        row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if base else None
+        row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if len(base) == 1 else None
         ref = paper.get((PAPER_DATA.get(row["data"], row["data"]), row["mode"]), {})
         row["paper_table"] = ref.get("table")
         for c in PAPER_COLUMNS:
@@ -1069,8 +1072,8 @@ def format_cell(row, c, fmt="md"):
 
 
 def format_table(rows, fmt="md"):
-    head = ["data", "mode", "seeds", "collapsed", "escaped", *TABLE_COLUMNS, "time_ratio", "paper_table",
-            *("paper_" + c for c in PAPER_COLUMNS)]
+    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode", "seeds", "collapsed", "escaped",
+            *TABLE_COLUMNS, "time_ratio", "paper_table", *("paper_" + c for c in PAPER_COLUMNS)]
     if fmt == "csv":
         lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
         lines += [",".join([format_cell(r, c, fmt) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])

@@ -99,3 +99,13 @@ def test_epoch_columns_come_from_the_log(tmp_path):
     row = lagvae.summarize(lagvae.load_results([d, fake_run(tmp_path, "b")]), by_run=True)[0]
     assert (row["agg_epochs"], row["agg_epoch_s"], row["epoch_s"]) == (2, 400.0, 5.0)
     assert "| synthetic | aggressive | 0 | 1 | 0 | 40.00 | " in lagvae.format_table([row])
+
+
+def test_by_run_keeps_runs_of_one_seed_apart(tmp_path):
+    dirs = [fake_run(tmp_path, "b12", train_seconds=10.0), fake_run(tmp_path, "b30", train_seconds=30.0, iw_nll=39.0),
+            fake_run(tmp_path, "a12", mode="aggressive", train_seconds=50.0)]
+    rows = lagvae.summarize(lagvae.load_results(dirs), by_run=True)
+    assert sorted((r["mode"], r["iw_nll"]) for r in rows) == [("aggressive", 40.0), ("basic", 39.0), ("basic", 40.0)]
+    agg = next(r for r in rows if r["mode"] == "aggressive")
+    assert agg["time_ratio"] is None                    # two basic runs of seed 0: no single reference
+    assert f"| {tmp_path / 'b30'} | synthetic | basic |" in lagvae.format_table(rows)
