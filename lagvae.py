@@ -116,9 +116,9 @@ PRESETS = {"text": {
     # every 10 steps and ends aggressive training after 5 epochs without a new best MI.
     "paper": dict(nz=32, enc_nh=64, dec_nh=64, batch_size=50, optim="adam", lr=1e-3, epochs=1000,
                   decay_patience=20, inner_window=10, mi_patience=5),
-    # Sized for 2 CPU cores. Measured 2026-11-24 on the 2-core VM, one thread, two runs sharing the
-    # cores: 27 s per basic epoch, 5.4 min per basic run plus the IW test; an aggressive epoch
-    # ~420 s, a whole aggressive run 32 min. mi_patience 2, not the official 5: with 5, a run this
+    # Sized for 2 CPU cores. Measured 2026-11-24 on the 2-core VM, one thread per run, 1-2 other
+    # runs beside: 16-27 s per basic epoch, 3.3-5.4 min per basic run plus the IW test; an
+    # aggressive epoch 340-610 s, a whole aggressive run 21-32 min (seeds 0, 1; RESULTS.md). mi_patience 2, not the official 5: with 5, a run this
     # short would stay aggressive nearly to its end.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
                 epochs=12, decay_patience=2, inner_window=10, mi_patience=2, subset=3000, max_test=1000,
