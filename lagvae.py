@@ -118,8 +118,9 @@ PRESETS = {"text": {
                   decay_patience=20, inner_window=10, mi_patience=5),
     # Sized for 2 CPU cores. Measured 2026-11-24 on the 2-core VM, one thread per run, 1-2 other
     # runs beside: 16-27 s per basic epoch, 3.3-5.4 min per basic run plus the IW test; an
-    # aggressive epoch 340-610 s, a whole aggressive run 21-32 min (seeds 0, 1; RESULTS.md). mi_patience 2, not the official 5: with 5, a run this
-    # short would stay aggressive nearly to its end.
+    # aggressive epoch 340-610 s, a whole aggressive run 21-32 min (seeds 0, 1; RESULTS.md).
+    # mi_patience 2, not the official 5: with 5, a run this short would stay aggressive nearly to
+    # its end.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
                 epochs=12, decay_patience=2, inner_window=10, mi_patience=2, subset=3000, max_test=1000,
                 iw_samples=50),
@@ -1036,7 +1037,7 @@ def summarize(results, by_run=False):
     of the same seed; none if there are several, e.g. two schedules)."""
     groups = {}
     for r in results:
-        groups.setdefault((r["data"], r["mode"], (r["seed"], r["run"]) if by_run else None), []).append(r)
+        groups.setdefault((r["data"], r["mode"], r["run"] if by_run else None), []).append(r)
     rows = []
     for (data, mode, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
