@@ -10,11 +10,13 @@ Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training mo
 """
 import argparse
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -47,7 +49,10 @@ class Config:
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
     quiet: bool = False
-    resume: bool = False           # continue from <out>/last.pt
+    resume: bool = False           # continue the run in <out> from its last.pt (same config; see README)
+    overwrite: bool = False        # replace the run in <out>, removing all its files first
+    checkpoint_minutes: float = 5.0  # also write last.pt within an epoch this often (0 = at epoch ends)
+    threads: int = 0               # CPU threads (0 = torch's default)
     # model (App. B)
     nz: int = 32
     ni: int = 512                  # word embedding size
@@ -69,9 +74,12 @@ class Config:
     # aggressive inference-network training (Algorithm 1, Sec. 4.2)
     aggressive: bool = False
     inner_window: int = 15         # inner loop stops when the mean loss of a window stops falling
+    inner_z: float = 0.0           # ... or falls by less than inner_z standard errors (0 = the paper's test)
     max_inner_steps: int = 100
     inner_steps: int = 0           # fixed inner budget instead of the convergence test (Table 4)
-    mi_patience: int = 2           # epochs without a new best validation MI before aggressive ends
+    mi_checks: int = 1             # validation-MI checks per epoch while aggressive (the paper: 1)
+    mi_patience: int = 2           # checks without a new best validation MI before aggressive ends
+    mi_tol: float = 0.0            # a new best must beat the old by more than this many nats
     # KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10
     anneal: bool = False           # KL weight rises linearly from kl_start to 1 over the warm-up
     kl_start: float = 0.1
@@ -159,11 +167,12 @@ def resolve_config(overrides):
     if not kernels or any(k < 1 or k % 2 == 0 for k in kernels):
         raise UsageError(f"--dec-kernels: expected odd kernel sizes like 7,5,3, got {cfg.dec_kernels!r}")
     for name in ("ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window", "max_inner_steps",
-                 "iw_chunk", "mi_patience", "decay_patience", "warm_up", "svi_steps") + (() if cfg.lm else ("nz",)):
+                 "iw_chunk", "mi_patience", "mi_checks", "decay_patience", "warm_up", "svi_steps") + (() if cfg.lm else ("nz",)):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
     for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples", "warm_up_iters",
-                 "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr"):
+                 "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr", "inner_z", "mi_tol", "checkpoint_minutes",
+                 "threads"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
     try:
@@ -643,24 +652,32 @@ def update(model, opts, x, cfg, part="all", kl_weight=1.0):
 
 def aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight=1.0, after_step=None):
     """Algorithm 1, lines 5-9: encoder-only updates, the first on the outer minibatch and later ones
-    on random minibatches, until the mean per-token loss over a window of `inner_window` steps is
-    higher than over the window before (or a fixed budget of `inner_steps`). Returns the step count.
-    The loss is accumulated on the device and read once per window, so there is one sync per window.
+    on random minibatches, until the encoder has caught up, or a fixed budget of `inner_steps`
+    (Table 4). Caught up means: the mean per-token loss over the latest window of `inner_window`
+    steps is not below the window before by more than `inner_z` standard errors of the difference.
+    With inner_z 0 this is the paper's test (any rise stops). Because every step sees a new random
+    batch, once the encoder has caught up that plain comparison still reads batch noise as progress
+    about half of the time; a positive inner_z stops when the fall is within that noise. The loss
+    stays on the device and is read once per window. Returns the step count.
     after_step, if given, is called after every encoder update (Figure 3's trajectory)."""
     # Eq. 4: phi* = argmax_phi L(X; theta, phi), approximated by these encoder steps.
     budget = cfg.inner_steps or cfg.max_inner_steps
-    prev, win_loss, win_n, steps = math.inf, 0.0, 0, 0
+    prev, prev_se2, win_loss, win_n, per_token, steps = math.inf, 0.0, 0.0, 0, [], 0
     while steps < budget:
-        win_loss = win_loss + update(model, opts, x, cfg, "encoder", kl_weight)[0] * x.size(0)
+        loss = update(model, opts, x, cfg, "encoder", kl_weight)[0]
+        win_loss = win_loss + loss * x.size(0)
         win_n += model.n_targets(x)
+        if cfg.inner_z:
+            per_token.append(loss * (x.size(0) / model.n_targets(x)))
         steps += 1
         if after_step:
             after_step()
         if not cfg.inner_steps and steps % cfg.inner_window == 0:
             cur = float(win_loss) / win_n
-            if cur > prev:
+            se2 = float(torch.stack(per_token).var()) / cfg.inner_window if cfg.inner_z else 0.0
+            if cur > prev - cfg.inner_z * math.sqrt(prev_se2 + se2):
                 break
-            prev, win_loss, win_n = cur, 0.0, 0
+            prev, prev_se2, win_loss, win_n, per_token = cur, se2, 0.0, 0, []
         x = random_batch()
     return steps
 
@@ -671,16 +688,18 @@ class AggressiveSwitch:
     The official text code compares the per-minibatch MI estimate with the previous epoch's, starting
     from 0; that estimate is noisy (negative on a collapsed model), so one unlucky epoch ends
     aggressive training for good. We use the whole-validation-set estimator `mi_full` (mixture over
-    all encodings, evaluated with the same noise every epoch) and end aggressive training only after
-    `mi_patience` epochs without a new best, as the official image code does with patience 5."""
+    all encodings, evaluated with the same noise every call) and end aggressive training after
+    `patience` checks without a new best, as the official image code does with patience 5. A new
+    best must beat the old one by more than `tol` nats, so a slow creep of the MI (which the paper's
+    rule rewards with more aggressive epochs) does not keep the inner loop running."""
 
-    def __init__(self, on, patience):
-        self.on, self.patience, self.best, self.bad = on, patience, -math.inf, 0
+    def __init__(self, on, patience, tol=0.0):
+        self.on, self.patience, self.tol, self.best, self.bad = on, patience, tol, -math.inf, 0
 
     def step(self, mi):
         if not self.on:
             return
-        if mi > self.best:
+        if mi > self.best + self.tol:
             self.best, self.bad = mi, 0
         else:
             self.bad += 1
@@ -756,151 +775,311 @@ def load_data(cfg):
         raise UsageError(str(e)) from None
 
 
-def train(cfg):
-    """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
-    result.json into the run directory. Returns the result dict."""
-    device = get_device(cfg)
+RUN_FILES = ("config.json", "log.jsonl", "model.pt", "last.pt", "result.json", "snapshots.jsonl",
+             "trajectory.jsonl", "samples.png")
+# Fields that may differ on --resume: how long to train, where and how quietly, how to evaluate the
+# test set. Everything else shapes the model, the data or the trajectory and must match.
+RESUMABLE = {"epochs", "max_decay", "resume", "overwrite", "out", "quiet", "device", "threads", "data_dir",
+             "checkpoint_minutes", "iw_samples", "iw_chunk", "max_test"}
+
+
+@contextmanager
+def run_directory(cfg):
+    """The run directory, locked against a second writer for as long as this run lasts (flock: the
+    lock goes with the process however it ends, so a killed run never leaves it stuck). A directory
+    that holds a run is refused unless resuming (with the same config) or overwriting, and an
+    overwrite removes every file of the old run first, so nothing stale is mixed into the new one."""
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    seed_all(cfg.seed)
-    corpus = load_data(cfg)
-    model = build_model(cfg, corpus).to(device)
-    put = lambda b: b.to(device)
-    val = [put(b) for b in corpus.batches("valid", cfg.batch_size)]
-    rng = np.random.default_rng(cfg.seed)
-
-    state = dict(epoch=0, it=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
-                 switch=AggressiveSwitch(cfg.aggressive, cfg.mi_patience))
-    last = out / "last.pt"
-    if cfg.resume and not last.is_file() and not cfg.pretrain_encoder:
-        raise UsageError(f"--resume: no checkpoint at {last}")
-    if cfg.pretrain_encoder and not (cfg.resume and last.is_file()):
-        # Li et al. 2019: an autoencoder (KL weight 0) first; keep its encoder, and the decoder
-        # built above stays freshly initialized.
-        pre = out / "pretrain"
-        ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0,
-                                 free_bits=0.0, iw_samples=0, out=str(pre),
-                                 resume=cfg.resume and (pre / "last.pt").is_file())
-        state["train_seconds"] = train(ae)["train_seconds"]
-        enc = torch.load(pre / "model.pt", map_location=device)["model"]
-        model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
-    opts = make_optimizers(model, cfg, cfg.lr)
-    if cfg.resume and last.is_file():
+    with open(out / ".lock", "w") as lock:
         try:
-            ck = torch.load(last, map_location=device, weights_only=False)
-            model.load_state_dict(ck["model"])
-        except Exception as e:      # a truncated file or one from other flags: say which and why
-            raise UsageError(f"--resume: cannot continue from {last} ({type(e).__name__}: {str(e)[:200]})") from None
-        state = ck["state"]
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--out {out}: another lagvae process is writing this run directory") from None
+        old = [f for f in RUN_FILES if (out / f).exists()] + ["pretrain/"] * (out / "pretrain").exists()
+        if old and cfg.resume and (out / "config.json").exists():
+            check_resume_config(out, cfg)
+        elif old and cfg.overwrite:
+            for f in RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+            shutil.rmtree(out / "pretrain", ignore_errors=True)
+        elif old and not cfg.resume:
+            raise UsageError(f"--out {out}: holds a run ({', '.join(old)}); add --resume to continue it "
+                             f"or --overwrite to replace it")
+        yield out
+
+
+def check_resume_config(out, cfg):
+    try:
+        saved = json.loads((out / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--resume: {out}/config.json is not a lagvae run config ({e})") from None
+    changed = [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
+               if k not in RESUMABLE and saved.get(k, getattr(Config, k)) != v]
+    if changed:
+        raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'resume'}))} may change")
+
+
+def new_state(cfg):
+    """Everything of the training loop that a checkpoint must carry besides weights and RNGs. `epoch`
+    counts finished epochs; `run` is the epoch in progress (None between epochs)."""
+    return dict(epoch=0, it=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
+                switch=AggressiveSwitch(cfg.aggressive, cfg.mi_patience, cfg.mi_tol),
+                steps=dict.fromkeys(STEP_KINDS, 0), run=None)
+
+
+STEP_KINDS = ("encoder", "decoder", "joint", "svi")     # gradient steps by kind (svi: SA-VAE refinements)
+
+
+def save_last(path, model, opts, state, rng, device):
+    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not)."""
+    plain = {k: vars(v) if isinstance(v, (Plateau, AggressiveSwitch)) else v for k, v in state.items()}
+    atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
+                 "state": plain, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, path)
+
+
+def load_last(out, model, cfg, rng, device):
+    """(state, optimizers) from <out>/last.pt; log and snapshot records written after it are dropped,
+    so the resumed run appends exactly what the uninterrupted run would have."""
+    last = out / "last.pt"
+    try:
+        ck = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        state = new_state(cfg)
+        for k, v in ck["state"].items():
+            if isinstance(state.get(k), (Plateau, AggressiveSwitch)):
+                vars(state[k]).update(v)
+            else:
+                state[k] = v
         opts = make_optimizers(model, cfg, state["lr"])
         for name, opt in opts.items():
             opt.load_state_dict(ck["opts"][name])
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
-        lines = (out / "log.jsonl").read_text().splitlines()[:state["epoch"]]
-        (out / "log.jsonl").write_text("".join(line + "\n" for line in lines))
-        for name in ("snapshots.jsonl", "trajectory.jsonl"):       # drop records of the lost epoch
-            if (out / name).is_file():
-                keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state["it"]]
-                (out / name).write_text("".join(r + "\n" for r in keep))
+    except Exception as e:      # a truncated file or one from other flags: say which and why
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise UsageError(f"--resume: cannot continue from {last} ({reason})") from None
+    rng.bit_generator.state = ck["rng"]
+    torch.set_rng_state(ck["torch_rng"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(ck["cuda_rng"], device)
+    lines = (out / "log.jsonl").read_text().splitlines()[:state["epoch"]]
+    (out / "log.jsonl").write_text("".join(line + "\n" for line in lines))
+    for name in ("snapshots.jsonl", "trajectory.jsonl"):
+        if (out / name).is_file():
+            keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state["it"]]
+            (out / name).write_text("".join(r + "\n" for r in keep))
+    return state, opts
+
+
+def pretrain_encoder(cfg, out, model, device):
+    """Li et al. 2019: an autoencoder (KL weight 0) first; its encoder is kept and the decoder stays
+    freshly initialized. Returns the pretraining seconds."""
+    pre = out / "pretrain"
+    ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0, free_bits=0.0,
+                             iw_samples=0, out=str(pre), overwrite=False,
+                             resume=cfg.resume and (pre / "last.pt").is_file())
+    seconds = train(ae)["train_seconds"]
+    enc = torch.load(pre / "model.pt", map_location=device)["model"]
+    model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
+    return seconds
+
+
+def train(cfg):
+    """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
+    result.json into the run directory. Returns the result dict."""
+    with run_directory(cfg) as out:
+        return train_in(cfg, out)
+
+
+def train_in(cfg, out):
+    device = get_device(cfg)
+    seed_all(cfg.seed)
+    corpus = load_data(cfg)
+    model = build_model(cfg, corpus).to(device)
+    val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size)]
+    rng = np.random.default_rng(cfg.seed)
+    state = new_state(cfg)
+    resuming = cfg.resume and (out / "last.pt").is_file()     # killed before its first checkpoint: start afresh
+    if cfg.pretrain_encoder and not resuming:
+        state["train_seconds"] = pretrain_encoder(cfg, out, model, device)
+    opts = make_optimizers(model, cfg, cfg.lr)
+    if resuming:
+        state, opts = load_last(out, model, cfg, rng, device)
     else:
         (out / "log.jsonl").write_text("")
         (out / "model.pt").unlink(missing_ok=True)     # never reload a best model of an earlier run
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "mode": mode_name(cfg),
                                                  "device": str(device), **environment()}, indent=2))
-
-    snap_iters = {int(i) for i in cfg.snapshot_iters.split(",") if i}
-    snap_points = [put(b) for b in corpus.batches("valid", 50, limit=500)] if snap_iters else []
-    snap = lambda: record_snapshot(model, snap_points, state["it"], cfg, out / "snapshots.jsonl")
-    if snap_iters and not cfg.resume:
-        (out / "snapshots.jsonl").write_text("")
-        if 0 in snap_iters:
-            snap()
-    # Figure 3: one validation example after every encoder and every decoder update.
-    track_point = [put(b) for b in corpus.batches("valid", 1, limit=1)] if cfg.trajectory_iters else []
-    track = lambda step: (record_snapshot(model, track_point, state["it"], cfg, out / "trajectory.jsonl", step)
-                          if state["it"] <= cfg.trajectory_iters else None)
-    if cfg.trajectory_iters and not cfg.resume:
-        (out / "trajectory.jsonl").write_text("")
-        track("init")
+    hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
 
     while state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay:
-        state["epoch"] += 1
-        switch = state["switch"]
-        t0 = time.time()
-        model.train()
-        train_batches = [put(b) for b in corpus.batches("train", cfg.batch_size, rng)]
-        random_batch = lambda: corpus.prepare(train_batches[rng.integers(len(train_batches))])
-        inner_total, was_aggressive = 0, switch.on
-        sums = torch.zeros(2, device=device)       # train rec, kl; read once per epoch
-        # disable=None: progress bars only on a terminal, never in nohup logs.
-        for x in tqdm(train_batches, desc=f"epoch {state['epoch']}", disable=cfg.quiet or None, leave=False):
-            x = corpus.prepare(x)
-            state["it"] += 1
-            kl_weight = kl_weight_at(cfg, state["it"], len(train_batches))
-            if switch.on:                                 # Algorithm 1, lines 4-12
-                inner_total += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight,
-                                                     (lambda: track("encoder")) if track_point else None)
-                _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
-            else:
-                _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
-            if track_point:
-                track("decoder" if switch.on else "joint")
-            sums += torch.stack([rec.sum(), kl.sum()])
-            if state["it"] in snap_iters:
-                snap()
-        n_train = sum(len(b) for b in train_batches)
-        train_rec, train_kl = (sums / n_train).tolist()
-        metrics = evaluate(model, val, cfg, desc="valid")
-        switch.step(metrics["mi_full"])
-        state["train_seconds"] += time.time() - t0
-        row = {"epoch": state["epoch"], "train_elbo": train_rec + train_kl, "train_rec": train_rec,
-               "train_kl": train_kl, **{f"val_{k}": v for k, v in metrics.items()},
-               "lr": state["lr"], "kl_weight": kl_weight, "aggressive": was_aggressive,
-               "inner_steps": inner_total / len(train_batches) if was_aggressive else 0.0,
-               "seconds": time.time() - t0}
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if not cfg.quiet:
-            print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
-                  f"kl {metrics['kl']:.3f} mi {metrics['mi']:.3f} mi_full {metrics['mi_full']:.3f} "
-                  f"au {metrics['au']} | lr {state['lr']:g} kl_weight {kl_weight:.3f} | aggressive {int(was_aggressive)} "
-                  f"inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
-
-        # Model selection on validation -ELBO (weight 1), except for the autoencoder of
-        # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
-        score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
-        if not math.isfinite(score):
-            raise UsageError(f"{out}: epoch {state['epoch']}: validation loss is {score}; training diverged "
-                             f"(try a smaller --lr or --clip-grad)")
-        verdict = state["plateau"].step(score)
-        if verdict == "best":
-            atomic_save({"config": asdict(cfg), "model": model.state_dict(),
-                         "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state["epoch"]},
-                        out / "model.pt")
-        elif verdict == "decay":                      # halve the lr and restart from the best model
-            state["lr"] *= cfg.lr_decay
-            state["decays"] += 1
-            model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
-            opts = make_optimizers(model, cfg, state["lr"])
-        atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-                     "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, last)
+        train_epoch(model, opts, corpus, val, cfg, state, rng, hooks,
+                    save=lambda: save_last(out / "last.pt", model, opts, state, rng, device))
+        opts = end_epoch(model, opts, corpus, val, cfg, state, out, device)
+        save_last(out / "last.pt", model, opts, state, rng, device)
 
     model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
-    if snap_iters:
-        snap()                                           # "convergence": the best model
+    hooks.finished()
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
     result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
               "epochs": state["epoch"], "train_seconds": state["train_seconds"],
+              **{f"steps_{k}": v for k, v in state["steps"].items()}, "steps": sum(state["steps"].values()),
               **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     if not cfg.quiet:
         print("test | " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in result.items()))
     return result
+
+
+class Hooks:
+    """What the batch loop does besides training: posterior-mean snapshots (Figure 2) after chosen
+    generator updates, and one example's trajectory (Figure 3) after every update. Both draw no
+    random numbers, so a run with them trains exactly as one without."""
+
+    def __init__(self, cfg, corpus, model, out, state, device, fresh):
+        self.cfg, self.model, self.out, self.state = cfg, model, out, state
+        self.snap_iters = {int(i) for i in cfg.snapshot_iters.split(",") if i}
+        self.snap_points = ([b.to(device) for b in corpus.batches("valid", 50, limit=500)]
+                            if self.snap_iters else [])
+        self.track_point = ([b.to(device) for b in corpus.batches("valid", 1, limit=1)]
+                            if cfg.trajectory_iters else [])
+        if self.snap_iters and fresh:
+            (out / "snapshots.jsonl").write_text("")
+            if 0 in self.snap_iters:
+                self.snapshot()
+        if self.track_point and fresh:
+            (out / "trajectory.jsonl").write_text("")
+            self.track("init")
+
+    def snapshot(self):
+        record_snapshot(self.model, self.snap_points, self.state["it"], self.cfg, self.out / "snapshots.jsonl")
+
+    def track(self, step):
+        if self.track_point and self.state["it"] <= self.cfg.trajectory_iters:
+            record_snapshot(self.model, self.track_point, self.state["it"], self.cfg,
+                            self.out / "trajectory.jsonl", step)
+
+    def encoder_step(self):
+        return (lambda: self.track("encoder")) if self.track_point else None
+
+    def after_batch(self, step):
+        self.track(step)
+        if self.state["it"] in self.snap_iters:
+            self.snapshot()
+
+    def finished(self):
+        if self.snap_iters:
+            self.snapshot()                           # "convergence": the best model
+
+
+def epoch_batches(corpus, cfg, rng, run, device):
+    """This epoch's training batches in order. They are drawn from the run's RNG at the epoch start,
+    whose state is kept in `run`, so a run resumed mid-epoch rebuilds exactly the same batches."""
+    if run["batch"] == 0:
+        run["rng"] = rng.bit_generator.state
+        order = rng
+    else:
+        order = np.random.default_rng()
+        order.bit_generator.state = run["rng"]
+    return [b.to(device) for b in corpus.batches("train", cfg.batch_size, order)]
+
+
+def mi_check_points(cfg, n_batches):
+    """Batch counts after which validation MI is checked while aggressive; the last is the epoch end."""
+    return {round(k * n_batches / cfg.mi_checks) for k in range(1, cfg.mi_checks)}
+
+
+def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
+    """One epoch of Algorithm 1 (or of plain joint updates once the switch is off). A checkpoint is
+    written every `checkpoint_minutes`, so a killed run loses at most that much of an epoch."""
+    device = val[0].device
+    if state["run"] is None:
+        state["epoch"] += 1
+        state["run"] = dict(batch=0, sums=torch.zeros(2, device=device), seconds=0.0, mi_checks=[],
+                            aggressive=state["switch"].on, steps=dict(state["steps"]))
+    run, switch, steps = state["run"], state["switch"], state["steps"]
+    batches = epoch_batches(corpus, cfg, rng, run, device)
+    random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
+    checks = mi_check_points(cfg, len(batches))
+    t0 = last_save = time.time()
+    model.train()
+    # disable=None: progress bars only on a terminal, never in nohup logs.
+    bar = tqdm(total=len(batches), initial=run["batch"], desc=f"epoch {state['epoch']}",
+               disable=cfg.quiet or None, leave=False)
+    while run["batch"] < len(batches):
+        x = corpus.prepare(batches[run["batch"]])
+        state["it"] += 1
+        run["kl_weight"] = kl_weight = kl_weight_at(cfg, state["it"], len(batches))
+        if switch.on:                                 # Algorithm 1, lines 4-12
+            steps["encoder"] += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight,
+                                                      hooks.encoder_step())
+            _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
+            steps["decoder"] += 1
+            hooks.after_batch("decoder")
+        else:
+            _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
+            steps["joint"] += 1
+            steps["svi"] += cfg.svi_steps if cfg.savae else 0
+            hooks.after_batch("joint")
+        run["sums"] += torch.stack([rec.sum(), kl.sum()])
+        run["batch"] += 1
+        bar.update()
+        if switch.on and run["batch"] in checks:      # Sec. 4.2, checked within the epoch
+            run["mi_checks"].append(evaluate(model, val, cfg, desc="valid")["mi_full"])
+            switch.step(run["mi_checks"][-1])
+        if cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            run["seconds"] += time.time() - t0
+            t0 = last_save = time.time()
+            save()
+    bar.close()
+    run["seconds"] += time.time() - t0
+    run["n_train"] = sum(len(b) for b in batches)
+
+
+def end_epoch(model, opts, corpus, val, cfg, state, out, device):
+    """Validation, the aggressive switch (Sec. 4.2), the epoch's log row, model selection on
+    validation -ELBO and the lr decay (App. B). Returns the optimizers (new ones after a decay)."""
+    run, t0 = state["run"], time.time()
+    train_rec, train_kl = (run["sums"] / run["n_train"]).tolist()
+    metrics = evaluate(model, val, cfg, desc="valid")
+    state["switch"].step(metrics["mi_full"])
+    run["seconds"] += time.time() - t0
+    state["train_seconds"] += run["seconds"]
+    epoch_steps = {k: state["steps"][k] - run["steps"][k] for k in STEP_KINDS}
+    row = {"epoch": state["epoch"], "train_elbo": train_rec + train_kl, "train_rec": train_rec,
+           "train_kl": train_kl, **{f"val_{k}": v for k, v in metrics.items()},
+           "lr": state["lr"], "kl_weight": run["kl_weight"], "aggressive": run["aggressive"],
+           "inner_steps": epoch_steps["encoder"] / epoch_steps["decoder"] if epoch_steps["decoder"] else 0.0,
+           **{f"steps_{k}": v for k, v in epoch_steps.items()}, "mi_checks": run["mi_checks"],
+           "seconds": run["seconds"]}
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    state["run"] = None
+    if not cfg.quiet:
+        print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
+              f"kl {metrics['kl']:.3f} mi {metrics['mi']:.3f} mi_full {metrics['mi_full']:.3f} "
+              f"au {metrics['au']} | lr {state['lr']:g} kl_weight {row['kl_weight']:.3f} | "
+              f"aggressive {int(row['aggressive'])} inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
+
+    # Model selection on validation -ELBO (weight 1), except for the autoencoder of
+    # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
+    score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
+    if not math.isfinite(score):
+        raise UsageError(f"{out}: epoch {state['epoch']}: validation loss is {score}; training diverged "
+                         f"(try a smaller --lr or --clip-grad)")
+    verdict = state["plateau"].step(score)
+    if verdict == "best":
+        atomic_save({"config": asdict(cfg), "model": model.state_dict(),
+                     "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state["epoch"]},
+                    out / "model.pt")
+    elif verdict == "decay":                      # halve the lr and restart from the best model
+        state["lr"] *= cfg.lr_decay
+        state["decays"] += 1
+        model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
+        opts = make_optimizers(model, cfg, state["lr"])
+    return opts
 
 
 # ------------------------------------------------------------------------------------------------

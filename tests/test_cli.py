@@ -78,9 +78,83 @@ def test_bad_input_gives_one_line_and_exit_2(data_env, tmp_path, argv, needle):
     assert len(lines) == 1 and needle in lines[0], proc.stderr
 
 
-def test_resume_without_checkpoint_is_a_clear_error(data_env, tmp_path, capsys):
-    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--resume", "--out", str(tmp_path)]) == 2
-    assert "--resume" in capsys.readouterr().err
+def test_resume_without_checkpoint_starts_afresh(data_env, tmp_path):
+    """A run killed in epoch 1 before its first last.pt is resumed by starting it again."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"config": lagvae.asdict(lagvae.resolve_config({"preset": "tiny"}))}))
+    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--resume", "--out", str(out)]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(n in err[0] for n in needles), err
+    return err[0]
+
+
+def test_a_finished_run_is_never_overwritten_silently(data_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert lagvae.main(base) == 0
+    before = (out / "result.json").read_text()
+    assert lagvae.main(base + ["--seed", "1"]) == 2
+    one_line_error(capsys, str(out), "--overwrite", "--resume")
+    assert (out / "result.json").read_text() == before
+    (out / "snapshots.jsonl").write_text("stale\n")
+    assert lagvae.main(base + ["--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "result.json").read_text())["seed"] == 1
+    assert not (out / "snapshots.jsonl").exists()            # nothing of the old run survives
+
+
+@pytest.mark.parametrize("flags,ok", [(["--epochs", "3"], True), (["--iw-samples", "5"], True),
+                                      (["--lr", "0.5"], False), (["--seed", "1"], False),
+                                      (["--nz", "3"], False), (["--aggressive"], False)])
+def test_resume_refuses_flags_that_change_the_run(data_env, tmp_path, capsys, flags, ok):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    code = lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out), "--resume", *flags])
+    assert code == (0 if ok else 2)
+    if not ok:
+        one_line_error(capsys, "--resume", flags[0])
+
+
+def test_a_second_writer_is_refused(data_env, tmp_path, capsys):
+    import fcntl
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:                  # as another live process would hold it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--out", str(out)]) == 2
+        one_line_error(capsys, "another lagvae process")
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+
+
+def test_kill_mid_epoch_then_resume_is_exact(data_env, tmp_path):
+    """SIGKILL a subprocess inside an aggressive epoch, after a timed checkpoint; the resumed run ends
+    with the same log, result and weights as one that was never interrupted."""
+    import signal
+    import time
+    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "2000", "--epochs", "2",
+            "--aggressive", "--iw-samples", "5", "--quiet", "--checkpoint-minutes", "0.002"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(base + ["--out", str(straight)], check=True, env=env, timeout=600)
+    proc = subprocess.Popen(base + ["--out", str(killed)], env=env)
+    while not (killed / "last.pt").exists():
+        assert proc.poll() is None, "the run ended before its first timed checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "last.pt", weights_only=False)["state"]
+    assert state["epoch"] == 1 and 0 < state["run"]["batch"], "not killed inside epoch 1"
+    subprocess.run(base + ["--out", str(killed), "--resume"], check=True, env=env, timeout=600)
+    untimed = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+    assert untimed(lagvae.read_jsonl(straight / "log.jsonl")) == untimed(lagvae.read_jsonl(killed / "log.jsonl"))
+    results = untimed(json.loads((d / "result.json").read_text()) for d in (straight, killed))
+    assert results[0] == results[1]
+    wa, wb = (torch.load(d / "model.pt", weights_only=False)["model"] for d in (straight, killed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.mark.parametrize("flags,mode", [
