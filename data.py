@@ -170,8 +170,9 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
                       labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()})
 
 
-def batches(examples, batch_size, rng=None):
-    """Length buckets cut into batches of at most batch_size, each one length (no padding).
+def length_buckets(examples, batch_size, rng=None):
+    """Index lists of length buckets cut into batches of at most batch_size, each one length (no
+    padding).
 
     With rng, examples are shuffled within each length before cutting and the batch order is
     shuffled, so every epoch sees new batch compositions (the official code fixes the composition
@@ -184,11 +185,15 @@ def batches(examples, batch_size, rng=None):
         idx = by_len[length]
         if rng is not None:
             idx = [idx[j] for j in rng.permutation(len(idx))]
-        for s in range(0, len(idx), batch_size):
-            out.append(torch.stack([examples[i] for i in idx[s:s + batch_size]]))
+        out += [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
     if rng is not None:
         out = [out[j] for j in rng.permutation(len(out))]
     return out
+
+
+def batches(examples, batch_size, rng=None):
+    """The examples of each length bucket, stacked."""
+    return [torch.stack([examples[i] for i in idx]) for idx in length_buckets(examples, batch_size, rng)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,15 +11,20 @@ Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training mo
 import argparse
 import dataclasses
 import fcntl
+import importlib.util
+import inspect
+import io
 import json
 import math
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import time
+import tokenize
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -33,8 +38,9 @@ from tqdm import tqdm
 import data as datalib
 
 # ------------------------------------------------------------------------------------------------
-# 1. Config & presets. Every field is a command-line flag (`--field-name`); a preset overrides the
-# defaults and explicit flags override the preset. The resolved config is saved with every run.
+# 1. Config & presets. Every field is a command-line flag (`--field-name`) whose help is the field's
+# trailing comment; a preset overrides the defaults and explicit flags override the preset. The
+# resolved config is saved with every run.
 
 @dataclass
 class Config:
@@ -46,49 +52,51 @@ class Config:
     max_vocab: int = 0             # text: keep the N most frequent training words (0 = all)
     max_len: int = 0               # text: cut documents to their first N tokens (0 = no cut)
     out: str = ""                  # run directory; default runs/<data>-<mode>-s<seed>
-    seed: int = 0
+    seed: int = 0                  # seed of initialization, batch order and noise
     device: str = "auto"           # auto | cpu | cuda
-    quiet: bool = False
+    quiet: bool = False            # print nothing but errors
+    progress_every: float = 30.0   # seconds between progress lines when stdout is not a terminal (0 = none)
     resume: bool = False           # continue the run in <out> from its last.pt (same config; see README)
     overwrite: bool = False        # replace the run in <out>, removing all its files first
     checkpoint_minutes: float = 5.0  # also write last.pt within an epoch this often (0 = at epoch ends)
     threads: int = 0               # CPU threads (0 = torch's default)
     # model (App. B)
-    nz: int = 32
+    nz: int = 32                   # latent dimensions
     ni: int = 512                  # word embedding size
     enc_nh: int = 1024             # encoder LSTM units / ResNet channels
     dec_nh: int = 1024             # decoder LSTM units / PixelCNN feature maps
     dec_kernels: str = "7,7,7,7,7,5,5,5,5,3,3,3,3"   # PixelCNN layers (App. B.3)
-    dropout_in: float = 0.5
-    dropout_out: float = 0.5
+    dropout_in: float = 0.5        # text decoder: dropout on its input embeddings
+    dropout_out: float = 0.5       # text decoder: dropout on its LSTM outputs
     shifted_init: bool = False     # App. G: U(0.04, 0.06) weights, U(0, 0.2) embeddings (text)
     # optimisation (App. B)
-    batch_size: int = 32
+    batch_size: int = 32           # examples per minibatch
     optim: str = "sgd"             # sgd (text, App. B.2) | adam (images, App. B.3)
-    lr: float = 1.0
-    clip_grad: float = 5.0
-    epochs: int = 100
+    lr: float = 1.0                # learning rate (encoder and decoder)
+    clip_grad: float = 5.0         # clip the joint gradient norm of encoder and decoder to this
+    epochs: int = 100              # most epochs to train
     decay_patience: int = 2        # epochs without a better validation -ELBO before lr decays
-    lr_decay: float = 0.5
+    lr_decay: float = 0.5          # lr factor at each decay (training restarts from the best model)
     max_decay: int = 5             # stop after this many decays
     # aggressive inference-network training (Algorithm 1, Sec. 4.2)
-    aggressive: bool = False
+    aggressive: bool = False       # Algorithm 1: encoder-only inner loop before each decoder update
+    rule: str = "paper"            # when inner loop and aggressive phase end: paper | adaptive (RULES)
     inner_window: int = 15         # inner loop stops when the mean loss of a window stops falling
     inner_z: float = 0.0           # ... or falls by less than inner_z standard errors (0 = the paper's test)
-    max_inner_steps: int = 100
+    max_inner_steps: int = 100     # most inner steps per decoder update
     inner_steps: int = 0           # fixed inner budget instead of the convergence test (Table 4)
     mi_checks: int = 1             # validation-MI checks per epoch while aggressive (the paper: 1)
     mi_patience: int = 2           # checks without a new best validation MI before aggressive ends
     mi_tol: float = 0.0            # a new best must beat the old by more than this many nats
     # KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10
     anneal: bool = False           # KL weight rises linearly from kl_start to 1 over the warm-up
-    kl_start: float = 0.1
-    warm_up: int = 10              # warm-up length in epochs ...
-    warm_up_iters: int = 0         # ... or in iterations (Table 9)
+    kl_start: float = 0.1          # KL weight at the start of the warm-up
+    warm_up: int = 10              # KL warm-up length in epochs
+    warm_up_iters: int = 0         # KL warm-up length in iterations instead of epochs (Table 9)
     beta: float = 1.0              # constant KL weight (beta-VAE); evaluation always uses 1
     savae: bool = False            # semi-amortized VAE (Kim et al. 2018)
-    svi_steps: int = 10
-    svi_lr: float = 1.0
+    svi_steps: int = 10            # SA-VAE: gradient steps refining each posterior
+    svi_lr: float = 1.0            # SA-VAE: step size of the refinement
     lm: bool = False               # no latent: the decoder alone, exact NLL
     encoder_lr_mult: float = 1.0   # encoder lr = lr * this (Table 10)
     # later remedies
@@ -137,6 +145,14 @@ PRESETS = {"text": {
 }}
 DEFAULT_PRESET = {"synthetic": "synthetic"}     # every other dataset: cpu
 
+# The aggressive mode's stopping rules (--rule), set over the preset and under explicit flags.
+# paper: the inner loop ends at the first window whose mean loss is above the previous one's, and
+#   validation MI is checked once per epoch. adaptive: 5-step windows, and the inner loop also ends
+#   when a window's fall is within one standard error of batch noise; MI is checked four times per
+#   epoch and must improve by 0.05 nats to count. It spends encoder steps only while the encoder
+#   is still lagging (RESULTS.md compares the two).
+RULES = {"paper": {}, "adaptive": dict(inner_window=5, inner_z=1.0, mi_checks=4, mi_tol=0.05)}
+
 
 class UsageError(Exception):
     """Bad flag or file; the CLI prints it as one line and exits with code 2."""
@@ -155,7 +171,10 @@ def resolve_config(overrides):
         implied = {"anneal": True, "kl_start": 0.0, "free_bits": 0.5}
     if overrides.get("lm"):
         implied = {"nz": 0, "iw_samples": 1}      # log p(x) is exact: one "sample" suffices
-    cfg = Config(**{**presets[preset], **implied, **overrides, "preset": preset})
+    rule = overrides.get("rule", Config.rule)
+    if rule not in RULES:
+        raise UsageError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset})
     if cfg.lm and (cfg.nz or cfg.aggressive or cfg.savae or cfg.bn_gamma or cfg.free_bits or cfg.pretrain_encoder):
         raise UsageError("--lm: the language-model baseline has no latent; drop --nz and the latent-variable modes")
     if cfg.savae and cfg.aggressive:
@@ -172,7 +191,7 @@ def resolve_config(overrides):
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
     for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples", "warm_up_iters",
                  "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr", "inner_z", "mi_tol", "checkpoint_minutes",
-                 "threads"):
+                 "threads", "progress_every"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
     try:
@@ -201,8 +220,8 @@ def resolve_config(overrides):
 def mode_name(cfg):
     """Canonical mode, e.g. 'aggressive+anneal', 'savae', 'basic+beta0.4', 'pretrain+anneal+fb0.5'."""
     base = ("lm" if cfg.lm else "savae" if cfg.savae else "pretrain" if cfg.pretrain_encoder else
-            f"aggressive-inner{cfg.inner_steps}" if cfg.aggressive and cfg.inner_steps else
-            "aggressive" if cfg.aggressive else "basic")
+            "aggressive" + (f"-inner{cfg.inner_steps}" if cfg.inner_steps else "")
+            + ("-adaptive" if cfg.rule == "adaptive" else "") if cfg.aggressive else "basic")
     parts = [base,
              (f"anneal{cfg.warm_up_iters}" if cfg.warm_up_iters else "anneal") if cfg.anneal else "",
              f"cyclical{cfg.cyclical}" if cfg.cyclical else "",
@@ -211,6 +230,14 @@ def mode_name(cfg):
              f"bn{cfg.bn_gamma:g}" if cfg.bn_gamma else "",
              f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else ""]
     return "+".join(p for p in parts if p)
+
+
+def use_device(cfg):
+    """The device to train on, after setting the CPU thread count (small models run faster on one
+    thread than on two: their ops are too short to split)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return get_device(cfg)
 
 
 def get_device(cfg):
@@ -301,13 +328,22 @@ class LSTMDecoder(nn.Module):
         emb = self.drop_in(self.embed(x[:, :-1]))                           # (B, T-1, ni)
         emb = emb.unsqueeze(1).expand(B, S, T - 1, emb.size(-1)).reshape(B * S, T - 1, -1)
         zf = z.reshape(B * S, -1)
-        c0 = self.trans_z(zf).unsqueeze(0)
-        out, _ = self.lstm(torch.cat([emb, zf.unsqueeze(1).expand(-1, T - 1, -1)], -1),
-                           (torch.tanh(c0), c0))
+        out, _ = self.lstm(torch.cat([emb, zf.unsqueeze(1).expand(-1, T - 1, -1)], -1), self.init_state(zf))
         logits = self.pred(self.drop_out(out))                               # (B*S, T-1, V)
         target = x[:, 1:].unsqueeze(1).expand(B, S, T - 1).reshape(-1)
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target, reduction="none")
         return -nll.view(B, S, T - 1).sum(-1)
+
+    def init_state(self, z):
+        """LSTM state (h0, c0) for z (N, nz): c0 = trans_z(z), h0 = tanh(c0)."""
+        c0 = self.trans_z(z).unsqueeze(0)
+        return torch.tanh(c0), c0
+
+    def step(self, tokens, z, state):
+        """One step of generation, conditioned as in forward: tokens (N,) and z (N, nz) -> logits of
+        the next token (N, V) and the new state."""
+        out, state = self.lstm(torch.cat([self.drop_in(self.embed(tokens)), z], -1).unsqueeze(1), state)
+        return self.pred(self.drop_out(out[:, 0])), state
 
 
 class VAE(nn.Module):
@@ -726,6 +762,34 @@ class Plateau:
         return None
 
 
+class Progress:
+    """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
+    CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
+    batch, inner steps so far, the epoch's train -ELBO so far and the time left in the epoch at its pace."""
+
+    def __init__(self, cfg, epoch, batches, done=0):
+        """batches: the epoch's; done: how many of them ran before a resume."""
+        self.on = cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
+        self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
+        self.batch = self.done = done
+        self.examples = sum(len(b) for b in batches[:done])
+        self.start = self.last = time.time()
+
+    def step(self, examples, inner_steps, sums):
+        """After a batch of `examples`; sums: the epoch's (rec, kl) sums, read only when printing."""
+        self.batch += 1
+        self.examples += examples
+        now = time.time()
+        if not self.on or now - self.last < self.every:
+            return
+        self.last = now
+        mmss = lambda s: f"{int(s) // 60}m{int(s) % 60:02d}s"
+        eta = (now - self.start) / (self.batch - self.done) * (self.n_batches - self.batch)
+        print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
+              f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
+              f"ETA {mmss(eta)}", flush=True)
+
+
 def record_snapshot(model, batches, it, cfg, path, step=None):
     """Append the true posterior means (grid) and inference means mu(x) of the snapshot points after
     `it` generator updates to snapshots.jsonl (or, with `step`, to the trajectory file). Deterministic
@@ -893,7 +957,7 @@ def train(cfg):
 
 
 def train_in(cfg, out):
-    device = get_device(cfg)
+    device = use_device(cfg)
     seed_all(cfg.seed)
     corpus = load_data(cfg)
     model = build_model(cfg, corpus).to(device)
@@ -925,7 +989,7 @@ def train_in(cfg, out):
     result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
               "epochs": state["epoch"], "train_seconds": state["train_seconds"],
               **{f"steps_{k}": v for k, v in state["steps"].items()}, "steps": sum(state["steps"].values()),
-              **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
+              **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True)}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     if not cfg.quiet:
         print("test | " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -1003,6 +1067,7 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
     batches = epoch_batches(corpus, cfg, rng, run, device)
     random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
     checks = mi_check_points(cfg, len(batches))
+    progress = Progress(cfg, state["epoch"], batches, run["batch"])
     t0 = last_save = time.time()
     model.train()
     # disable=None: progress bars only on a terminal, never in nohup logs.
@@ -1026,6 +1091,7 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
         run["sums"] += torch.stack([rec.sum(), kl.sum()])
         run["batch"] += 1
         bar.update()
+        progress.step(x.size(0), steps["encoder"] - run["steps"]["encoder"], run["sums"])
         if switch.on and run["batch"] in checks:      # Sec. 4.2, checked within the epoch
             run["mi_checks"].append(evaluate(model, val, cfg, desc="valid")["mi_full"])
             switch.step(run["mi_checks"][-1])
@@ -1083,21 +1149,77 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. Evaluation: the same code for every mode and dataset.
+# 5. Evaluation: the same code for every mode and dataset; decoding text from z; latents.
+
+PAD, BOS, EOS = (datalib.SPECIALS.index(t) for t in (datalib.PAD, datalib.BOS, datalib.EOS))
+
 
 @torch.no_grad()
-def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
+def decode(model, z, max_len, method="greedy", beam_size=1, temperature=1.0, gen=None):
+    """Token ids (N, L <= max_len) generated by the text decoder from z (N, nz), all rows at once, in
+    eval mode (no dropout). A row ends at its first </s> (PAD after it) or is cut at max_len.
+    greedy: the most likely next token; sample: a draw from the next-token distribution with its
+    logits divided by `temperature` (-> 0: greedy); beam: beam search keeping the beam_size prefixes of highest total
+    log-probability, finished ones competing unchanged with longer ones (no length normalization),
+    and returning the best (beam size 1 is greedy)."""
+    was_training = model.training
+    model.eval()
+    k = beam_size if method == "beam" else 1
+    n, dev = z.size(0), z.device
+    z = z.repeat_interleave(k, 0)
+    state = model.decoder.init_state(z)
+    tok = torch.full((n * k,), BOS, device=dev)
+    score = torch.zeros(n, k, device=dev)
+    score[:, 1:] = -math.inf                # the k copies of the start: only one may expand
+    done = torch.zeros(n * k, dtype=torch.bool, device=dev)
+    seqs = tok.new_empty(n * k, 0)
+    for _ in range(max_len):
+        logits, state = model.decoder.step(tok, z, state)
+        logp = logits.log_softmax(-1)
+        logp[:, [PAD, BOS]] = -math.inf      # never a target in training, so never a word to emit
+        logp[done] = -math.inf
+        logp[done, PAD] = 0.0                # a finished row only pads, at no cost
+        if method == "sample":
+            tok = torch.multinomial((logp / temperature).softmax(-1), 1, generator=gen)[:, 0]
+        else:
+            score, idx = (score.view(-1, 1) + logp).view(n, -1).topk(k, -1)
+            tok = idx.view(-1) % logp.size(1)
+            if k > 1:                        # each new prefix continues the beam it came from
+                src = (idx // logp.size(1) + k * torch.arange(n, device=dev)[:, None]).view(-1)
+                seqs, done, state = seqs[src], done[src], tuple(s[:, src] for s in state)
+        seqs = torch.cat([seqs, tok[:, None]], 1)
+        done = done | (tok == EOS)
+        if done.all():
+            break
+    model.train(was_training)
+    return seqs.view(n, k, -1)[:, 0]
+
+
+def reconstruction_hits(model, x, mu):
+    """Tokens of x (words and </s>) that greedy decoding from z = mu puts at their own position, the
+    decoder feeding on its own outputs (no teacher forcing); every position after an early </s> is a
+    miss. A collapsed model reproduces only what the language model guesses; one that uses z more."""
+    y = decode(model, mu, x.size(1) - 1)
+    return int((y == x[:, 1:y.size(1) + 1]).sum())
+
+
+@torch.no_grad()
+def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False):
     """Per-example -ELBO (`elbo`), `rec`, analytic `kl`; `mi` as the paper computes it (each
     minibatch is the mixture, weighted average over batches, at most log B); `mi_full` with the whole
-    set as the mixture; active units `au`; `elbo_ppl` per predicted token; with iw_samples > 0 also
-    `iw_nll` and `ppl` from it. Noise comes from a generator seeded with cfg.seed, so every call sees
-    the same noise (common random numbers make epoch-to-epoch MI comparisons meaningful). SA-VAE is
-    evaluated on its refined posteriors, and `svi_gap` is how much refinement lowers the -ELBO."""
+    set as the mixture; active units `au`; for text `elbo_ppl` per predicted token and, if asked (it
+    decodes token by token, which costs more than the rest of a validation pass), `rec_acc`: the
+    fraction of predicted tokens that greedy decoding from the posterior mean reproduces at their
+    position (reconstruction_hits); with iw_samples > 0 also `iw_nll` and `ppl` from it. Noise comes
+    from a generator seeded with cfg.seed, so every call sees the same noise (common random numbers
+    make epoch-to-epoch MI comparisons meaningful). SA-VAE is evaluated on its refined posteriors,
+    and `svi_gap` is how much refinement lowers the -ELBO."""
     was_training = model.training
     model.eval()
     dev = batches[0].device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
-    n = tokens = 0
+    text = not batches[0].is_floating_point()
+    n = tokens = hits = 0
     rec_sum = kl_sum = mi_sum = nll_sum = amortized_sum = 0.0
     mus, logvars, zs = [], [], []
     for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
@@ -1112,6 +1234,8 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
         mi_sum += float(mutual_info(mu, logvar, z[:, 0])) * x.size(0)
         if iw_samples:
             nll_sum += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
+        if text and rec_acc:
+            hits += reconstruction_hits(model, x, mu)
         mus.append(mu), logvars.append(logvar), zs.append(z[:, 0])
         n += x.size(0)
         tokens += model.n_targets(x)
@@ -1119,9 +1243,8 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
     out = {"elbo": (rec_sum + kl_sum) / n, "rec": rec_sum / n, "kl": kl_sum / n, "mi": mi_sum / n,
            "mi_full": float(mutual_info(mu_all, logvar_all, torch.cat(zs))),
            "au": active_units(mu_all), "n": n}
-    text = not batches[0].is_floating_point()
     if text:
-        out["elbo_ppl"] = math.exp((rec_sum + kl_sum) / tokens)
+        out.update(elbo_ppl=math.exp((rec_sum + kl_sum) / tokens), **({"rec_acc": hits / tokens} if rec_acc else {}))
     if cfg.savae:
         out["svi_gap"] = (amortized_sum - rec_sum - kl_sum) / n
     if iw_samples:
@@ -1158,13 +1281,45 @@ def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", qui
     seed_all(cfg.seed)
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
     return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed,
-            **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
+            **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True)}
+
+
+@torch.no_grad()
+def encode_examples(model, examples, batch_size, prepare=lambda x: x):
+    """The encoder's (mu, logvar) for every example, in their order, in eval mode. Batches are length
+    buckets, since the text encoder reads no padding (every image has one "length": its channel)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    order, mus, logvars = [], [], []
+    for idx in datalib.length_buckets(examples, batch_size):
+        mu, logvar = model.encode(prepare(torch.stack([examples[i] for i in idx]).to(dev)))
+        order += idx
+        mus.append(mu), logvars.append(logvar)
+    model.train(was_training)
+    inverse = torch.tensor(order, device=dev).argsort()
+    return torch.cat(mus)[inverse], torch.cat(logvars)[inverse]
+
+
+def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto"):
+    """An .npz of q(z|x) for every example of `split` as the run loaded it (--subset applies), in
+    file order: `mu` and `logvar` (N, nz) from the encoder (SA-VAE's refinement depends on the batch,
+    so it is left out), and `labels` (N,) for a labelled corpus (Yelp). Returns the path."""
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
+    seed_all(cfg.seed)                       # grey training images are binarized afresh: repeatably
+    mu, logvar = encode_examples(model, corpus.splits[split], cfg.batch_size, corpus.prepare)
+    labels = getattr(corpus, "labels", {}).get(split)
+    path = Path(out) if out else Path(ckpt).with_name(f"latents.{split}.npz")
+    with open(path, "wb") as f:              # a file object: np.savez would append .npz to a name
+        np.savez(f, mu=mu.cpu().numpy(), logvar=logvar.cpu().numpy(),
+                 **({"labels": np.array(labels)} if labels else {}))
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
 # 6. Analysis: tables and figures from run directories.
 
-TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds",
+TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds", "steps",
                  "agg_epochs", "agg_epoch_s", "epoch_s"]
 PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio"]
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
@@ -1212,8 +1367,9 @@ def load_results(run_dirs):
 
 def summarize(results, by_run=False):
     """Group by (data, mode), or one row per run: mean and std over seeds of TABLE_COLUMNS, collapse
-    counts, and training time relative to basic VAE in the same dataset (by run: the one basic run
-    of the same seed; none if there are several, e.g. two schedules)."""
+    counts, and training time and gradient steps relative to basic VAE in the same dataset (by run:
+    the one basic run of the same seed; none if there are several, e.g. two schedules). Step counts
+    are deterministic, so step_ratio compares across machines and loads; time_ratio does not."""
     groups = {}
     for r in results:
         groups.setdefault((r["data"], r["mode"], r["run"] if by_run else None), []).append(r)
@@ -1232,8 +1388,10 @@ def summarize(results, by_run=False):
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
                 and (not by_run or b["seeds"] == row["seeds"])]
-        row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if len(base) == 1 else None
-        ref = paper.get((PAPER_DATA.get(row["data"], row["data"]), row["mode"]), {})
+        for c, ratio in (("train_seconds", "time_ratio"), ("steps", "step_ratio")):
+            ok = len(base) == 1 and np.isfinite(row[c]) and np.isfinite(base[0][c]) and base[0][c] > 0
+            row[ratio] = row[c] / base[0][c] if ok else None      # no ratio for runs without step counts
+        ref = paper.get((PAPER_DATA.get(row["data"], row["data"]), row["mode"].replace("aggressive-adaptive", "aggressive")), {})
         row["paper_table"] = ref.get("table")
         for c in PAPER_COLUMNS:
             row["paper_" + c] = float(ref[c]) if ref.get(c) else None
@@ -1253,7 +1411,7 @@ def format_cell(row, c, fmt="md"):
 
 def format_table(rows, fmt="md"):
     head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode", "seeds", "collapsed", "escaped",
-            *TABLE_COLUMNS, "time_ratio", "paper_table", *("paper_" + c for c in PAPER_COLUMNS)]
+            *TABLE_COLUMNS, "time_ratio", "step_ratio", "paper_table", *("paper_" + c for c in PAPER_COLUMNS)]
     if fmt == "csv":
         lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
         lines += [",".join([format_cell(r, c, fmt) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
@@ -1385,39 +1543,218 @@ def sample_pixels(model, z):
     return x
 
 
-def write_samples(ckpt, out=None, n=32, data_dir=None, device="auto"):
+def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
+                  temperature=None, max_len=None, interpolate=None):
+    """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
+    text model a text file, also printed (write_text_samples). Returns the path."""
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
+    seed_all(cfg.seed)
+    if corpus.kind == "text":
+        return write_text_samples(model, cfg, corpus, Path(out) if out else Path(ckpt).with_name("samples.txt"),
+                                  10 if n is None else n, method or "greedy", beam_size or 5,
+                                  1.0 if temperature is None else temperature, max_len, interpolate)
+    text_only = [flag for flag, v in (("--decode", method), ("--beam-size", beam_size), ("--max-len", max_len),
+                                      ("--temperature", temperature), ("--interpolate", interpolate)) if v is not None]
+    if text_only:
+        raise UsageError(f"{text_only[0]}: a decoding option of text models; {ckpt} is an image model")
+    return write_image_samples(model, cfg, corpus, Path(out) if out else Path(ckpt).with_name("samples.png"),
+                               32 if n is None else n)
+
+
+def write_image_samples(model, cfg, corpus, path, n):
     """A PNG grid: prior samples on top; below, test images and their reconstructions from z = mu,
-    alternating rows. Returns the path."""
+    alternating rows."""
     from torchvision.utils import save_image
     if n < 8 or n % 8:
         raise UsageError(f"--n: expected a positive multiple of 8 (grid rows of 8), got {n}")
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
-    if corpus.kind != "image":
-        raise UsageError(f"--ckpt {ckpt}: samples are drawn for image models only")
     dev = next(model.parameters()).device
-    seed_all(cfg.seed)
     prior = sample_pixels(model, torch.randn(n, cfg.nz, device=dev))
     test = corpus.splits["test"][:n].to(dev)
     model.eval()
     recon = sample_pixels(model, model.encode(test)[0])
     rows = [prior] + [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
-    path = Path(out) if out else Path(ckpt).with_name("samples.png")
     save_image(torch.cat(rows), path, nrow=8, padding=2, pad_value=0.5)
     return path
+
+
+def write_text_samples(model, cfg, corpus, path, n, method, beam_size, temperature, max_len, interpolate):
+    """n sentences decoded from the prior; the first n test documents, each followed by its decoding
+    from the posterior mean and from a posterior sample; with interpolate = [I, J], 7 evenly spaced
+    points on the line between the posterior means of test documents I and J, ends included (Bowman
+    et al. 2016's homotopy). max_len defaults to the longest test document."""
+    test = corpus.splits["test"]
+    if interpolate and not all(0 <= i < len(test) for i in interpolate):
+        raise UsageError(f"--interpolate: expected two test document indices below {len(test)}, got {interpolate}")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
+
+    def words(ids):                          # a decoding ends at </s> or is cut at max_len ("...")
+        text = " ".join(corpus.vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
+        return text if EOS in ids else text + " ..."
+
+    generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
+    how = method + (f" (beam size {beam_size})" if method == "beam" else
+                    f" (temperature {temperature:g})" if method == "sample" else "")
+    docs = test[:n]
+    mu, logvar = encode_examples(model, docs, cfg.batch_size)
+    lines = [f"# {cfg.data}, {mode_name(cfg)}: {how} decoding, at most {max_len} tokens", "",
+             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen)), "",
+             "## test documents: the original, then decoded from the posterior mean and from a posterior sample"]
+    for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
+        lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
+    if interpolate:
+        ends = encode_examples(model, [test[i] for i in interpolate], cfg.batch_size)[0]
+        t = torch.linspace(0, 1, 7, device=dev)[:, None]
+        lines += ["", f"## between the posterior means of test documents {interpolate[0]} and {interpolate[1]}"]
+        lines += [f"{float(a):.2f}  {s}" for a, s in zip(t, generate((1 - t) * ends[0] + t * ends[1]))]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark: what a step of each kind costs, in one process, so the ratios hold whatever the load.
+
+BENCH_KINDS = ("joint", "encoder", "decoder", "savae", "eval", "iw_nll")
+
+
+def bench_setup(lib, overrides, corpus):
+    """Model, optimizers and config of a lagvae module `lib` (this one or an older checkout's), built
+    from the same seed; an older Config may lack newer fields, which are then left out."""
+    known = {f.name for f in dataclasses.fields(lib.Config)}
+    cfg = lib.resolve_config({k: v for k, v in overrides.items() if k in known})
+    lib.seed_all(cfg.seed)
+    model = lib.build_model(cfg, corpus).to(get_device(cfg))
+    return model, lib.make_optimizers(model, cfg, cfg.lr), cfg
+
+
+def bench_calls(lib, model, opts, cfg, batches, val, device):
+    """kind -> (a call doing one unit of that work, examples per call)."""
+    savae = dataclasses.replace(cfg, savae=True)
+    x = lambda i: batches[i % len(batches)]
+    return {"joint": (lambda i: lib.update(model, opts, x(i), cfg, "all"), len(x(0))),
+            "encoder": (lambda i: lib.update(model, opts, x(i), cfg, "encoder"), len(x(0))),
+            "decoder": (lambda i: lib.update(model, opts, x(i), cfg, "decoder"), len(x(0))),
+            "savae": (lambda i: lib.update(model, opts, x(i), savae, "all"), len(x(0))),
+            "eval": (lambda i: lib.evaluate(model, val, cfg, desc="bench"), sum(map(len, val))),
+            "iw_nll": (lambda i: torch.no_grad()(lib.iw_nll)(model, x(i), 500, cfg.iw_chunk), len(x(0)))}
+
+
+def bench(overrides, steps=20, rounds=5, baseline=None):
+    """Seconds per call of each kind (median over `rounds`, each timing `steps` calls after a warm-up),
+    examples per second, the ratios inner / joint and SA-VAE / basic, and peak memory (CUDA: allocated
+    by that kind; CPU: the process's resident high-water mark after it). With `baseline` (a directory
+    holding an older lagvae.py) the same calls of that version are timed in the same rounds."""
+    cfg = resolve_config({**overrides, "quiet": True})
+    device = use_device(cfg)
+    corpus = load_data(cfg)
+    batches = [corpus.prepare(b).to(device) for b in corpus.batches("train", cfg.batch_size, np.random.default_rng(0))[:steps]]
+    val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size, limit=10 * cfg.batch_size)]
+    libs = {"current": sys.modules[__name__]}
+    if baseline:
+        path = Path(baseline) / "lagvae.py"
+        if not path.is_file():
+            raise UsageError(f"--baseline {baseline}: no lagvae.py there (expected a checkout of an older version)")
+        spec = importlib.util.spec_from_file_location("lagvae_baseline", path)
+        libs["baseline"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(libs["baseline"])
+    calls = {name: bench_calls(lib, *bench_setup(lib, asdict(cfg), corpus), batches, val, device)
+             for name, lib in libs.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    times, peak = {}, {}
+    for r in range(rounds + 1):                       # round 0 is the warm-up
+        for name, kinds in calls.items():
+            for kind, (call, _) in kinds.items():
+                n = 1 if kind in ("eval", "iw_nll") else steps
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                sync()
+                t = time.perf_counter()
+                for i in range(n):
+                    call(i)
+                sync()
+                if r:
+                    times.setdefault((name, kind), []).append((time.perf_counter() - t) / n)
+                peak[name, kind] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
+                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
+    sec = {k: float(np.median(v)) for k, v in times.items()}
+    rows = [{"version": name, "kind": kind, "ms": 1e3 * sec[name, kind],
+             "examples_per_s": calls[name][kind][1] / sec[name, kind],
+             "vs_joint": sec[name, kind] / sec[name, "joint"], "peak_mb": peak[name, kind],
+             **({"speedup": sec["baseline", kind] / sec[name, kind]} if baseline else {})}
+            for name in calls for kind in BENCH_KINDS]
+    out = {"data": cfg.data, "preset": cfg.preset, "device": str(device), "threads": torch.get_num_threads(),
+           "steps": steps, "rounds": rounds, "batch_size": cfg.batch_size,
+           "inner_over_joint": sec["current", "encoder"] / sec["current", "joint"],
+           "savae_over_basic": sec["current", "savae"] / sec["current", "joint"], "rows": rows}
+    return out
+
+
+def format_bench(result):
+    cols = ["version", "kind", "ms", "examples_per_s", "vs_joint", "peak_mb"] + (["speedup"] if "speedup" in result["rows"][0] else [])
+    lines = [f"{result['data']} / {result['preset']} on {result['device']}, {result['threads']} thread(s); median of "
+             f"{result['rounds']} rounds of {result['steps']} steps (eval: the first 10 validation batches; iw_nll: K=500)",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
+              for r in result["rows"]]
+    lines.append(f"inner / joint {result['inner_over_joint']:.2f}, SA-VAE / basic {result['savae_over_basic']:.2f}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
 # 7. CLI
 
+def config_help():
+    """Field -> its help, the trailing comment of its line in the Config source, and field -> the
+    comment line above it (its group), so that the dataclass stays the one place a field is described."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    field_on_line, helps, groups, group = {}, {}, {}, "run"
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(Config)).readline):
+        starts_line = not tok.line[:tok.start[1]].strip()
+        if tok.type == tokenize.NAME and tok.string in names and starts_line:
+            field_on_line[tok.start[0]], groups[tok.string] = tok.string, group
+        elif tok.type == tokenize.COMMENT:
+            if starts_line:
+                group = tok.string.lstrip("#").strip()
+            elif tok.start[0] in field_on_line:
+                helps[field_on_line[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return helps, groups
+
+
 def add_config_flags(parser):
-    """One flag per Config field; defaults are left unset so presets can fill them."""
+    """One flag per Config field, grouped as the fields are, its help from config_help() with the
+    default and every preset that changes it. Defaults are left unset so presets can fill them."""
+    helps, groups = config_help()
+    sections = {}
     for f in dataclasses.fields(Config):
+        shown = "on" if f.default is True else "off" if f.default is False else f.default
+        presets = [f"{'image ' if kind == 'image' else ''}{name} {values[f.name]}" for kind, ps in PRESETS.items()
+                   for name, values in ps.items() if f.name in values and values[f.name] != f.default]
+        note = "; ".join(([f"default {shown}"] if shown != "" else [])
+                         + (["presets: " + ", ".join(presets)] if presets else []))
+        text = (helps.get(f.name, "") + (f" [{note}]" if note else "")).replace("%", "%%")
+        group = sections.setdefault(groups[f.name], parser.add_argument_group(groups[f.name]))
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper())
+            group.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+
+
+def positive(typ):
+    """An argparse type: a number of type typ above 0."""
+    def parse(text):
+        try:
+            value = typ(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {typ.__name__}, got {text!r}")
+        return value
+    return parse
 
 
 class Parser(argparse.ArgumentParser):
@@ -1426,25 +1763,54 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    ap = Parser(prog="lagvae", description=__doc__.split("\n")[0])
+    intro, examples = __doc__.split("\n\n")[:2]
+    ap = Parser(prog="lagvae", description=f"{intro}\n\nexamples:\n{examples}",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-    add_config_flags(sub.add_parser("train", help="train a VAE (flags map onto Config fields)"))
+    add_config_flags(sub.add_parser(
+        "train", help="train a VAE (flags map onto Config fields)",
+        description="Train a VAE. A preset (--preset) fills the fields first and explicit flags override it; "
+                    "[brackets] give the default and each preset that differs from it."))
+    ckpt = dict(required=True, help="a model.pt of a run directory")
+    data_dir = dict(default=None, help="data root (default: the run's, else $LAGVAE_DATA, else ./data)")
     ev = sub.add_parser("eval", help="evaluate a saved model on its test split")
-    ev.add_argument("--ckpt", required=True)
-    ev.add_argument("--iw-samples", type=int, default=None)
-    ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--quiet", action="store_true")
-    sp = sub.add_parser("samples", help="PNG grid of prior samples and test reconstructions (images)")
-    sp.add_argument("--ckpt", required=True)
-    sp.add_argument("--out", default=None, help="PNG path (default: samples.png beside the checkpoint)")
-    sp.add_argument("--n", type=int, default=32)
-    sp.add_argument("--data-dir", default=None)
-    sp.add_argument("--device", default="auto")
+    ev.add_argument("--ckpt", **ckpt)
+    ev.add_argument("--iw-samples", type=int, default=None, help="importance samples (default: the run's)")
+    ev.add_argument("--data-dir", **data_dir)
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
+    sp.add_argument("--ckpt", **ckpt)
+    sp.add_argument("--out", default=None, help="default: samples.png or samples.txt beside the checkpoint")
+    sp.add_argument("--n", type=positive(int), default=None,
+                    help="prior samples and test reconstructions (default: 32 images, a multiple of 8, or 10 texts)")
+    sp.add_argument("--data-dir", **data_dir)
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    sp.add_argument("--decode", dest="method", choices=["greedy", "sample", "beam"], default=None,
+                    help="text: how to generate from p(x|z) (default: greedy)")
+    sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
+    sp.add_argument("--temperature", type=positive(float), default=None,
+                    help="text, --decode sample: divides the logits; -> 0 is greedy (default: 1)")
+    sp.add_argument("--max-len", type=positive(int), default=None,
+                    help="text: most tokens per sentence, </s> included (default: the longest test document)")
+    sp.add_argument("--interpolate", type=int, nargs=2, default=None, metavar=("I", "J"),
+                    help="text: also decode 7 points between the posterior means of test documents I and J")
+    en = sub.add_parser("encode", help="posterior means, log-variances (and labels) of a split to an .npz")
+    en.add_argument("--ckpt", **ckpt)
+    en.add_argument("--split", choices=list(datalib.SPLITS), default="test", help="default: test")
+    en.add_argument("--out", default=None, help=".npz path (default: latents.SPLIT.npz beside the checkpoint)")
+    en.add_argument("--data-dir", **data_dir)
+    en.add_argument("--device", default="auto", help="auto | cpu | cuda")
     fg = sub.add_parser("figure", help="the paper's figures from run directories (PNG)")
     fg.add_argument("kind", choices=list(FIGURES))
     fg.add_argument("run_dirs", nargs="+")
-    fg.add_argument("--out", required=True)
+    fg.add_argument("--out", required=True, help="PNG path")
+    bn = sub.add_parser("bench", help="time each kind of step in one process (any train flag picks the model)")
+    add_config_flags(bn)
+    bn.add_argument("--steps", type=positive(int), default=20, help="timed calls per kind and round (default 20)")
+    bn.add_argument("--rounds", type=positive(int), default=5, help="rounds, the median is reported (default 5)")
+    bn.add_argument("--baseline", default=None, help="a directory with an older lagvae.py to time in the same rounds")
+    bn.add_argument("--json", default=None, help="also write the result as JSON to this file")
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
@@ -1458,6 +1824,15 @@ def main(argv=None):
             print(json.dumps(evaluate_checkpoint(**args), indent=2))
         elif cmd == "samples":
             print(write_samples(**args))
+        elif cmd == "encode":
+            print(export_latents(**args))
+        elif cmd == "bench":
+            opts = {k: args.pop(k) for k in ("steps", "rounds", "baseline", "json")}
+            result = bench(args, opts["steps"], opts["rounds"], opts["baseline"])
+            print(format_bench(result))
+            print(json.dumps(result))
+            if opts["json"]:
+                Path(opts["json"]).write_text(json.dumps(result, indent=2))
         elif cmd == "figure":
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])

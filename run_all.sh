@@ -1,42 +1,50 @@
 #!/usr/bin/env bash
-# Regenerates every table and figure in RESULTS.md from scratch. Finished runs (with a
-# result.json) are skipped, so an interrupted run_all.sh picks up where it stopped.
+# Regenerates every table and figure in RESULTS.md. Finished runs (with a result.json) are skipped and
+# unfinished ones continue from their last checkpoint (--resume), so an interrupted run_all.sh picks up
+# where it stopped and never restarts a run from scratch.
 #   JOBS=2 bash run_all.sh     # two runs at a time (one thread each)
+#   bash run_all.sh --list     # print the unfinished training jobs, one command per line, and stop
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
+LIST=0; [ "${1:-}" = "--list" ] && LIST=1
 mkdir -p runs figures
 
-# run NAME ARGS...: queue `lagvae.py train ARGS --out runs/NAME` unless it has finished;
-# flush runs the queue, JOBS at a time.
+# run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out runs/NAME --resume` unless it has
+# finished; flush runs the queue, JOBS at a time, each appending to runs/NAME.log.
 queue=()
 run() {
   local out=runs/$1; shift
   [ -f "$out/result.json" ] && return 0
-  queue+=("OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --quiet > $out.log 2>&1")
+  local cmd="OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
+  if [ $LIST = 1 ]; then echo "$cmd"; else queue+=("$cmd >> $out.log 2>&1"); fi
 }
 flush() {
   [ ${#queue[@]} -gt 0 ] && printf '%s\0' "${queue[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}'
   queue=()
 }
 
-# Issue 2 / Figure 2: scalar latent on synthetic data, no annealing, basic vs aggressive, 5 seeds;
-# posterior-mean snapshots after 0, 200 and 2000 generator updates and at the end.
-for mode in aggressive basic; do
+# Issues 2 and 10 / Figure 2: scalar latent on synthetic data, no annealing, 5 seeds: basic, aggressive
+# with the paper's rules and with the adaptive rules; posterior-mean snapshots after 0, 200 and 2000
+# generator updates and at the end. Then the same three on Penn Treebank (cpu preset, 3 seeds).
+# Cheap runs first, so that partial tables fill in early.
+for job in "basic:" "aggressive-adaptive:--aggressive --rule adaptive" "aggressive:--aggressive"; do
+  name=${job%%:*} flags=${job#*:}
   for seed in $SEEDS; do
-    flag=""; [ "$mode" = aggressive ] && flag="--aggressive"
-    run synthetic-nz1-$mode-s$seed --data synthetic --data-dir data --preset synthetic --nz 1 $flag \
+    run synthetic-nz1-$name-s$seed --data synthetic --data-dir data --preset synthetic --nz 1 $flags \
       --snapshot-iters 0,200,2000 --seed "$seed"
+  done
+  for seed in 0 1 2; do
+    run ptb-cpu-$name-s$seed --data ptb --data-dir "$DATA" --preset cpu $flags --seed "$seed"
   done
 done
 flush
 
-# Issue 3: the cpu preset on the real text available offline (basic VAE).
+# Issue 3: the cpu preset on the real text available offline (basic VAE; ptb is above).
 run yahoo-small-cpu-basic-s0 --data yahoo-small --data-dir "$DATA" --preset cpu --seed 0
-run ptb-cpu-basic-s0 --data ptb --data-dir "$DATA" --preset cpu --seed 0
 flush
 
 # Issue 4: every training mode, one seed, synthetic data (nz 2), 2,000 training sentences, 6 epochs,
@@ -66,6 +74,8 @@ run trajectory-basic --data synthetic --data-dir data --preset synthetic --nz 1 
 run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
   --iw-samples 0 --trajectory-iters 30 --seed 0 --aggressive
 flush
+
+[ $LIST = 1 ] && exit 0
 
 $PY lagvae.py table runs/synthetic-nz1-*/ | tee runs/table_synthetic_nz1.md
 $PY lagvae.py table runs/{yahoo-small,ptb}-cpu-*/ | tee runs/table_cpu.md

@@ -34,6 +34,17 @@ def test_summary_means_stds_counts_and_time_ratio(tmp_path):
     assert len(csv) == 3 and csv[0].startswith("data,mode,seeds")
 
 
+def test_step_ratio_against_basic_and_the_papers_aggressive_row_for_the_adaptive_rule(tmp_path):
+    dirs = [fake_run(tmp_path, "b", data="omniglot", steps=1000, train_seconds=10.0),
+            fake_run(tmp_path, "a", data="omniglot", mode="aggressive-adaptive", steps=2400, train_seconds=40.0),
+            fake_run(tmp_path, "old", data="omniglot", mode="aggressive", train_seconds=40.0)]    # before step counts
+    rows = {r["mode"]: r for r in lagvae.summarize(lagvae.load_results(dirs))}
+    assert rows["aggressive-adaptive"]["step_ratio"] == pytest.approx(2.4)
+    assert rows["aggressive-adaptive"]["time_ratio"] == pytest.approx(4.0)
+    assert rows["aggressive"]["step_ratio"] is None
+    assert rows["aggressive-adaptive"]["paper_nll"] == 89.05
+
+
 def test_table_cli_rejects_a_directory_without_results(tmp_path, capsys):
     assert lagvae.main(["table", str(tmp_path)]) == 2
     assert "result.json" in capsys.readouterr().err

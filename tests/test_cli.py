@@ -1,4 +1,5 @@
 """Section 7: the command line, run directories, resume and error messages."""
+import dataclasses
 import json
 import math
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -223,6 +225,7 @@ def test_samples_grid_png(omni_env, tmp_path):
     img = Image.open(out / "samples.png")
     assert img.size == (8 * 28 + 9 * 2, 3 * 28 + 4 * 2)      # prior row, then test and reconstruction rows
     assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--n", "5"]) == 2
+    assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--decode", "beam"]) == 2    # text only
 
 
 def test_snapshots_are_recorded_and_do_not_change_training(data_env, tmp_path):
@@ -271,3 +274,158 @@ def test_every_mode_on_real_text(tmp_path, flags):
                         "--max-vocab", "500", "--quiet", "--out", str(out), *flags]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["data"] == "ptb" and math.isfinite(result["iw_nll"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Text samples, latent export, help text, progress lines
+
+@pytest.fixture(scope="module")
+def text_run(synth_root, tmp_path_factory):
+    """A tiny synthetic run whose weights are then made large and random, so that decodings differ
+    from document to document (a tiny trained model decodes every z alike)."""
+    out = tmp_path_factory.mktemp("text") / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--data-dir", str(synth_root),
+                        "--out", str(out)]) == 0
+    ck = torch.load(out / "model.pt", weights_only=False)
+    g = torch.Generator().manual_seed(0)
+    ck["model"] = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, out / "model.pt")
+    return out / "model.pt"
+
+
+def sample_lines(text, title):
+    """The lines of one section of a samples file (after its ## title, up to the next title)."""
+    block = text.split("## " + title, 1)[1].split("\n## ", 1)[0]
+    return [line for line in block.splitlines()[1:] if line]
+
+
+def test_text_samples_reconstructions_and_interpolation(text_run, capsys):
+    assert lagvae.main(["samples", "--ckpt", str(text_run), "--n", "3", "--interpolate", "2", "0"]) == 0
+    printed = capsys.readouterr().out
+    text = (text_run.parent / "samples.txt").read_text()
+    assert printed.startswith(text) and printed.rstrip().endswith("samples.txt")
+    assert len(sample_lines(text, "from the prior")) == 3
+    recon = sample_lines(text, "test documents")
+    assert [line.split()[0] for line in recon] == ["original", "mean", "sample"] * 3
+    means = [line[len("mean"):].strip() for line in recon if line.startswith("mean")]
+    assert len(set(means)) == 3                   # the decodings depend on the document
+    path = sample_lines(text, "between the posterior means of test documents 2 and 0")
+    assert len(path) == 7 and path[0].startswith("0.00") and path[-1].startswith("1.00")
+    assert path[0][4:].strip() == means[2] and path[-1][4:].strip() == means[0]
+
+
+@pytest.mark.parametrize("flags", [["--decode", "beam", "--beam-size", "3"],
+                                   ["--decode", "sample", "--temperature", "0.5"]])
+def test_text_samples_decoding_options(text_run, tmp_path, capsys, flags):
+    out = tmp_path / "s.txt"
+    assert lagvae.main(["samples", "--ckpt", str(text_run), "--n", "2", "--max-len", "4", "--out", str(out),
+                        *flags]) == 0
+    text = out.read_text()
+    assert f"{flags[1]} (" in text.splitlines()[0] and "at most 4 tokens" in text
+    for line in sample_lines(text, "from the prior"):
+        assert len(line.replace(" ...", "").split()) <= 4       # at most 3 words and </s>, or 4 words cut
+
+
+@pytest.mark.parametrize("argv,needle", [(["samples", "--beam-size", "0"], "--beam-size"),
+                                         (["samples", "--temperature", "-1"], "--temperature"),
+                                         (["samples", "--interpolate", "0"], "--interpolate"),
+                                         (["encode", "--split", "dev"], "--split")])
+def test_bad_decoding_and_export_flags_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        lagvae.main([argv[0], "--ckpt", "m.pt", *argv[1:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and needle in err[0]
+
+
+def test_interpolating_a_missing_document_is_a_one_line_error(text_run, capsys):
+    assert lagvae.main(["samples", "--ckpt", str(text_run), "--interpolate", "0", "99999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--interpolate" in err[0]
+
+
+def test_encode_exports_latents(text_run, tmp_path, capsys):
+    out = tmp_path / "latents"                      # no .npz suffix: the file is written where asked
+    assert lagvae.main(["encode", "--ckpt", str(text_run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    z = np.load(out)
+    model, cfg, corpus = lagvae.load_checkpoint(text_run)
+    model.eval()
+    assert set(z.files) == {"mu", "logvar"} and z["mu"].shape == z["logvar"].shape == (64, cfg.nz)
+    with torch.no_grad():
+        for i in (0, 17, 63):
+            mu, logvar = model.encode(corpus.splits["test"][i][None])
+            assert np.allclose(z["mu"][i], mu[0].numpy(), atol=1e-5)
+            assert np.allclose(z["logvar"][i], logvar[0].numpy(), atol=1e-5)
+
+
+def test_encode_keeps_yelp_labels(tmp_path):
+    g = np.random.default_rng(0)
+    for split in ("train", "valid", "test"):
+        (tmp_path / "yelp").mkdir(exist_ok=True)
+        lines = [f"{g.integers(5)}\t" + " ".join(f"w{g.integers(30)}" for _ in range(g.integers(2, 9))) for _ in range(30)]
+        (tmp_path / "yelp" / f"yelp.{split}.txt").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert lagvae.main(["train", "--data", "yelp", "--data-dir", str(tmp_path), "--preset", "tiny", "--epochs", "1",
+                        "--quiet", "--out", str(run)]) == 0
+    assert lagvae.main(["encode", "--ckpt", str(run / "model.pt"), "--split", "valid"]) == 0
+    z = np.load(run / "latents.valid.npz")
+    labels = [int(line.split("\t")[0]) for line in (tmp_path / "yelp" / "yelp.valid.txt").read_text().splitlines()]
+    assert z["labels"].tolist() == labels and z["mu"].shape == (30, 2)
+    model, _, corpus = lagvae.load_checkpoint(run / "model.pt")     # rows follow the file, not the length buckets
+    model.eval()
+    with torch.no_grad():
+        mu = torch.cat([model.encode(doc[None])[0] for doc in corpus.splits["valid"]])
+    assert np.allclose(z["mu"], mu.numpy(), atol=1e-5)
+
+
+def test_encode_images(omni_env, tmp_path):
+    out = tmp_path / "run"
+    lagvae.main(["train", "--data", "omniglot", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)])
+    assert lagvae.main(["encode", "--ckpt", str(out / "model.pt")]) == 0
+    z = np.load(out / "latents.test.npz")
+    assert z["mu"].shape == z["logvar"].shape == (40, 4) and "labels" not in z.files
+
+
+def test_help_explains_every_train_flag(capsys):
+    """Every Config field has a help comment, and --help shows it with the default and the presets."""
+    helps, _ = lagvae.config_help()
+    fields = [f.name for f in dataclasses.fields(lagvae.Config)]
+    assert [f for f in fields if not helps.get(f)] == []
+    with pytest.raises(SystemExit):
+        lagvae.main(["train", "--help"])
+    shown = "".join(capsys.readouterr().out.split())          # argparse wraps lines
+    for f in dataclasses.fields(lagvae.Config):
+        flag = "--" + f.name.replace("_", "-")
+        usage = f"{flag},--no-{flag[2:]}" if f.type in (bool, "bool") else flag + f.name.upper()
+        assert usage + "".join(helps[f.name].split()) in shown, f.name
+    assert "[default32;presets:synthetic2,tiny2,imagetiny4]" in shown
+    with pytest.raises(SystemExit):
+        lagvae.main(["--help"])
+    assert "(ICLR 2019)." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_lines_when_stdout_is_not_a_terminal(data_env, tmp_path, capsys, quiet):
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--progress-every", "1e-9",
+                        "--out", str(tmp_path / "run"), *(["--quiet"] if quiet else [])]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ETA" in line]
+    if quiet:
+        assert lines == []
+    else:
+        assert len(lines) == 8                                  # one per batch at this interval
+        assert lines[-1].startswith("epoch   1 | batch 8/8 | inner steps 0 | train -elbo ")
+
+
+def test_bench_times_every_kind_and_a_baseline(data_env, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert lagvae.main(["bench", "--preset", "tiny", "--steps", "2", "--rounds", "1", "--baseline", str(ROOT),
+                        "--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    result = json.loads(out.read_text())
+    assert json.loads(printed[-1]) == result and "inner / joint" in printed[-2]
+    kinds = [(r["version"], r["kind"]) for r in result["rows"]]
+    assert kinds == [(v, k) for v in ("current", "baseline") for k in lagvae.BENCH_KINDS]
+    assert all(r["ms"] > 0 and r["examples_per_s"] > 0 and r["speedup"] > 0 for r in result["rows"])
+    assert result["inner_over_joint"] > 0 and result["savae_over_basic"] > 0
+    assert lagvae.main(["bench", "--preset", "tiny", "--baseline", str(tmp_path)]) == 2
+    one_line_error(capsys, "--baseline")

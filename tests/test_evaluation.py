@@ -1,0 +1,133 @@
+"""Section 5: decoding text from z, the reconstruction score, encoding examples in order."""
+import itertools
+
+import pytest
+import torch
+
+import lagvae
+from conftest import DEVICES, random_batch, tiny_model
+from lagvae import BOS, EOS, PAD, decode
+
+
+def lively_model(vocab=12, seed=0, **over):
+    """A tiny text VAE with large random weights, so that decodings depend on z and vary in length."""
+    model, cfg = tiny_model(vocab, seed, **over)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 1)
+    return model, cfg
+
+
+def test_beam_size_one_is_greedy_and_rows_decode_independently():
+    model, cfg = lively_model()
+    z = torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(0))
+    greedy = decode(model, z, 10)
+    assert torch.equal(decode(model, z, 10, "beam", beam_size=1), greedy)
+    assert len({tuple(r) for r in greedy.tolist()}) > 1             # z matters: not one sentence for all
+    for method, k in (("greedy", 1), ("beam", 3)):
+        together = decode(model, z, 10, method, k)
+        for i in (0, 7):
+            alone = decode(model, z[i:i + 1], 10, method, k)[0]
+            assert together[i, :len(alone)].tolist() == alone.tolist()
+            assert (together[i, len(alone):] == PAD).all()
+
+
+def test_beam_rows_end_in_eos_or_at_max_len():
+    model, cfg = lively_model()
+    out = decode(model, torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(1)), 6, "beam", beam_size=4)
+    assert out.size(1) <= 6
+    ended = 0
+    for row in out.tolist():
+        words = row[:row.index(EOS)] if EOS in row else row
+        assert PAD not in words and BOS not in words
+        if EOS in row:
+            ended += 1
+            assert all(t == PAD for t in row[len(words) + 1:])
+        else:
+            assert len(row) == 6
+    assert 0 < ended < 16                                           # both kinds of ending occur
+
+
+def test_wide_beam_finds_the_most_likely_sequence():
+    """With a beam wider than the number of prefixes, beam search is exhaustive: it returns the
+    sequence (ended by </s>, or cut at max_len) of highest log-likelihood under the teacher-forced
+    decoder, so step-by-step decoding is conditioned on z exactly as log p(x|z) is."""
+    model, cfg = lively_model(vocab=7)
+    model.eval()
+    z = torch.randn(2, cfg.nz, generator=torch.Generator().manual_seed(2))
+    words = range(3, 7)                                  # <unk> and 3 words; PAD and BOS are never emitted
+    candidates = ([[EOS]] + [list(p) + [EOS] for n in (1, 2) for p in itertools.product(words, repeat=n)]
+                  + [list(p) for p in itertools.product(words, repeat=3)])          # cut at max_len 3
+    with torch.no_grad():
+        best = [max(candidates, key=lambda c: float(model.log_px_given_z(torch.tensor([[BOS] + c]), z[i:i + 1, None])))
+                for i in range(2)]
+    out = decode(model, z, 3, "beam", beam_size=64)
+    for i in range(2):
+        assert [t for t in out[i].tolist() if t != PAD] == best[i]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_at_low_temperature_is_greedy(device):
+    model, cfg = lively_model()
+    model.to(device)
+    z = torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(3)).to(device)
+    gen = torch.Generator(device).manual_seed(0)
+    greedy = decode(model, z, 10)
+    assert torch.equal(decode(model, z, 10, "sample", temperature=1e-4, gen=gen), greedy)
+    hot = decode(model, z, 10, "sample", temperature=1.0, gen=gen)
+    assert not torch.equal(hot, greedy)
+
+
+def test_decoding_has_no_dropout_and_keeps_the_training_mode():
+    model, cfg = lively_model(dropout_in=0.5, dropout_out=0.5)
+    model.train()
+    z = torch.randn(8, cfg.nz, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(decode(model, z, 10), decode(model, z, 10))
+    assert model.training
+
+
+def test_reconstruction_hits_are_teacher_free():
+    """A document that is the greedy decoding of its mu scores every position; changing one token
+    costs exactly that position, since the decoder continues from its own output, not the input's."""
+    model, cfg = lively_model()
+    model.eval()
+    mu = torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(5))
+    y = decode(model, mu, 8)
+    keep = [i for i, row in enumerate(y.tolist()) if EOS not in row]      # documents need no </s> here
+    assert len(keep) >= 2
+    x = torch.cat([torch.full((len(keep), 1), BOS), y[keep]], 1)
+    assert lagvae.reconstruction_hits(model, x, mu[keep]) == x.numel() - len(keep)
+    x[:, 3] = torch.where(x[:, 3] == 4, 5, 4)
+    assert lagvae.reconstruction_hits(model, x, mu[keep]) == x.numel() - 2 * len(keep)
+
+
+def test_rec_acc_in_evaluate_is_the_hit_rate():
+    model, cfg = lively_model()
+    batches = [random_batch(batch=4, length=6, seed=s) for s in range(3)]
+    out = lagvae.evaluate(model, batches, cfg, rec_acc=True)
+    model.eval()
+    hits = sum(lagvae.reconstruction_hits(model, x, model.encode(x)[0]) for x in batches)
+    assert out["rec_acc"] == hits / sum(model.n_targets(x) for x in batches)
+    assert 0 <= out["rec_acc"] <= 1
+
+
+def test_encode_examples_keeps_the_order_of_documents_of_any_length():
+    model, cfg = lively_model()
+    model.eval()
+    g = torch.Generator().manual_seed(6)
+    docs = [random_batch(batch=1, length=int(n), seed=i)[0] for i, n in enumerate(torch.randint(3, 8, (11,), generator=g))]
+    mu, logvar = lagvae.encode_examples(model, docs, batch_size=2)
+    assert mu.shape == logvar.shape == (11, cfg.nz)
+    with torch.no_grad():
+        for i, d in enumerate(docs):
+            m, lv = model.encode(d[None])
+            assert torch.allclose(mu[i], m[0], atol=1e-6) and torch.allclose(logvar[i], lv[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_decoding_a_model_without_latent(method):
+    """--lm: z has no dimensions; every decoding method still runs (it is the language model's)."""
+    model, cfg = lively_model(lm=True)
+    out = decode(model, torch.zeros(3, 0), 5, method, beam_size=2, gen=torch.Generator().manual_seed(0))
+    assert out.size(0) == 3 and out.size(1) <= 5
