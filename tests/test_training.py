@@ -125,6 +125,60 @@ def test_aggressive_switch_patience():
     assert not off.on
 
 
+def scripted_losses(monkeypatch, per_token):
+    """Make every encoder step return the next of these per-token losses (batches of 5 x 6 tokens)."""
+    losses = iter(per_token)
+    monkeypatch.setattr(lagvae, "update", lambda model, opts, x, *a, **k: (torch.tensor(next(losses) * 6.0),))
+
+
+@pytest.mark.parametrize("inner_z,losses,steps", [
+    (0.0, [5, 5, 5, 4, 4, 4, 4.1, 4.1, 4.1] + [9] * 9, 9),       # the paper's test: the first rise stops
+    (0.0, [5, 4, 6, 4.8, 3.8, 5.8, 4.6, 3.6, 5.6] + [9] * 9, 12),  # noisy but falling: goes on
+    (1.0, [5, 4, 6, 4.8, 3.8, 5.8, 4.6, 3.6, 5.6] + [9] * 9, 6),   # ... which is within noise: stops
+    (1.0, [9, 9, 9, 5, 5.1, 4.9, 5, 5, 5] + [9] * 9, 9),           # a fall far beyond the noise: goes on
+])
+def test_inner_loop_stopping_rules(monkeypatch, inner_z, losses, steps):
+    model, cfg = tiny_model(inner_window=3, inner_z=inner_z, max_inner_steps=30)
+    scripted_losses(monkeypatch, losses)
+    assert lagvae.aggressive_inner_loop(model, None, random_batch(), lambda: random_batch(), cfg) == steps
+
+
+def test_aggressive_switch_tolerance():
+    s = lagvae.AggressiveSwitch(True, patience=2, tol=0.05)
+    for mi in (0.5, 0.9, 0.93):                  # +0.03 is not an improvement
+        s.step(mi)
+        assert s.on
+    s.step(0.96)                                 # +0.06 over the best (0.9) would be; +0.03 over 0.93 is not
+    assert s.on and s.best == 0.96
+    s.step(1.0), s.step(1.0)
+    assert not s.on
+
+
+def test_mi_check_points_split_the_epoch():
+    cfg = lagvae.resolve_config({"preset": "tiny", "mi_checks": 4})
+    assert lagvae.mi_check_points(cfg, 100) == {25, 50, 75}
+    assert lagvae.mi_check_points(dataclasses.replace(cfg, mi_checks=1), 100) == set()
+
+
+def test_rules_fill_their_fields_under_explicit_flags():
+    cfg = lagvae.resolve_config({"aggressive": True, "rule": "adaptive", "inner_window": 7})
+    assert (cfg.inner_window, cfg.inner_z, cfg.mi_checks, cfg.mi_tol) == (7, 1.0, 4, 0.05)
+    assert lagvae.mode_name(cfg) == "aggressive-adaptive"
+    paper = lagvae.resolve_config({"aggressive": True})
+    assert (paper.inner_window, paper.inner_z, paper.mi_checks, paper.mi_tol) == (15, 0.0, 1, 0.0)
+    with pytest.raises(lagvae.UsageError, match="--rule"):
+        lagvae.resolve_config({"rule": "fast"})
+
+
+def test_adaptive_rule_checks_mi_within_the_epoch(data_env, tmp_path):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--aggressive", "--rule", "adaptive", "--mi-checks", "3",
+                        "--epochs", "1", "--out", str(out)]) == 0
+    row = lagvae.read_jsonl(out / "log.jsonl")[0]
+    assert row["aggressive"] and len(row["mi_checks"]) == 2
+    assert row["steps_decoder"] + row["steps_joint"] == 8 and row["steps_encoder"] >= 2 * 5 * row["steps_decoder"]
+
+
 def test_plateau_rule():
     p = lagvae.Plateau(patience=2)
     verdicts = [p.step(v) for v in (10, 9, 9.5, 9.2, 8, 8.1, 8.0, 8.5)]
