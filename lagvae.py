@@ -115,7 +115,8 @@ class Config:
 
 PRESETS = {"text": {
     # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
-    "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50),
+    # One thread: a step took 6.4 ms on one thread and 7.1 ms on two (2-core VM, commit 787a604).
+    "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50, threads=1),
     # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
     "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
     # Sized for 2 CPU cores (yahoo-small, ptb). Measured 2026-11-24 on the 2-core VM, one thread,
