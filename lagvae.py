@@ -134,8 +134,79 @@ class UsageError(Exception):
     """Bad flag or file; the CLI prints it as one line and exits with code 2."""
 
 
+# Past these, numpy and torch overflow instead of computing (a cyclical period of 0 iterations, an
+# optimizer step that does not fit float32, the dtype of every model).
+INT_MAX = 2 ** 63 - 1
+FLOAT_MAX = float(torch.finfo(torch.float32).max)
+WIDTH = (1, 2 ** 14, "[]")   # layer sizes: 16x the paper's 1024 units; a 2^14-unit LSTM is already 8.6 GB
+COUNT = (1, math.inf, "[)")
+NONNEG_INT = (0, math.inf, "[)")
+POSITIVE = (0, math.inf, "()")
+NONNEG = (0, math.inf, "[)")
+PROBABILITY = (0, 1, "[)")
+LR = (0, 1e6, "(]")          # lr 16 already diverges the text model; 1e6 x 1e6 still fits Adam's first step
+# Every numeric field and its admissible interval (lo, hi, brackets), within INT_MAX or FLOAT_MAX.
+# Sign and range are checked here only, so a flag that parses is one the code can use as meant.
+NUMBER_RULES = {
+    "subset": NONNEG_INT, "max_test": NONNEG_INT, "max_len": NONNEG_INT,
+    "max_vocab": NONNEG_INT,            # a vocabulary that keeps no word is refused by data.py
+    "seed": (0, 2 ** 32 - 1, "[]"),     # numpy's seeding range
+    "nz": WIDTH, "ni": WIDTH, "enc_nh": WIDTH, "dec_nh": WIDTH,
+    "dropout_in": PROBABILITY, "dropout_out": PROBABILITY,
+    "batch_size": COUNT, "epochs": COUNT,
+    "lr": LR,                           # lr 0 would train nothing
+    "clip_grad": POSITIVE,              # a norm <= 0 zeroes or flips the gradient
+    "decay_patience": COUNT,
+    "lr_decay": (0, 1, "(]"),           # 1: restart from the best model without decaying
+    "max_decay": COUNT,                 # 0 would stop before the first epoch
+    "inner_window": COUNT, "max_inner_steps": COUNT, "inner_steps": NONNEG_INT, "mi_patience": COUNT,
+    "kl_start": (0, 1, "[]"), "warm_up": COUNT, "warm_up_iters": NONNEG_INT, "beta": NONNEG,
+    "svi_steps": COUNT, "svi_lr": POSITIVE, "encoder_lr_mult": LR,
+    "free_bits": NONNEG, "cyclical": NONNEG_INT, "bn_gamma": NONNEG,
+    # The IW log-weights of a batch are kept whole (batch x samples floats); 10^6 is 2,000x the paper's 500.
+    "iw_samples": (0, 10 ** 6, "[]"), "iw_chunk": COUNT,
+    # The grid on [-20, 20] has 40 / stride + 1 points: 40,001 at the finest (100x the default's), two at
+    # the coarsest.
+    "grid_stride": (1e-3, 40, "[]"), "trajectory_iters": NONNEG_INT,
+}
+MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
+
+
+def check_number(name, value, rule):
+    lo, hi, brackets = rule
+    integer = isinstance(value, int)
+    top = INT_MAX if integer else FLOAT_MAX
+    if ((integer or math.isfinite(value)) and abs(value) <= top and (lo < value or brackets[0] == "[" and value == lo)
+            and (value < hi or brackets[1] == "]" and value == hi)):
+        return
+    fmt = lambda v: str(v) if isinstance(v, int) else f"{v:g}"
+    kind = "an integer" if integer else "a finite number"
+    if hi < math.inf:
+        expected = f"{kind} in {brackets[0]}{fmt(lo)}, {fmt(hi)}{brackets[1]}"
+    else:   # the type's own bound is named only to a value past it
+        expected = (f"{kind} {'>' if brackets[0] == '(' else '>='} {fmt(lo)}"
+                    + (f" and at most {fmt(top)}" if abs(value) > top else ""))
+    raise UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {value}")
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_types(overrides):
+    """Each override must name a Config field and have its type (an int is a fine float), so the
+    rules below never compare a string with a number (configs also come from checkpoints)."""
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name, value in overrides.items():
+        typ = types.get(name)
+        if typ is None:
+            raise UsageError(f"unknown config field {name!r}")
+        if isinstance(value, bool) != (typ is bool) or not isinstance(value, (int, float) if typ is float else typ):
+            raise UsageError(f"--{name.replace('_', '-')}: expected {TYPE_NAMES[typ]}, got {value!r}")
+
+
 def resolve_config(overrides):
-    """Defaults <- preset <- explicit overrides (a dict of field -> value)."""
+    """Defaults <- preset <- explicit overrides (a dict of field -> value), validated."""
+    check_types(overrides)
     data = overrides.get("data", Config.data)
     presets = PRESETS[datalib.kind(data)]
     preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu")
@@ -148,38 +219,40 @@ def resolve_config(overrides):
     if overrides.get("lm"):
         implied = {"nz": 0, "iw_samples": 1}      # log p(x) is exact: one "sample" suffices
     cfg = Config(**{**presets[preset], **implied, **overrides, "preset": preset})
-    if cfg.lm and (cfg.nz or cfg.aggressive or cfg.savae or cfg.bn_gamma or cfg.free_bits or cfg.pretrain_encoder):
-        raise UsageError("--lm: the language-model baseline has no latent; drop --nz and the latent-variable modes")
+    for name, rule in NUMBER_RULES.items():
+        if not (name == "nz" and cfg.lm):
+            check_number(name, getattr(cfg, name), rule)
+    # A mode flag that another makes meaningless would train something else than its mode name says.
+    latent = {"--nz": cfg.nz, "--aggressive": cfg.aggressive, "--savae": cfg.savae, "--bn-gamma": cfg.bn_gamma,
+              "--free-bits": cfg.free_bits, "--pretrain-encoder": cfg.pretrain_encoder, "--anneal": cfg.anneal,
+              "--cyclical": cfg.cyclical, "--beta": cfg.beta != 1, "--encoder-lr-mult": cfg.encoder_lr_mult != 1}
+    if cfg.lm and any(latent.values()):
+        raise UsageError(f"--lm: the language-model baseline has no latent; drop "
+                         f"{', '.join(k for k, v in latent.items() if v)}")
     if cfg.savae and cfg.aggressive:
         raise UsageError("--savae and --aggressive are alternative remedies; pick one")
+    if cfg.anneal and cfg.cyclical:
+        raise UsageError("--anneal and --cyclical are alternative KL schedules; pick one")
+    if cfg.inner_steps and not cfg.aggressive:
+        raise UsageError("--inner-steps: a fixed inner-loop budget needs --aggressive")
+    if cfg.warm_up_iters and not cfg.anneal:
+        raise UsageError("--warm-up-iters: a warm-up length needs --anneal")
     try:
         kernels = [int(k) for k in cfg.dec_kernels.split(",")]
     except ValueError:
         kernels = []
-    if not kernels or any(k < 1 or k % 2 == 0 for k in kernels):
-        raise UsageError(f"--dec-kernels: expected odd kernel sizes like 7,5,3, got {cfg.dec_kernels!r}")
-    for name in ("ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window", "max_inner_steps",
-                 "iw_chunk", "mi_patience", "decay_patience", "warm_up", "svi_steps") + (() if cfg.lm else ("nz",)):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
-    for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples", "warm_up_iters",
-                 "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr"):
-        if getattr(cfg, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
-    try:
-        [int(i) for i in cfg.snapshot_iters.split(",") if i]
+    if not kernels or any(k < 1 or k % 2 == 0 or k > MAX_KERNEL for k in kernels):
+        raise UsageError(f"--dec-kernels: expected odd kernel sizes up to {MAX_KERNEL} like 7,5,3, "
+                         f"got {cfg.dec_kernels!r}")
+    try:        # parsed as train() parses it
+        snaps_ok = all(0 <= int(i) <= INT_MAX for i in cfg.snapshot_iters.split(",") if i)
     except ValueError:
-        raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts, got {cfg.snapshot_iters!r}") from None
+        snaps_ok = False
+    if not snaps_ok:
+        raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts >= 0 like 0,200,2000, "
+                         f"got {cfg.snapshot_iters!r}")
     if (cfg.snapshot_iters or cfg.trajectory_iters) and cfg.nz != 1:
         raise UsageError("--snapshot-iters/--trajectory-iters: posterior means need a scalar latent (--nz 1)")
-    if cfg.grid_stride <= 0:
-        raise UsageError(f"--grid-stride: expected > 0, got {cfg.grid_stride}")
-    if not 0 <= cfg.kl_start <= 1:
-        raise UsageError(f"--kl-start: expected a weight in [0, 1], got {cfg.kl_start}")
-    if cfg.encoder_lr_mult <= 0:
-        raise UsageError(f"--encoder-lr-mult: expected > 0, got {cfg.encoder_lr_mult}")
-    if not 0 <= cfg.dropout_in < 1 or not 0 <= cfg.dropout_out < 1:
-        raise UsageError("--dropout-in/--dropout-out: expected a probability in [0, 1)")
     if cfg.optim not in ("sgd", "adam"):
         raise UsageError(f"--optim: expected sgd or adam, got {cfg.optim!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -489,7 +562,9 @@ def aggregate_kl(mu, logvar, z):
 
 def active_units(mu_all, threshold=0.01):
     """Number of dimensions d with Var_x(E_q[z_d|x]) > threshold (Burda et al. 2016)."""
-    return int((mu_all.var(0) > threshold).sum()) if mu_all.numel() else 0     # --lm: no latent
+    if mu_all.size(0) < 2 or not mu_all.numel():      # one example has no variance; --lm has no latent
+        return 0
+    return int((mu_all.var(0) > threshold).sum())
 
 
 def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):

@@ -1,9 +1,11 @@
 """Section 7: the command line, run directories, resume and error messages."""
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,72 @@ def test_every_mode_on_real_text(tmp_path, flags):
                         "--max-vocab", "500", "--quiet", "--out", str(out), *flags]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["data"] == "ptb" and math.isfinite(result["iw_nll"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 12: every bad number, checkpoint and output path is one line and exit 2
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lagvae: error: "), err
+    return err[0]
+
+
+def test_every_numeric_field_has_a_rule():
+    numeric = {f.name for f in dataclasses.fields(lagvae.Config) if f.type in (int, float)}
+    assert set(lagvae.NUMBER_RULES) == numeric
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--lr", "0"], "--lr: expected a finite number in (0, 1e+06], got 0.0"),
+    (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "1e300"], "--lr"),
+    (["--clip-grad", "-1"], "--clip-grad: expected a finite number > 0"), (["--clip-grad", "0"], "--clip-grad"),
+    (["--clip-grad", "nan"], "--clip-grad"),
+    (["--lr-decay", "0"], "--lr-decay: expected a finite number in (0, 1]"), (["--lr-decay", "1.5"], "--lr-decay"),
+    (["--lr-decay", "nan"], "--lr-decay"),
+    (["--free-bits", "nan"], "--free-bits: expected a finite number >= 0, got nan"), (["--free-bits", "-1"], "--free-bits"),
+    (["--free-bits", "inf"], "--free-bits"), (["--free-bits", "1e300"], "at most 3.40282e+38"),
+    (["--beta", "nan"], "--beta"), (["--beta", "inf"], "--beta"), (["--beta", "-0.5"], "--beta"),
+    (["--grid-stride", "0"], "--grid-stride: expected a finite number in [0.001, 40]"),
+    (["--grid-stride", "nan"], "--grid-stride"), (["--grid-stride", "1e-12"], "--grid-stride"),
+    (["--grid-stride", "100"], "--grid-stride"),
+    (["--seed", "-1"], "--seed: expected an integer in [0, 4294967295], got -1"), (["--seed", str(2 ** 32)], "--seed"),
+    (["--max-decay", "0"], "--max-decay: expected an integer >= 1, got 0"), (["--max-decay", "-3"], "--max-decay"),
+    (["--nz", "1", "--snapshot-iters", "0,-200"], "--snapshot-iters"), (["--nz", "1", "--snapshot-iters", "0,x"], "--snapshot-iters"),
+    (["--nz", "1", "--snapshot-iters", "0, "], "--snapshot-iters"), (["--nz", "1", "--trajectory-iters", "-1"], "--trajectory-iters"),
+    (["--ni", str(10 ** 9)], "--ni: expected an integer in [1, 16384]"), (["--enc-nh", "16385"], "--enc-nh"),
+    (["--dec-nh", "0"], "--dec-nh"), (["--nz", str(10 ** 7)], "--nz"),
+    (["--iw-samples", "-1"], "--iw-samples"), (["--iw-samples", str(10 ** 12)], "--iw-samples: expected an integer in [0, 1000000]"),
+    (["--iw-chunk", "0"], "--iw-chunk"), (["--epochs", str(2 ** 70)], "at most 9223372036854775807"),
+    (["--cyclical", str(10 ** 400)], "--cyclical"), (["--batch-size", "-8"], "--batch-size"),
+    (["--max-len", "-1"], "--max-len"), (["--subset", "-1"], "--subset"), (["--warm-up", "0"], "--warm-up"),
+    (["--kl-start", "nan"], "--kl-start"), (["--kl-start", "-0.1"], "--kl-start"),
+    (["--encoder-lr-mult", "inf"], "--encoder-lr-mult"), (["--encoder-lr-mult", "0"], "--encoder-lr-mult"),
+    (["--dropout-in", "nan"], "--dropout-in"), (["--dropout-out", "1"], "--dropout-out"),
+    (["--svi-lr", "0"], "--svi-lr"), (["--svi-lr", "1e39"], "--svi-lr"), (["--bn-gamma", "nan"], "--bn-gamma"),
+    (["--dec-kernels", "57"], "--dec-kernels: expected odd kernel sizes up to 55"), (["--dec-kernels", "4"], "--dec-kernels"),
+    (["--lm", "--anneal"], "--lm: the language-model baseline has no latent; drop --anneal"),
+    (["--lm", "--cyclical", "2"], "drop --cyclical"), (["--lm", "--beta", "0.5"], "drop --beta"),
+    (["--lm", "--encoder-lr-mult", "2"], "drop --encoder-lr-mult"),
+    (["--anneal", "--cyclical", "2"], "--anneal and --cyclical"),
+    (["--inner-steps", "3"], "--inner-steps: a fixed inner-loop budget needs --aggressive"),
+    (["--warm-up-iters", "30"], "--warm-up-iters: a warm-up length needs --anneal"),
+    (["--max-vocab", "3"], "every training token would be <unk>"),
+])
+def test_bad_numbers_are_refused(data_env, tmp_path, capsys, flags, needle):
+    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--out", str(tmp_path / "run"), *flags]) == 2
+    assert needle in one_error_line(capsys)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("flags", [["--iw-chunk", str(10 ** 12)], ["--subset", "1"], ["--max-test", "1"],
+                                   ["--lr-decay", "1"], ["--max-vocab", "5"], ["--seed", str(2 ** 32 - 1)]])
+def test_edge_values_that_are_accepted_train_cleanly(data_env, tmp_path, capsys, flags):
+    """Bounds are inclusive where the value still means something; a chunk larger than the sample
+    count is capped by the memory budget, and a one-example split has no AU variance (0, no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"),
+                            *flags]) == 0
+    assert capsys.readouterr().err == ""
+    assert math.isfinite(json.loads((tmp_path / "r" / "result.json").read_text())["iw_nll"])

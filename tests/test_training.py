@@ -85,7 +85,7 @@ def counting_sampler(batch):
 
 
 def test_inner_loop_fixed_budget():
-    model, cfg = tiny_model(inner_steps=4)
+    model, cfg = tiny_model(aggressive=True, inner_steps=4)
     opts = lagvae.make_optimizers(model, cfg, cfg.lr)
     sample, calls = counting_sampler(random_batch(seed=1))
     assert lagvae.aggressive_inner_loop(model, opts, random_batch(), sample, cfg) == 4
