@@ -402,6 +402,11 @@ class TextVAE(VAE):
         """Decoder activations per (example, z sample), to size evaluation chunks."""
         return (x.size(1) - 1) * self.vocab_size
 
+    def uniform_nll(self, x):
+        """Nats of guessing every predicted token uniformly (where training starts; divergence is
+        measured against it)."""
+        return self.n_targets(x) * math.log(self.vocab_size)
+
 
 class ResBlock(nn.Module):
     """conv3x3(stride) -> BN -> ELU -> conv3x3 -> BN, plus a 1x1 projection shortcut, then ELU."""
@@ -504,6 +509,10 @@ class ImageVAE(VAE):
 
     def elements_per_sample(self, x):
         return 2 * x[0].numel() * self.decoder.net[1].num_features
+
+    def uniform_nll(self, x):
+        """Nats of guessing every pixel with probability 1/2."""
+        return self.n_targets(x) * math.log(2)
 
 
 def build_model(cfg, corpus):
@@ -831,6 +840,20 @@ def load_data(cfg):
         raise UsageError(str(e)) from None
 
 
+DIVERGED = 50     # times the loss of a uniform guess, where every model starts
+
+
+def divergence(metrics, score, model, batches):
+    """Why the validation metrics say training diverged, or None: the loss `score` per example is
+    over DIVERGED times that of a uniform guess at every token or pixel (an exploded model whose
+    numbers are still finite), or a metric is NaN or infinite (a perplexity past float range too)."""
+    uniform = sum(model.uniform_nll(x) for x in batches) / metrics["n"]
+    if score > DIVERGED * uniform:
+        return f"validation loss {score:.4g} is over {DIVERGED} times that of a uniform guess ({uniform:.4g})"
+    broken = nonfinite(metrics)
+    return f"validation {', '.join(broken)}" if broken else None
+
+
 def train(cfg):
     """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
     result.json into the run directory. Returns the result dict."""
@@ -947,9 +970,10 @@ def train(cfg):
         # Model selection on validation -ELBO (weight 1), except for the autoencoder of
         # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
         score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
-        if not math.isfinite(score):
-            raise UsageError(f"{out}: epoch {state['epoch']}: validation loss is {score}; training diverged "
-                             f"(try a smaller --lr or --clip-grad)")
+        why = divergence(metrics, score, model, val)
+        if why:
+            raise UsageError(f"{out}: epoch {state['epoch']}: {why}; training diverged (try a smaller --lr or "
+                             f"--clip-grad)")
         verdict = state["plateau"].step(score)
         if verdict == "best":
             atomic_save({"config": asdict(cfg), "model": model.state_dict(),
@@ -980,6 +1004,20 @@ def train(cfg):
 
 # ------------------------------------------------------------------------------------------------
 # 5. Evaluation: the same code for every mode and dataset.
+
+def nonfinite(metrics):
+    """'name value' of every NaN or infinite metric."""
+    return [f"{k} {v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+def perplexity(nats, tokens):
+    """exp(nats per token); infinite past float range (over ~709 nats per token) rather than an
+    OverflowError, so a diverged model is reported, not crashed on."""
+    try:
+        return math.exp(nats / tokens)
+    except OverflowError:
+        return math.inf
+
 
 @torch.no_grad()
 def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
@@ -1017,44 +1055,69 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval"):
            "au": active_units(mu_all), "n": n}
     text = not batches[0].is_floating_point()
     if text:
-        out["elbo_ppl"] = math.exp((rec_sum + kl_sum) / tokens)
+        out["elbo_ppl"] = perplexity(rec_sum + kl_sum, tokens)
     if cfg.savae:
         out["svi_gap"] = (amortized_sum - rec_sum - kl_sum) / n
     if iw_samples:
-        out.update(iw_nll=nll_sum / n, iw_samples=iw_samples, **({"ppl": math.exp(nll_sum / tokens)} if text else {}))
+        out.update(iw_nll=nll_sum / n, iw_samples=iw_samples, **({"ppl": perplexity(nll_sum, tokens)} if text else {}))
     model.train(was_training)
     return out
 
 
+CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
+
+
 def load_checkpoint(ckpt, data_dir=None, device="auto", **overrides):
-    """(model, cfg, corpus) rebuilt from a model.pt and its dataset."""
+    """(model, cfg, corpus) rebuilt from a model.pt and its dataset; refused when the file lacks a
+    field, its config is invalid, its weights are not finite or do not fit its config."""
+    bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
     try:
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        saved = ck["config"]
     except Exception as e:          # unpickling errors come in many types; all mean "not a checkpoint"
-        raise UsageError(f"--ckpt {ckpt}: not a lagvae model checkpoint ({type(e).__name__}: {e})") from None
+        raise bad(f"not a lagvae model checkpoint ({type(e).__name__}: {e})") from None
+    missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        hint = "; last.pt holds training state, evaluate model.pt" if isinstance(ck, dict) and "state" in ck else ""
+        raise bad(f"not a lagvae model checkpoint (no {', '.join(missing)}{hint})")
+    saved, weights = ck["config"], ck["model"]
+    if not isinstance(saved, dict):
+        raise bad(f"its config is a {type(saved).__name__}, expected a dict of fields")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise bad("its weights are not a state dict of named tensors")
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise bad(f"weights hold NaN or infinite values ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
+                  f": the run diverged")
     try:
-        cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
-    except TypeError as e:
-        raise UsageError(f"--ckpt {ckpt}: its config does not fit this version of lagvae ({e})") from None
+        resolve_config({**saved, "device": "cpu"})      # faults of the saved config are the checkpoint's
+    except UsageError as e:
+        raise bad(f"its saved config is invalid ({e})") from None
+    cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
     corpus = load_data(cfg)
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
-        raise UsageError(f"--ckpt {ckpt}: trained with vocabulary {ck['vocab_size']}, "
-                         f"but {cfg.data} now has {corpus.vocab_size}")
+        raise bad(f"trained with vocabulary {ck['vocab_size']}, "
+                  f"but {cfg.data} now has {getattr(corpus, 'vocab_size', None)}")
     model = build_model(cfg, corpus).to(get_device(cfg))
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:       # missing, unexpected or differently shaped tensors
+        raise bad(f"its weights do not fit its config ({e})") from None
     return model, cfg, corpus
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", quiet=False):
-    """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split."""
+    """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
+    infinite result is an error, never a number in the report."""
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
                                          **({"iw_samples": iw_samples} if iw_samples is not None else {}))
     device = next(model.parameters()).device
     seed_all(cfg.seed)
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
-    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed,
-            **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")}
+    result = evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test")
+    broken = nonfinite(result)
+    if broken:
+        raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
+    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1318,7 +1381,9 @@ def add_config_flags(parser):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        """One line in the form of every other error: `lagvae: error: train: argument --nz: ...`."""
+        command = self.prog.partition(" ")[2]
+        self.exit(2, error_line(f"{command}: {message}" if command else message) + "\n")
 
 
 def main(argv=None):
@@ -1359,10 +1424,26 @@ def main(argv=None):
             print(args["out"])
         else:
             print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"]), args["format"]))
-    except (UsageError, OSError) as e:
-        print(f"lagvae: error: {e}", file=sys.stderr)
-        return 2
+    except (UsageError, datalib.DataError, OSError) as e:
+        return fail(e)
+    except (MemoryError, RuntimeError) as e:
+        # CPU allocation failures are plain RuntimeErrors ("can't allocate memory"); CUDA's are
+        # torch.OutOfMemoryError. Anything else is a bug and keeps its traceback.
+        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        return fail(f"out of memory ({e}); lower --batch-size, --iw-samples or the model sizes "
+                    f"(--ni, --enc-nh, --dec-nh, --nz)")
     return 0
+
+
+def error_line(message):
+    """Exactly one line, whatever the message holds (errors from torch and others can be multi-line)."""
+    return "lagvae: error: " + " ".join(str(message).split())
+
+
+def fail(message):
+    print(error_line(message), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -268,3 +269,91 @@ def test_edge_values_that_are_accepted_train_cleanly(data_env, tmp_path, capsys,
                             *flags]) == 0
     assert capsys.readouterr().err == ""
     assert math.isfinite(json.loads((tmp_path / "r" / "result.json").read_text())["iw_nll"])
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    """One tiny synthetic run (its config names the data root, so no environment is needed)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--data-dir", str(synth_root),
+                        "--out", str(out)]) == 0
+    return out
+
+
+def without(key):
+    return lambda ck: {k: v for k, v in ck.items() if k != key}
+
+
+def with_config(**fields):
+    return lambda ck: {**ck, "config": {**ck["config"], **fields}}
+
+
+def with_weight(name, value):
+    return lambda ck: {**ck, "model": {**ck["model"], name: value}}
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (without("vocab_size"), "not a lagvae model checkpoint (no vocab_size)"),
+    (without("model"), "(no model)"),
+    (without("config"), "(no config)"),
+    (lambda ck: torch.zeros(3), "(no config, model, vocab_size)"),
+    (lambda ck: {**ck, "config": [1, 2]}, "its config is a list"),
+    (with_config(nz=3), "its weights do not fit its config"),
+    (with_config(enc_nh=17), "its weights do not fit its config"),
+    (with_config(no_such_field=1), "its saved config is invalid (unknown config field 'no_such_field')"),
+    (with_config(nz="2"), "(--nz: expected an integer, got '2')"),
+    (with_config(lr=float("nan")), "(--lr: expected a finite number"),
+    (with_config(lm=True), "--lm: the language-model baseline has no latent"),
+    (with_weight("decoder.pred.weight", torch.full((3, 3), float("nan"))), "weights hold NaN or infinite values (decoder.pred.weight)"),
+    (with_weight("decoder.pred.weight", "not a tensor"), "not a state dict of named tensors"),
+    (lambda ck: {**ck, "vocab_size": 7}, "trained with vocabulary 7"),
+])
+def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, capsys, edit, needle):
+    ck = torch.load(trained / "model.pt", weights_only=False)
+    bad = tmp_path / "model.pt"
+    torch.save(edit(ck), bad)
+    assert lagvae.main(["eval", "--ckpt", str(bad), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"lagvae: error: --ckpt {bad}: ") and needle in line
+
+
+def test_training_state_is_not_a_model_checkpoint(trained, capsys):
+    assert lagvae.main(["eval", "--ckpt", str(trained / "last.pt")]) == 2
+    assert "last.pt holds training state, evaluate model.pt" in one_error_line(capsys)
+
+
+def test_eval_flags_are_checked_as_eval_flags(trained, capsys):
+    assert lagvae.main(["eval", "--ckpt", str(trained / "model.pt"), "--iw-samples", "-5"]) == 2
+    assert one_error_line(capsys) == "lagvae: error: --iw-samples: expected an integer in [0, 1000000], got -5"
+
+
+def test_eval_never_prints_a_nan(trained, tmp_path, monkeypatch, capsys):
+    """A model whose weights are finite but whose numbers overflow is refused, not reported as NaN."""
+    ck = torch.load(trained / "model.pt", weights_only=False)
+    ck["model"]["decoder.pred.weight"] = torch.full_like(ck["model"]["decoder.pred.weight"], 3e38)
+    torch.save(ck, tmp_path / "model.pt")
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "model.pt"), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert "evaluation gave" in line and "nan" in line and "the model is numerically broken" in line
+    assert capsys.readouterr().out == ""
+
+
+def test_multi_line_messages_become_one_line(trained, synth_root, tmp_path, capsys):
+    """Resuming with other sizes fails inside torch with a multi-line message; the CLI prints one."""
+    run = shutil.copytree(trained, tmp_path / "run")
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "2", "--quiet", "--data-dir", str(synth_root),
+                        "--out", str(run), "--resume", "--enc-nh", "9"]) == 2
+    assert "--resume" in one_error_line(capsys)
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    def allocate(cfg):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 4016000000000 bytes.\nError code 12")
+    monkeypatch.setattr(lagvae, "train", allocate)
+    assert lagvae.main(["train", "--preset", "tiny"]) == 2
+    line = one_error_line(capsys)
+    assert "out of memory" in line and "4016000000000 bytes" in line and "--batch-size" in line
+    monkeypatch.setattr(lagvae, "train", lambda cfg: 1 / 0)
+    with pytest.raises(ZeroDivisionError):          # a bug keeps its traceback
+        lagvae.main(["train", "--preset", "tiny"])
