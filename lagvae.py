@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import random
+import reprlib
 import subprocess
 import sys
 import time
@@ -1156,15 +1157,39 @@ def epoch_stats(log):
     return {"agg_epochs": len(agg), "agg_epoch_s": mean(agg), "epoch_s": mean(plain)}
 
 
-def load_results(run_dirs):
+# What the tables and figures read from run files, as (what is expected, test). The other fields
+# of result.json are optional; those of TABLE_COLUMNS must be numbers when present.
+NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+TEXT = ("a string", lambda v: isinstance(v, str))
+NUMBERS = ("a non-empty list of numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
+RESULT_FIELDS = {"data": TEXT, "mode": TEXT, "seed": INTEGER, "au": NUMBER, "mi": NUMBER}
+
+
+def check_record(record, where, required, optional=None):
+    """`record` (parsed JSON) must be an object with every field of `required`, and the fields of
+    `optional` it has, of the kinds named; returns it."""
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {reprlib.repr(record)}")
+    for name, (kind, ok) in {**(optional or {}), **required}.items():
+        if name not in record:
+            if name in required:
+                raise UsageError(f"{where}: no field {name!r} ({kind})")
+        elif not ok(record[name]):
+            raise UsageError(f"{where}: field {name!r} is {reprlib.repr(record[name])}, expected {kind}")
+    return record
+
+
+def load_results(run_dirs, required=RESULT_FIELDS):
     results = []
     for d in map(Path, run_dirs):
         try:
             r = json.loads((d / "result.json").read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"{d}: no readable result.json ({e})") from None
+        check_record(r, d / "result.json", required, {c: NUMBER for c in TABLE_COLUMNS})
         if (d / "log.jsonl").exists():
-            r.update(epoch_stats(read_jsonl(d / "log.jsonl")))
+            r.update(epoch_stats(read_jsonl(d / "log.jsonl", {"seconds": NUMBER})))
         results.append({**r, "run": str(d)})
     return results
 
@@ -1191,7 +1216,8 @@ def summarize(results, by_run=False):
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
                 and (not by_run or b["seeds"] == row["seeds"])]
-        row["time_ratio"] = row["train_seconds"] / base[0]["train_seconds"] if len(base) == 1 else None
+        row["time_ratio"] = (row["train_seconds"] / base[0]["train_seconds"]
+                             if len(base) == 1 and base[0]["train_seconds"] > 0 else None)
         ref = paper.get((PAPER_DATA.get(row["data"], row["data"]), row["mode"]), {})
         row["paper_table"] = ref.get("table")
         for c in PAPER_COLUMNS:
@@ -1223,24 +1249,42 @@ def format_table(rows, fmt="md"):
     return "\n".join(lines)
 
 
-def read_jsonl(path):
+def read_jsonl(path, required=None):
+    """The records of a JSON-lines file, each checked by check_record (path:line names a bad one)."""
     try:
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        lines = Path(path).read_text().splitlines()
+        records = [(n, json.loads(line)) for n, line in enumerate(lines, 1) if line]
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: not readable as JSON lines ({e})") from None
+    return [check_record(r, f"{path}:{n}", required or {}) for n, r in records]
+
+
+def read_means(path, required):
+    """Posterior-mean records (snapshots or a trajectory): at least one, each with as many model as
+    inference means."""
+    records = read_jsonl(path, {**required, "model_mean": NUMBERS, "inference_mean": NUMBERS})
+    if not records:
+        raise UsageError(f"{path}: no records")
+    for n, r in enumerate(records, 1):
+        if len(r["model_mean"]) != len(r["inference_mean"]):
+            raise UsageError(f"{path}: record {n} has {len(r['model_mean'])} model means "
+                             f"but {len(r['inference_mean'])} inference means")
+    return records
 
 
 def load_snapshots(run):
     """Snapshots of a run, one per iteration (the last recorded wins after a resume), in order."""
-    snaps = {s["iter"]: s for s in read_jsonl(Path(run) / "snapshots.jsonl")}
+    snaps = {s["iter"]: s for s in read_means(Path(run) / "snapshots.jsonl", {"iter": INTEGER})}
     return [snaps[k] for k in sorted(snaps)]
 
 
 def run_mode(run):
+    path = Path(run) / "config.json"
     try:
-        return json.loads((Path(run) / "config.json").read_text())["mode"]
-    except (OSError, ValueError, KeyError) as e:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
         raise UsageError(f"{run}: not a run directory with a config.json ({e})") from None
+    return check_record(config, path, {"mode": TEXT})["mode"]
 
 
 def pyplot():
@@ -1277,7 +1321,7 @@ def plot_dynamics(runs, out):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        log = read_jsonl(Path(run) / "log.jsonl")
+        log = read_jsonl(Path(run) / "log.jsonl", {"epoch": NUMBER, "val_mi": NUMBER, "val_kl": NUMBER})
         epochs = [r["epoch"] for r in log]
         ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
         ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
@@ -1292,7 +1336,7 @@ def plot_dynamics(runs, out):
 def plot_nll_au(runs, out):
     """Figure 4: test NLL against active units, one point per run, one marker per mode."""
     plt = pyplot()
-    results = load_results(runs)
+    results = load_results(runs, {**RESULT_FIELDS, "iw_nll": NUMBER})
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for k, mode in enumerate(sorted({r["mode"] for r in results})):
         pts = [(r["au"], r["iw_nll"]) for r in results if r["mode"] == mode]
@@ -1310,7 +1354,7 @@ def plot_trajectory(runs, out, lim=3.0):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        pts = read_jsonl(Path(run) / "trajectory.jsonl")
+        pts = read_means(Path(run) / "trajectory.jsonl", {})
         xs = [p["model_mean"][0] for p in pts]
         ys = [p["inference_mean"][0] for p in pts]
         ax.plot(xs, ys, "-", lw=0.6, color="0.6")
@@ -1344,12 +1388,30 @@ def sample_pixels(model, z):
     return x
 
 
+def output_file(path, formats):
+    """An --out path checked before any work is done: a file name (not a folder) in an existing
+    folder, with a suffix among `formats`."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--out {path}: is a folder; expected a file name")
+    if not p.parent.is_dir():
+        raise UsageError(f"--out {path}: there is no folder {p.parent}")
+    if p.suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"--out {path}: expected a file name ending in "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return p
+
+
+MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: more is no longer a figure
+
+
 def write_samples(ckpt, out=None, n=32, data_dir=None, device="auto"):
     """A PNG grid: prior samples on top; below, test images and their reconstructions from z = mu,
     alternating rows. Returns the path."""
     from torchvision.utils import save_image
-    if n < 8 or n % 8:
-        raise UsageError(f"--n: expected a positive multiple of 8 (grid rows of 8), got {n}")
+    if n < 8 or n % 8 or n > MAX_SAMPLES:
+        raise UsageError(f"--n: expected a multiple of 8 (grid rows of 8) from 8 to {MAX_SAMPLES}, got {n}")
+    path = output_file(out, {"png"}) if out else None
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
     if corpus.kind != "image":
         raise UsageError(f"--ckpt {ckpt}: samples are drawn for image models only")
@@ -1360,7 +1422,7 @@ def write_samples(ckpt, out=None, n=32, data_dir=None, device="auto"):
     model.eval()
     recon = sample_pixels(model, model.encode(test)[0])
     rows = [prior] + [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
-    path = Path(out) if out else Path(ckpt).with_name("samples.png")
+    path = path or Path(ckpt).with_name("samples.png")
     save_image(torch.cat(rows), path, nrow=8, padding=2, pad_value=0.5)
     return path
 
@@ -1420,6 +1482,8 @@ def main(argv=None):
         elif cmd == "samples":
             print(write_samples(**args))
         elif cmd == "figure":
+            from matplotlib.backend_bases import FigureCanvasBase
+            output_file(args["out"], FigureCanvasBase.get_supported_filetypes())
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])
         else:

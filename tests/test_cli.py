@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import lagvae
 
@@ -357,3 +359,67 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(lagvae, "train", lambda cfg: 1 / 0)
     with pytest.raises(ZeroDivisionError):          # a bug keeps its traceback
         lagvae.main(["train", "--preset", "tiny"])
+
+
+@pytest.mark.parametrize("out,needle", [(".", "is a folder"), ("nofolder/grid.png", "there is no folder"),
+                                        ("grid.gif", "expected a file name ending in .png")])
+def test_samples_out_is_checked_before_sampling(omni_env, tmp_path, capsys, out, needle):
+    run = tmp_path / "run"
+    lagvae.main(["train", "--data", "omniglot", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(run)])
+    assert lagvae.main(["samples", "--ckpt", str(run / "model.pt"), "--out", str(tmp_path / out), "--n", "8"]) == 2
+    assert needle in one_error_line(capsys)
+    assert lagvae.main(["samples", "--ckpt", str(run / "model.pt"), "--n", "2048"]) == 2
+    assert "--n: expected a multiple of 8" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("out,needle", [(".", "is a folder"), ("nofolder/f.png", "there is no folder"),
+                                        ("f.docx", "expected a file name ending in")])
+def test_figure_out_is_checked(trained, tmp_path, capsys, out, needle):
+    assert lagvae.main(["figure", "dynamics", str(trained), "--out", str(tmp_path / out)]) == 2
+    assert needle in one_error_line(capsys)
+    assert lagvae.main(["figure", "dynamics", str(trained), "--out", str(tmp_path / "f.pdf")]) == 0
+
+
+# Fuzz: flags with bad and good values. Values that make a run long (epochs, subset, IW samples, inner
+# and SVI steps) are pinned after the fuzzed ones, so the runs that pass validation take a second.
+PINNED = ["--epochs", "1", "--subset", "16", "--iw-samples", "4", "--max-inner-steps", "5", "--svi-steps", "2",
+          "--preset", "tiny", "--device", "cpu", "--quiet"]
+PINNED_FIELDS = {"epochs", "subset", "iw_samples", "max_inner_steps", "svi_steps", "preset", "device", "quiet",
+                 "out", "data_dir", "resume"}
+BAD_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e300", "3.5e38", "1e-320", str(2 ** 63), "-0.0", "x", ""]
+TEXT_VALUES = {"data": ["synthetic", "omniglot", "nosuch", "text:/nonexistent/x"],
+               "dec_kernels": ["3", "5,3", "4", "", "x", "99", "3,-1"],
+               "snapshot_iters": ["", "0", "0,3", "-1", "a", "0,,2"], "optim": ["sgd", "adam", "rmsprop"]}
+
+
+def flag_values(f):
+    flag = "--" + f.name.replace("_", "-")
+    if f.type is bool:
+        return st.sampled_from([[flag], ["--no-" + flag[2:]]])
+    if f.type is str:
+        return st.sampled_from(TEXT_VALUES[f.name]).map(lambda v: [flag, v])
+    small = (st.integers(1, 3).map(str) if f.type is int else
+             st.floats(0.0, 1.0).map(lambda v: f"{v:.3g}"))       # grid strides >= 0.001 stay cheap too
+    if f.name == "grid_stride":
+        small = st.sampled_from(["0.5", "1", "40"])
+    return st.one_of(st.sampled_from(BAD_NUMBERS), small).map(lambda v: [flag, v])
+
+
+FUZZ_FIELDS = [f for f in dataclasses.fields(lagvae.Config) if f.name not in PINNED_FIELDS]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(FUZZ_FIELDS), min_size=1, max_size=4, unique_by=lambda f: f.name)
+       .flatmap(lambda fs: st.tuples(*map(flag_values, fs))))
+def test_fuzzed_flags_never_escape_as_exceptions(synth_root, tmp_path, capsys, pairs):
+    argv = ["train", *(a for pair in pairs for a in pair), *PINNED, "--data-dir", str(synth_root),
+            "--out", tempfile.mkdtemp(dir=tmp_path) + "/run"]
+    try:
+        rc = lagvae.main(argv)
+    except SystemExit as e:         # argparse: a value of the wrong type
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc in (0, 2), argv
+    if rc == 2:
+        assert len(err) == 1 and err[0].startswith("lagvae: error: "), (argv, err)
