@@ -29,6 +29,7 @@ and are binarized afresh at every use; validation and test are binarized once wi
 """
 import argparse
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ SPLIT_SEED = 0                     # validation split and fixed binarization of 
 
 class DataError(Exception):
     """Bad or missing data; the CLIs print the message as one line and exit with code 2."""
+
+
+class MissingData(DataError):
+    """Files that are not there (as opposed to files that are there but unusable)."""
 
 
 def data_root(arg=None):
@@ -77,13 +82,20 @@ class TextCorpus:
         return x
 
 
-def read_docs(path, labelled=False):
-    """Token lists (and labels) of a one-document-per-line file, plus the number of empty lines."""
+def read_utf8(path):
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        return Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         line = e.object[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+
+
+LABEL = re.compile(r"-?[0-9]+")     # ASCII digits only: int() also takes other scripts' digits
+
+
+def read_docs(path, labelled=False):
+    """Token lists (and labels) of a one-document-per-line file, plus the number of empty lines."""
+    text = read_utf8(path)
     docs, labels, empty = [], [], 0
     # split("\n"), not splitlines(): the latter also breaks at form feeds and other Unicode separators.
     for n, line in enumerate(text.removesuffix("\n").split("\n"), 1):
@@ -93,7 +105,7 @@ def read_docs(path, labelled=False):
             if not line.strip() and not label.strip():
                 empty += 1
                 continue
-            if not tab or not label.strip().lstrip("-").isdigit():
+            if not tab or not LABEL.fullmatch(label.strip()):
                 raise DataError(f"{path}:{n}: expected an integer label and a tab before the text")
         toks = line.split()
         if not toks:
@@ -111,7 +123,7 @@ def read_vocab(path):
     """A vocabulary file: one word per line, or `word index` per line (sa-vae's .dict). Special
     tokens in it are skipped (ours come first); duplicates are an error."""
     words, seen = [], set()
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -148,7 +160,7 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
     follows); subset > 0 keeps the first `subset` documents of each split."""
     missing = sorted({str(p) for p in paths.values() if not Path(p).is_file()})
     if missing:
-        raise DataError(missing_message(name, missing))
+        raise MissingData(missing_message(name, missing))
     docs, labels, stats = {}, {}, {}
     for split, path in paths.items():
         d, lab, empty = read_docs(path, labelled)
@@ -166,6 +178,13 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
             vocab = SPECIALS + sorted(vocab[len(SPECIALS):], key=lambda w: -counts[w])[:max(0, max_vocab - len(SPECIALS))]
     else:
         vocab = build_vocab(docs["train"], max_vocab)
+    # A model that only ever sees <unk> predicts it perfectly: a perplexity near 1 that means nothing.
+    known = set(vocab[len(SPECIALS):])
+    if not any(w in known for toks in docs["train"] for w in toks):
+        cap = f" capped at max_vocab {max_vocab}" if max_vocab else ""
+        raise DataError(f"{name}: every training token would be {UNK} (vocabulary from "
+                        f"{vocab_file or 'the training split'}{cap}: {len(known)} words besides the special "
+                        f"tokens, none in the training text)")
     return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()},
                       labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()})
 
@@ -252,15 +271,36 @@ def synthetic_paths(root):
 
 
 def prepare_synthetic(root, seed=SYNTH_SEED):
+    """Generate the three split files. Never over existing files: runs may have been trained on them
+    (or on another seed's), so a partial or complete set is left for the user to delete."""
     paths = synthetic_paths(root)
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing:
+        missing = [p.name for p in paths.values() if not p.exists()]
+        raise DataError(f"synthetic: will not generate over existing {', '.join(existing)}"
+                        + (f" ({', '.join(missing)} missing)" if missing else "")
+                        + f" in {paths['train'].parent}; delete its lagvae_synthetic.* files to regenerate")
     seqs = generate_synthetic(sum(SYNTH_SPLITS.values()), seed=seed).tolist()
     paths["train"].parent.mkdir(parents=True, exist_ok=True)
-    start = 0
-    for split, n in SYNTH_SPLITS.items():
-        tmp = paths[split].with_suffix(f".{os.getpid()}.tmp")    # concurrent runs may both generate
-        tmp.write_text("".join(" ".join(map(str, s)) + "\n" for s in seqs[start:start + n]))
-        os.replace(tmp, paths[split])
-        start += n
+    ends = np.cumsum([0, *SYNTH_SPLITS.values()])
+    texts = {split: "".join(" ".join(map(str, s)) + "\n" for s in seqs[a:b])
+             for split, a, b in zip(SYNTH_SPLITS, ends[:-1], ends[1:])}
+    tmps = {split: paths[split].with_suffix(f".{os.getpid()}.tmp") for split in texts}
+    try:
+        for split, text in texts.items():
+            tmps[split].write_text(text)
+        # A link appears whole and, unlike a rename, never replaces a file: runs that start together
+        # all generate, the first one's files stay, and the others check they wrote the same bytes.
+        for split, text in texts.items():
+            try:
+                os.link(tmps[split], paths[split])
+            except FileExistsError:
+                if paths[split].read_text() != text:
+                    raise DataError(f"synthetic: {paths[split]} appeared while generating, with other "
+                                    f"content (another seed?); delete it to regenerate") from None
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
     return paths
 
 
@@ -323,9 +363,13 @@ def load_chardata(path):
     for split, key in (("train", "data"), ("test", "testdata")):
         if key not in mat:
             raise DataError(f"{path}: missing array {key!r} (expected 'data' and 'testdata', 784 x N)")
-        a = np.asarray(mat[key], dtype=np.float32)
-        if a.ndim != 2 or a.shape[0] != 784:
-            raise DataError(f"{path}: array {key!r} has shape {a.shape}, expected (784, N)")
+        a = mat[key]
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":      # cells, strings, structs, complex
+            raise DataError(f"{path}: {key!r} holds {getattr(a, 'dtype', type(a).__name__)} values, "
+                            f"expected a numeric (784, N) array")
+        if a.ndim != 2 or a.shape[0] != 784 or not a.shape[1]:
+            raise DataError(f"{path}: array {key!r} has shape {a.shape}, expected (784, N) with N >= 1")
+        a = a.astype(np.float32)
         # Burda et al. store each image column-major (their reshape uses order='F').
         out[split] = check_images(a.T.reshape(-1, 28, 28).transpose(0, 2, 1), f"{path}[{key}]")
     return out
@@ -347,8 +391,19 @@ def load_raw_npz(paths):
     return split_drawers(np.concatenate(imgs))
 
 
-def load_png_tree(dirs):
+def read_drawing(path):
+    """One 105 x 105 Omniglot PNG as bool, True = paper."""
     from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.size != (105, 105):
+                raise DataError(f"{path}: a {im.size[0]}x{im.size[1]} image, expected 105x105 drawings")
+            return np.asarray(im.convert("1"), dtype=bool)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def load_png_tree(dirs):
     chars = []
     for d in dirs:
         for char_dir in sorted(p for p in Path(d).glob("*/*") if p.is_dir()):
@@ -358,7 +413,7 @@ def load_png_tree(dirs):
             files.sort(key=lambda p: int(p.stem.split("_")[-1]))
             if len(files) != 20:
                 raise DataError(f"{char_dir}: expected 20 drawings <id>_<drawer>.png, found {len(files)}")
-            chars.append(np.stack([np.asarray(Image.open(f).convert("1"), dtype=bool) for f in files]))
+            chars.append(np.stack([read_drawing(f) for f in files]))
     if not chars:
         raise DataError(f"{dirs[0]}: no <alphabet>/<character>/*.png drawings found")
     return split_drawers(np.stack(chars))
@@ -386,7 +441,7 @@ def load_omniglot(root, subset=0, n_valid=2000):
             arrays = loaders[name](paths)
             break
     else:
-        raise DataError(missing_message("omniglot", [str(sources["chardata.mat"][0])]))
+        raise MissingData(missing_message("omniglot", [str(sources["chardata.mat"][0])]))
     if len(arrays["train"]) <= n_valid:
         raise DataError(f"omniglot ({name}): {len(arrays['train'])} training images, need more than "
                         f"the {n_valid} held out for validation")
@@ -475,15 +530,17 @@ def load(name, root=None, subset=0, max_vocab=0, max_len=0):
             raise DataError(f"synthetic: cannot write generated data under {root}/synthetic "
                             f"({e.strerror}); set --data-dir or LAGVAE_DATA to a writable folder")
     if "vocab_file" in opts and not Path(opts["vocab_file"]).is_file():
-        raise DataError(missing_message(name, [str(opts["vocab_file"])]))
+        raise MissingData(missing_message(name, [str(opts["vocab_file"])]))
     return text_corpus(name, paths, subset, max_vocab=max_vocab, max_len=max_len, **opts)
 
 
 def describe(name, root):
     try:
         d = load(name, root)
-    except DataError as e:
+    except MissingData as e:
         return f"{name}: MISSING. {e}"
+    except DataError as e:
+        return f"{name}: UNUSABLE. {e}"
     sizes = ", ".join(f"{s} {len(d.splits[s])}" for s in SPLITS)
     if d.kind == "image":
         ink = float(d.splits["train"].mean())
@@ -499,7 +556,7 @@ def info(root):
     root = data_root(root)
     print(f"data root: {root.resolve()}")
     for name in DATASETS[:-1]:
-        if name == "synthetic" and not all(p.is_file() for p in synthetic_paths(root).values()):
+        if name == "synthetic" and not any(p.exists() for p in synthetic_paths(root).values()):
             print(f"synthetic: available, generated on first use (or `python data.py prepare synthetic`) "
                   f"from seed {SYNTH_SEED} into {root / 'synthetic'}; splits {SYNTH_SPLITS}")
             continue
@@ -522,7 +579,7 @@ def main(argv=None):
             for split, path in prepare_synthetic(data_root(args.data_dir), args.seed).items():
                 print(f"{split}: {path}")
     except (DataError, OSError) as e:
-        print(f"data.py: error: {e}", file=sys.stderr)
+        print("data.py: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     return 0
 

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import random
+import reprlib
 import resource
 import shutil
 import subprocess
@@ -159,8 +160,81 @@ class UsageError(Exception):
     """Bad flag or file; the CLI prints it as one line and exits with code 2."""
 
 
+# Past these, numpy and torch overflow instead of computing (a cyclical period of 0 iterations, an
+# optimizer step that does not fit float32, the dtype of every model).
+INT_MAX = 2 ** 63 - 1
+FLOAT_MAX = float(torch.finfo(torch.float32).max)
+WIDTH = (1, 2 ** 14, "[]")   # layer sizes: 16x the paper's 1024 units; a 2^14-unit LSTM is already 8.6 GB
+COUNT = (1, math.inf, "[)")
+NONNEG_INT = (0, math.inf, "[)")
+POSITIVE = (0, math.inf, "()")
+NONNEG = (0, math.inf, "[)")
+PROBABILITY = (0, 1, "[)")
+LR = (0, 1e6, "(]")          # lr 16 already diverges the text model; 1e6 x 1e6 still fits Adam's first step
+# Every numeric field and its admissible interval (lo, hi, brackets), within INT_MAX or FLOAT_MAX.
+# Sign and range are checked here only, so a flag that parses is one the code can use as meant.
+NUMBER_RULES = {
+    "subset": NONNEG_INT, "max_test": NONNEG_INT, "max_len": NONNEG_INT,
+    "max_vocab": NONNEG_INT,            # a vocabulary that keeps no word is refused by data.py
+    "seed": (0, 2 ** 32 - 1, "[]"),     # numpy's seeding range
+    "nz": WIDTH, "ni": WIDTH, "enc_nh": WIDTH, "dec_nh": WIDTH,
+    "dropout_in": PROBABILITY, "dropout_out": PROBABILITY,
+    "batch_size": COUNT, "epochs": COUNT,
+    "lr": LR,                           # lr 0 would train nothing
+    "clip_grad": POSITIVE,              # a norm <= 0 zeroes or flips the gradient
+    "decay_patience": COUNT,
+    "lr_decay": (0, 1, "(]"),           # 1: restart from the best model without decaying
+    "max_decay": COUNT,                 # 0 would stop before the first epoch
+    "inner_window": COUNT, "max_inner_steps": COUNT, "inner_steps": NONNEG_INT, "mi_patience": COUNT,
+    "inner_z": NONNEG, "mi_checks": COUNT, "mi_tol": NONNEG,
+    "checkpoint_minutes": NONNEG, "progress_every": NONNEG, "threads": (0, 1024, "[]"),
+    "kl_start": (0, 1, "[]"), "warm_up": COUNT, "warm_up_iters": NONNEG_INT, "beta": NONNEG,
+    "svi_steps": COUNT, "svi_lr": POSITIVE, "encoder_lr_mult": LR,
+    "free_bits": NONNEG, "cyclical": NONNEG_INT, "bn_gamma": NONNEG,
+    # The IW log-weights of a batch are kept whole (batch x samples floats); 10^6 is 2,000x the paper's 500.
+    "iw_samples": (0, 10 ** 6, "[]"), "iw_chunk": COUNT,
+    # The grid on [-20, 20] has 40 / stride + 1 points: 40,001 at the finest (100x the default's), two at
+    # the coarsest.
+    "grid_stride": (1e-3, 40, "[]"), "trajectory_iters": NONNEG_INT,
+}
+MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
+
+
+def check_number(name, value, rule):
+    lo, hi, brackets = rule
+    integer = isinstance(value, int)
+    top = INT_MAX if integer else FLOAT_MAX
+    if ((integer or math.isfinite(value)) and abs(value) <= top and (lo < value or brackets[0] == "[" and value == lo)
+            and (value < hi or brackets[1] == "]" and value == hi)):
+        return
+    fmt = lambda v: str(v) if isinstance(v, int) else f"{v:g}"
+    kind = "an integer" if integer else "a finite number"
+    if hi < math.inf:
+        expected = f"{kind} in {brackets[0]}{fmt(lo)}, {fmt(hi)}{brackets[1]}"
+    else:   # the type's own bound is named only to a value past it
+        expected = (f"{kind} {'>' if brackets[0] == '(' else '>='} {fmt(lo)}"
+                    + (f" and at most {fmt(top)}" if abs(value) > top else ""))
+    raise UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {value}")
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_types(overrides):
+    """Each override must name a Config field and have its type (an int is a fine float), so the
+    rules below never compare a string with a number (configs also come from checkpoints)."""
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name, value in overrides.items():
+        typ = types.get(name)
+        if typ is None:
+            raise UsageError(f"unknown config field {name!r}")
+        if isinstance(value, bool) != (typ is bool) or not isinstance(value, (int, float) if typ is float else typ):
+            raise UsageError(f"--{name.replace('_', '-')}: expected {TYPE_NAMES[typ]}, got {value!r}")
+
+
 def resolve_config(overrides):
-    """Defaults <- preset <- explicit overrides (a dict of field -> value)."""
+    """Defaults <- preset <- explicit overrides (a dict of field -> value), validated."""
+    check_types(overrides)
     data = overrides.get("data", Config.data)
     presets = PRESETS[datalib.kind(data)]
     preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu")
@@ -176,39 +250,40 @@ def resolve_config(overrides):
     if rule not in RULES:
         raise UsageError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
     cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset})
-    if cfg.lm and (cfg.nz or cfg.aggressive or cfg.savae or cfg.bn_gamma or cfg.free_bits or cfg.pretrain_encoder):
-        raise UsageError("--lm: the language-model baseline has no latent; drop --nz and the latent-variable modes")
+    for name, limits in NUMBER_RULES.items():
+        if not (name == "nz" and cfg.lm):
+            check_number(name, getattr(cfg, name), limits)
+    # A mode flag that another makes meaningless would train something else than its mode name says.
+    latent = {"--nz": cfg.nz, "--aggressive": cfg.aggressive, "--savae": cfg.savae, "--bn-gamma": cfg.bn_gamma,
+              "--free-bits": cfg.free_bits, "--pretrain-encoder": cfg.pretrain_encoder, "--anneal": cfg.anneal,
+              "--cyclical": cfg.cyclical, "--beta": cfg.beta != 1, "--encoder-lr-mult": cfg.encoder_lr_mult != 1}
+    if cfg.lm and any(latent.values()):
+        raise UsageError(f"--lm: the language-model baseline has no latent; drop "
+                         f"{', '.join(k for k, v in latent.items() if v)}")
     if cfg.savae and cfg.aggressive:
         raise UsageError("--savae and --aggressive are alternative remedies; pick one")
+    if cfg.anneal and cfg.cyclical:
+        raise UsageError("--anneal and --cyclical are alternative KL schedules; pick one")
+    if cfg.inner_steps and not cfg.aggressive:
+        raise UsageError("--inner-steps: a fixed inner-loop budget needs --aggressive")
+    if cfg.warm_up_iters and not cfg.anneal:
+        raise UsageError("--warm-up-iters: a warm-up length needs --anneal")
     try:
         kernels = [int(k) for k in cfg.dec_kernels.split(",")]
     except ValueError:
         kernels = []
-    if not kernels or any(k < 1 or k % 2 == 0 for k in kernels):
-        raise UsageError(f"--dec-kernels: expected odd kernel sizes like 7,5,3, got {cfg.dec_kernels!r}")
-    for name in ("ni", "enc_nh", "dec_nh", "batch_size", "epochs", "inner_window", "max_inner_steps",
-                 "iw_chunk", "mi_patience", "mi_checks", "decay_patience", "warm_up", "svi_steps") + (() if cfg.lm else ("nz",)):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
-    for name in ("subset", "max_test", "max_vocab", "max_len", "inner_steps", "iw_samples", "warm_up_iters",
-                 "beta", "free_bits", "cyclical", "bn_gamma", "svi_lr", "inner_z", "mi_tol", "checkpoint_minutes",
-                 "threads", "progress_every"):
-        if getattr(cfg, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
-    try:
-        [int(i) for i in cfg.snapshot_iters.split(",") if i]
+    if not kernels or any(k < 1 or k % 2 == 0 or k > MAX_KERNEL for k in kernels):
+        raise UsageError(f"--dec-kernels: expected odd kernel sizes up to {MAX_KERNEL} like 7,5,3, "
+                         f"got {cfg.dec_kernels!r}")
+    try:        # parsed as train() parses it
+        snaps_ok = all(0 <= int(i) <= INT_MAX for i in cfg.snapshot_iters.split(",") if i)
     except ValueError:
-        raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts, got {cfg.snapshot_iters!r}") from None
+        snaps_ok = False
+    if not snaps_ok:
+        raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts >= 0 like 0,200,2000, "
+                         f"got {cfg.snapshot_iters!r}")
     if (cfg.snapshot_iters or cfg.trajectory_iters) and cfg.nz != 1:
         raise UsageError("--snapshot-iters/--trajectory-iters: posterior means need a scalar latent (--nz 1)")
-    if cfg.grid_stride <= 0:
-        raise UsageError(f"--grid-stride: expected > 0, got {cfg.grid_stride}")
-    if not 0 <= cfg.kl_start <= 1:
-        raise UsageError(f"--kl-start: expected a weight in [0, 1], got {cfg.kl_start}")
-    if cfg.encoder_lr_mult <= 0:
-        raise UsageError(f"--encoder-lr-mult: expected > 0, got {cfg.encoder_lr_mult}")
-    if not 0 <= cfg.dropout_in < 1 or not 0 <= cfg.dropout_out < 1:
-        raise UsageError("--dropout-in/--dropout-out: expected a probability in [0, 1)")
     if cfg.optim not in ("sgd", "adam"):
         raise UsageError(f"--optim: expected sgd or adam, got {cfg.optim!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -375,6 +450,11 @@ class TextVAE(VAE):
         """Decoder activations per (example, z sample), to size evaluation chunks."""
         return (x.size(1) - 1) * self.vocab_size
 
+    def uniform_nll(self, x):
+        """Nats of guessing every predicted token uniformly (where training starts; divergence is
+        measured against it)."""
+        return self.n_targets(x) * math.log(self.vocab_size)
+
 
 class ResBlock(nn.Module):
     """conv3x3(stride) -> BN -> ELU -> conv3x3 -> BN, plus a 1x1 projection shortcut, then ELU."""
@@ -478,6 +558,10 @@ class ImageVAE(VAE):
     def elements_per_sample(self, x):
         return 2 * x[0].numel() * self.decoder.net[1].num_features
 
+    def uniform_nll(self, x):
+        """Nats of guessing every pixel with probability 1/2."""
+        return self.n_targets(x) * math.log(2)
+
 
 def build_model(cfg, corpus):
     return TextVAE(corpus.vocab_size, cfg) if corpus.kind == "text" else ImageVAE(cfg)
@@ -535,7 +619,9 @@ def aggregate_kl(mu, logvar, z):
 
 def active_units(mu_all, threshold=0.01):
     """Number of dimensions d with Var_x(E_q[z_d|x]) > threshold (Burda et al. 2016)."""
-    return int((mu_all.var(0) > threshold).sum()) if mu_all.numel() else 0     # --lm: no latent
+    if mu_all.size(0) < 2 or not mu_all.numel():      # one example has no variance; --lm has no latent
+        return 0
+    return int((mu_all.var(0) > threshold).sum())
 
 
 def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
@@ -848,6 +934,21 @@ RESUMABLE = {"epochs", "max_decay", "resume", "overwrite", "out", "quiet", "devi
              "checkpoint_minutes", "iw_samples", "iw_chunk", "max_test"}
 
 
+
+DIVERGED = 50     # times the loss of a uniform guess, where every model starts
+
+
+def divergence(metrics, score, model, batches):
+    """Why the validation metrics say training diverged, or None: the loss `score` per example is
+    over DIVERGED times that of a uniform guess at every token or pixel (an exploded model whose
+    numbers are still finite), or a metric is NaN or infinite (a perplexity past float range too)."""
+    uniform = sum(model.uniform_nll(x) for x in batches) / metrics["n"]
+    if score > DIVERGED * uniform:
+        return f"validation loss {score:.4g} is over {DIVERGED} times that of a uniform guess ({uniform:.4g})"
+    broken = nonfinite(metrics)
+    return f"validation {', '.join(broken)}" if broken else None
+
+
 @contextmanager
 def run_directory(cfg):
     """The run directory, locked against a second writer for as long as this run lasts (flock: the
@@ -855,6 +956,8 @@ def run_directory(cfg):
     that holds a run is refused unless resuming (with the same config) or overwriting, and an
     overwrite removes every file of the old run first, so nothing stale is mixed into the new one."""
     out = run_dir(cfg)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; expected a run directory")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
         try:
@@ -1133,9 +1236,10 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
     # Model selection on validation -ELBO (weight 1), except for the autoencoder of
     # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
     score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
-    if not math.isfinite(score):
-        raise UsageError(f"{out}: epoch {state['epoch']}: validation loss is {score}; training diverged "
-                         f"(try a smaller --lr or --clip-grad)")
+    why = divergence(metrics, score, model, val)
+    if why:
+        raise UsageError(f"{out}: epoch {state['epoch']}: {why}; training diverged (try a smaller --lr or "
+                         f"--clip-grad)")
     verdict = state["plateau"].step(score)
     if verdict == "best":
         atomic_save({"config": asdict(cfg), "model": model.state_dict(),
@@ -1153,6 +1257,20 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
 # 5. Evaluation: the same code for every mode and dataset; decoding text from z; latents.
 
 PAD, BOS, EOS = (datalib.SPECIALS.index(t) for t in (datalib.PAD, datalib.BOS, datalib.EOS))
+
+
+def nonfinite(metrics):
+    """'name value' of every NaN or infinite metric."""
+    return [f"{k} {v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+def perplexity(nats, tokens):
+    """exp(nats per token); infinite past float range (over ~709 nats per token) rather than an
+    OverflowError, so a diverged model is reported, not crashed on."""
+    try:
+        return math.exp(nats / tokens)
+    except OverflowError:
+        return math.inf
 
 
 @torch.no_grad()
@@ -1245,44 +1363,69 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False):
            "mi_full": float(mutual_info(mu_all, logvar_all, torch.cat(zs))),
            "au": active_units(mu_all), "n": n}
     if text:
-        out.update(elbo_ppl=math.exp((rec_sum + kl_sum) / tokens), **({"rec_acc": hits / tokens} if rec_acc else {}))
+        out.update(elbo_ppl=perplexity(rec_sum + kl_sum, tokens), **({"rec_acc": hits / tokens} if rec_acc else {}))
     if cfg.savae:
         out["svi_gap"] = (amortized_sum - rec_sum - kl_sum) / n
     if iw_samples:
-        out.update(iw_nll=nll_sum / n, iw_samples=iw_samples, **({"ppl": math.exp(nll_sum / tokens)} if text else {}))
+        out.update(iw_nll=nll_sum / n, iw_samples=iw_samples, **({"ppl": perplexity(nll_sum, tokens)} if text else {}))
     model.train(was_training)
     return out
 
 
+CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
+
+
 def load_checkpoint(ckpt, data_dir=None, device="auto", **overrides):
-    """(model, cfg, corpus) rebuilt from a model.pt and its dataset."""
+    """(model, cfg, corpus) rebuilt from a model.pt and its dataset; refused when the file lacks a
+    field, its config is invalid, its weights are not finite or do not fit its config."""
+    bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
     try:
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        saved = ck["config"]
     except Exception as e:          # unpickling errors come in many types; all mean "not a checkpoint"
-        raise UsageError(f"--ckpt {ckpt}: not a lagvae model checkpoint ({type(e).__name__}: {e})") from None
+        raise bad(f"not a lagvae model checkpoint ({type(e).__name__}: {e})") from None
+    missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        hint = "; last.pt holds training state, evaluate model.pt" if isinstance(ck, dict) and "state" in ck else ""
+        raise bad(f"not a lagvae model checkpoint (no {', '.join(missing)}{hint})")
+    saved, weights = ck["config"], ck["model"]
+    if not isinstance(saved, dict):
+        raise bad(f"its config is a {type(saved).__name__}, expected a dict of fields")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise bad("its weights are not a state dict of named tensors")
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise bad(f"weights hold NaN or infinite values ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
+                  f": the run diverged")
     try:
-        cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
-    except TypeError as e:
-        raise UsageError(f"--ckpt {ckpt}: its config does not fit this version of lagvae ({e})") from None
+        resolve_config({**saved, "device": "cpu"})      # faults of the saved config are the checkpoint's
+    except UsageError as e:
+        raise bad(f"its saved config is invalid ({e})") from None
+    cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
     corpus = load_data(cfg)
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
-        raise UsageError(f"--ckpt {ckpt}: trained with vocabulary {ck['vocab_size']}, "
-                         f"but {cfg.data} now has {corpus.vocab_size}")
+        raise bad(f"trained with vocabulary {ck['vocab_size']}, "
+                  f"but {cfg.data} now has {getattr(corpus, 'vocab_size', None)}")
     model = build_model(cfg, corpus).to(get_device(cfg))
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:       # missing, unexpected or differently shaped tensors
+        raise bad(f"its weights do not fit its config ({e})") from None
     return model, cfg, corpus
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, data_dir=None, device="auto", quiet=False):
-    """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split."""
+    """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
+    infinite result is an error, never a number in the report."""
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
                                          **({"iw_samples": iw_samples} if iw_samples is not None else {}))
     device = next(model.parameters()).device
     seed_all(cfg.seed)
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
-    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed,
-            **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True)}
+    result = evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True)
+    broken = nonfinite(result)
+    if broken:
+        raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
+    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result}
 
 
 @torch.no_grad()
@@ -1353,15 +1496,39 @@ def epoch_stats(log):
     return {"agg_epochs": len(agg), "agg_epoch_s": mean(agg), "epoch_s": mean(plain)}
 
 
-def load_results(run_dirs):
+# What the tables and figures read from run files, as (what is expected, test). The other fields
+# of result.json are optional; those of TABLE_COLUMNS must be numbers when present.
+NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+TEXT = ("a string", lambda v: isinstance(v, str))
+NUMBERS = ("a non-empty list of numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
+RESULT_FIELDS = {"data": TEXT, "mode": TEXT, "seed": INTEGER, "au": NUMBER, "mi": NUMBER}
+
+
+def check_record(record, where, required, optional=None):
+    """`record` (parsed JSON) must be an object with every field of `required`, and the fields of
+    `optional` it has, of the kinds named; returns it."""
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {reprlib.repr(record)}")
+    for name, (kind, ok) in {**(optional or {}), **required}.items():
+        if name not in record:
+            if name in required:
+                raise UsageError(f"{where}: no field {name!r} ({kind})")
+        elif not ok(record[name]):
+            raise UsageError(f"{where}: field {name!r} is {reprlib.repr(record[name])}, expected {kind}")
+    return record
+
+
+def load_results(run_dirs, required=RESULT_FIELDS):
     results = []
     for d in map(Path, run_dirs):
         try:
             r = json.loads((d / "result.json").read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"{d}: no readable result.json ({e})") from None
+        check_record(r, d / "result.json", required, {c: NUMBER for c in TABLE_COLUMNS})
         if (d / "log.jsonl").exists():
-            r.update(epoch_stats(read_jsonl(d / "log.jsonl")))
+            r.update(epoch_stats(read_jsonl(d / "log.jsonl", {"seconds": NUMBER})))
         results.append({**r, "run": str(d)})
     return results
 
@@ -1423,24 +1590,42 @@ def format_table(rows, fmt="md"):
     return "\n".join(lines)
 
 
-def read_jsonl(path):
+def read_jsonl(path, required=None):
+    """The records of a JSON-lines file, each checked by check_record (path:line names a bad one)."""
     try:
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        lines = Path(path).read_text().splitlines()
+        records = [(n, json.loads(line)) for n, line in enumerate(lines, 1) if line]
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: not readable as JSON lines ({e})") from None
+    return [check_record(r, f"{path}:{n}", required or {}) for n, r in records]
+
+
+def read_means(path, required):
+    """Posterior-mean records (snapshots or a trajectory): at least one, each with as many model as
+    inference means."""
+    records = read_jsonl(path, {**required, "model_mean": NUMBERS, "inference_mean": NUMBERS})
+    if not records:
+        raise UsageError(f"{path}: no records")
+    for n, r in enumerate(records, 1):
+        if len(r["model_mean"]) != len(r["inference_mean"]):
+            raise UsageError(f"{path}: record {n} has {len(r['model_mean'])} model means "
+                             f"but {len(r['inference_mean'])} inference means")
+    return records
 
 
 def load_snapshots(run):
     """Snapshots of a run, one per iteration (the last recorded wins after a resume), in order."""
-    snaps = {s["iter"]: s for s in read_jsonl(Path(run) / "snapshots.jsonl")}
+    snaps = {s["iter"]: s for s in read_means(Path(run) / "snapshots.jsonl", {"iter": INTEGER})}
     return [snaps[k] for k in sorted(snaps)]
 
 
 def run_mode(run):
+    path = Path(run) / "config.json"
     try:
-        return json.loads((Path(run) / "config.json").read_text())["mode"]
-    except (OSError, ValueError, KeyError) as e:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
         raise UsageError(f"{run}: not a run directory with a config.json ({e})") from None
+    return check_record(config, path, {"mode": TEXT})["mode"]
 
 
 def pyplot():
@@ -1477,7 +1662,7 @@ def plot_dynamics(runs, out):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        log = read_jsonl(Path(run) / "log.jsonl")
+        log = read_jsonl(Path(run) / "log.jsonl", {"epoch": NUMBER, "val_mi": NUMBER, "val_kl": NUMBER})
         epochs = [r["epoch"] for r in log]
         ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
         ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
@@ -1492,7 +1677,7 @@ def plot_dynamics(runs, out):
 def plot_nll_au(runs, out):
     """Figure 4: test NLL against active units, one point per run, one marker per mode."""
     plt = pyplot()
-    results = load_results(runs)
+    results = load_results(runs, {**RESULT_FIELDS, "iw_nll": NUMBER})
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for k, mode in enumerate(sorted({r["mode"] for r in results})):
         pts = [(r["au"], r["iw_nll"]) for r in results if r["mode"] == mode]
@@ -1510,7 +1695,7 @@ def plot_trajectory(runs, out, lim=3.0):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        pts = read_jsonl(Path(run) / "trajectory.jsonl")
+        pts = read_means(Path(run) / "trajectory.jsonl", {})
         xs = [p["model_mean"][0] for p in pts]
         ys = [p["inference_mean"][0] for p in pts]
         ax.plot(xs, ys, "-", lw=0.6, color="0.6")
@@ -1544,22 +1729,44 @@ def sample_pixels(model, z):
     return x
 
 
+def output_file(path, formats):
+    """An --out path checked before any work is done: a file name (not a folder) in an existing
+    folder, with a suffix among `formats`."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--out {path}: is a folder; expected a file name")
+    if not p.parent.is_dir():
+        raise UsageError(f"--out {path}: there is no folder {p.parent}")
+    if p.suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"--out {path}: expected a file name ending in "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return p
+
+
+MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: more is no longer a figure
+
+
 def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
                   temperature=None, max_len=None, interpolate=None):
     """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
     text model a text file, also printed (write_text_samples). Returns the path."""
+    path = output_file(out, {"png", "txt"}) if out else None      # checked before any work
+    if n is not None and n > MAX_SAMPLES:
+        raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
     seed_all(cfg.seed)
+    suffix = {"text": ".txt", "image": ".png"}[corpus.kind]
+    if path and path.suffix.lower() != suffix:
+        raise UsageError(f"--out {out}: the samples of a {corpus.kind} model go to a {suffix} file")
+    path = path or Path(ckpt).with_name("samples" + suffix)
     if corpus.kind == "text":
-        return write_text_samples(model, cfg, corpus, Path(out) if out else Path(ckpt).with_name("samples.txt"),
-                                  10 if n is None else n, method or "greedy", beam_size or 5,
-                                  1.0 if temperature is None else temperature, max_len, interpolate)
+        return write_text_samples(model, cfg, corpus, path, 10 if n is None else n, method or "greedy",
+                                  beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate)
     text_only = [flag for flag, v in (("--decode", method), ("--beam-size", beam_size), ("--max-len", max_len),
                                       ("--temperature", temperature), ("--interpolate", interpolate)) if v is not None]
     if text_only:
         raise UsageError(f"{text_only[0]}: a decoding option of text models; {ckpt} is an image model")
-    return write_image_samples(model, cfg, corpus, Path(out) if out else Path(ckpt).with_name("samples.png"),
-                               32 if n is None else n)
+    return write_image_samples(model, cfg, corpus, path, 32 if n is None else n)
 
 
 def write_image_samples(model, cfg, corpus, path, n):
@@ -1567,7 +1774,7 @@ def write_image_samples(model, cfg, corpus, path, n):
     alternating rows."""
     from torchvision.utils import save_image
     if n < 8 or n % 8:
-        raise UsageError(f"--n: expected a positive multiple of 8 (grid rows of 8), got {n}")
+        raise UsageError(f"--n: expected a multiple of 8 (grid rows of 8) from 8 to {MAX_SAMPLES}, got {n}")
     dev = next(model.parameters()).device
     prior = sample_pixels(model, torch.randn(n, cfg.nz, device=dev))
     test = corpus.splits["test"][:n].to(dev)
@@ -1760,7 +1967,9 @@ def positive(typ):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        """One line in the form of every other error: `lagvae: error: train: argument --nz: ...`."""
+        command = self.prog.partition(" ")[2]
+        self.exit(2, error_line(f"{command}: {message}" if command else message) + "\n")
 
 
 def main(argv=None):
@@ -1835,14 +2044,32 @@ def main(argv=None):
             if opts["json"]:
                 Path(opts["json"]).write_text(json.dumps(result, indent=2))
         elif cmd == "figure":
+            from matplotlib.backend_bases import FigureCanvasBase
+            output_file(args["out"], FigureCanvasBase.get_supported_filetypes())
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])
         else:
             print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"]), args["format"]))
-    except (UsageError, OSError) as e:
-        print(f"lagvae: error: {e}", file=sys.stderr)
-        return 2
+    except (UsageError, datalib.DataError, OSError) as e:
+        return fail(e)
+    except (MemoryError, RuntimeError) as e:
+        # CPU allocation failures are plain RuntimeErrors ("can't allocate memory"); CUDA's are
+        # torch.OutOfMemoryError. Anything else is a bug and keeps its traceback.
+        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        return fail(f"out of memory ({e}); lower --batch-size, --iw-samples or the model sizes "
+                    f"(--ni, --enc-nh, --dec-nh, --nz)")
     return 0
+
+
+def error_line(message):
+    """Exactly one line, whatever the message holds (errors from torch and others can be multi-line)."""
+    return "lagvae: error: " + " ".join(str(message).split())
+
+
+def fail(message):
+    print(error_line(message), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -120,3 +120,87 @@ def test_by_run_keeps_runs_of_one_seed_apart(tmp_path):
     agg = next(r for r in rows if r["mode"] == "aggressive")
     assert agg["time_ratio"] is None                    # two basic runs of seed 0: no single reference
     assert f"| {tmp_path / 'b30'} | synthetic | basic |" in lagvae.format_table(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 12: run files with missing fields or wrong types are one line and exit 2
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lagvae: error: "), err
+    return err[0]
+
+
+def edit_json(path, edit):
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def drop(key):
+    return lambda r: {k: v for k, v in r.items() if k != key}
+
+
+def put(key, value):
+    return lambda r: {**r, key: value}
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: [r], "result.json: expected a JSON object, got [{"),
+    (drop("mode"), "result.json: no field 'mode' (a string)"),
+    (drop("au"), "no field 'au' (a number)"),
+    (put("au", "x"), "result.json: field 'au' is 'x', expected a number"),
+    (put("iw_nll", "abc"), "field 'iw_nll' is 'abc', expected a number"),
+    (put("iw_nll", [1.0]), "field 'iw_nll' is [1.0], expected a number"),
+    (put("seed", "0"), "field 'seed' is '0', expected an integer"),
+    (put("seed", 1.5), "expected an integer"),
+    (put("mi", True), "field 'mi' is True, expected a number"),
+    (put("data", None), "field 'data' is None, expected a string"),
+])
+def test_table_refuses_bad_result_files(tmp_path, capsys, edit, needle):
+    d = fake_run(tmp_path, "r")
+    edit_json(d / "result.json", edit)
+    assert lagvae.main(["table", str(d)]) == 2
+    assert needle in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("log,needle", [
+    ('{"epoch": 1}\n', "log.jsonl:1: no field 'seconds' (a number)"),
+    ('{"epoch": 1, "seconds": 2}\n{"seconds": "x"}\n', "log.jsonl:2: field 'seconds' is 'x', expected a number"),
+    ('[1, 2]\n', "log.jsonl:1: expected a JSON object, got [1, 2]"),
+    ('{"seconds": 1\n', "log.jsonl: not readable as JSON lines"),
+])
+def test_table_refuses_bad_logs(tmp_path, capsys, log, needle):
+    d = fake_run(tmp_path, "r")
+    (d / "log.jsonl").write_text(log)
+    assert lagvae.main(["table", str(d)]) == 2
+    assert needle in one_error_line(capsys)
+
+
+def test_no_time_ratio_against_a_zero_second_basic_run(tmp_path):
+    rows = lagvae.summarize(lagvae.load_results([fake_run(tmp_path, "b", train_seconds=0.0),
+                                                 fake_run(tmp_path, "a", mode="aggressive")]))
+    assert [r["time_ratio"] for r in rows] == [None, None]
+
+
+@pytest.mark.parametrize("kind,file,content,needle", [
+    ("dynamics", "log.jsonl", '{"epoch": 1, "val_kl": 1.0}\n', "log.jsonl:1: no field 'val_mi'"),
+    ("dynamics", "log.jsonl", '{"epoch": 1, "val_kl": 1.0, "val_mi": null}\n', "field 'val_mi' is None"),
+    ("dynamics", "config.json", '["basic"]', "config.json: expected a JSON object"),
+    ("dynamics", "config.json", '{"mode": 3}', "config.json: field 'mode' is 3, expected a string"),
+    ("posterior", "snapshots.jsonl", "", "snapshots.jsonl: no records"),
+    ("posterior", "snapshots.jsonl", '{"model_mean": [1], "inference_mean": [1]}\n', "no field 'iter' (an integer)"),
+    ("posterior", "snapshots.jsonl", '{"iter": 0, "model_mean": [], "inference_mean": []}\n',
+     "field 'model_mean' is [], expected a non-empty list of numbers"),
+    ("posterior", "snapshots.jsonl", '{"iter": 0, "model_mean": [1, "a"], "inference_mean": [1, 2]}\n',
+     "expected a non-empty list of numbers"),
+    ("posterior", "snapshots.jsonl", '{"iter": 0, "model_mean": [1, 2], "inference_mean": [1]}\n',
+     "record 1 has 2 model means but 1 inference means"),
+    ("trajectory", "trajectory.jsonl", '{"step": "init", "inference_mean": [0.5]}\n', "no field 'model_mean'"),
+    ("nll-au", "result.json", json.dumps({"data": "synthetic", "mode": "basic", "seed": 0, "au": 0, "mi": 0.0}),
+     "result.json: no field 'iw_nll' (a number)"),
+])
+def test_figures_refuse_bad_run_files(tmp_path, capsys, kind, file, content, needle):
+    runs = [str(fake_trained_run(tmp_path, "b", "basic", 0.0)), str(fake_trained_run(tmp_path, "a", "aggressive", 1.2))]
+    (tmp_path / "b" / file).write_text(content)          # the first run read
+    assert lagvae.main(["figure", kind, *runs, "--out", str(tmp_path / "f.png")]) == 2
+    assert needle in one_error_line(capsys)
+    assert not (tmp_path / "f.png").exists()

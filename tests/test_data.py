@@ -279,3 +279,139 @@ def test_eval_binarization_does_not_depend_on_the_subset(omni_root):
     full, part = datalib.load_omniglot(omni_root), datalib.load_omniglot(omni_root, subset=30)
     assert torch.equal(full.splits["test"][:30], part.splits["test"])
     assert torch.equal(full.splits["valid"][:30], part.splits["valid"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 12: bad files are one DataError naming the file, never a traceback
+
+@pytest.mark.parametrize("label", ["--1", "\u00b2", "\u0661", "+1", "1.5", "-"])
+def test_labels_are_ascii_integers(tmp_path, label):
+    paths = write_split(tmp_path, {"train": f"3\tok\n{label}\tbad\n", "valid": "1\ta\n", "test": "1\ta\n"})
+    with pytest.raises(datalib.DataError, match="t.train.txt:2: expected an integer label and a tab"):
+        datalib.text_corpus("t", paths, labelled=True)
+    assert datalib.text_corpus("t", write_split(tmp_path, {"train": "-2\tok\n", "valid": "1\ta\n", "test": "1\ta\n"}),
+                               labelled=True).labels["train"] == [-2]
+
+
+def test_non_utf8_vocabulary_file(tmp_path):
+    v = tmp_path / "vocab.txt"
+    v.write_bytes("a\nb\n\xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(datalib.DataError, match=r"vocab.txt:3: not UTF-8"):
+        datalib.read_vocab(v)
+
+
+@pytest.mark.parametrize("vocab,max_vocab,train", [
+    ("", 0, "a b\n"),                                  # an empty vocabulary file
+    ("<pad>\n<s>\n</s>\n<unk>\n", 0, "a b\n"),         # specials only
+    ("x\ny\n", 0, "a b\n"),                            # no training word in it
+    ("a\nb\n", 4, "a b\n"),                            # a cap that keeps only the specials
+    (None, 3, "a b\n"),
+    (None, 0, "<unk> <s>\n"),                          # training text of special tokens only
+])
+def test_a_vocabulary_that_maps_everything_to_unk_is_refused(tmp_path, vocab, max_vocab, train):
+    """It once trained to a 'perplexity' of 1.07: predicting <unk> after <unk> is easy."""
+    paths = write_split(tmp_path, {"train": train, "valid": "a\n", "test": "b\n"})
+    vocab_file = None
+    if vocab is not None:
+        vocab_file = tmp_path / "vocab.txt"
+        vocab_file.write_text(vocab)
+    with pytest.raises(datalib.DataError, match="every training token would be <unk>"):
+        datalib.text_corpus("t", paths, vocab_file=vocab_file, max_vocab=max_vocab)
+    if not train.startswith("<"):
+        assert datalib.text_corpus("t", paths, max_vocab=5).vocab[4:] == ["a"]      # one known word is enough
+
+
+def cells(*items):
+    """A MATLAB cell array."""
+    c = np.empty((1, len(items)), dtype=object)
+    c[0, :] = items
+    return c
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"data": np.array([["a"] * 3] * 784), "testdata": np.zeros((784, 2))}, "'data' holds <U1 values"),
+    ({"data": np.zeros((784, 3)), "testdata": cells(np.zeros(3), "x")}, "'testdata' holds object values"),
+    ({"data": {"images": np.zeros((784, 3))}, "testdata": np.zeros((784, 2))}, "'data' holds [('images', 'O')] values"),
+    ({"data": np.zeros((784, 3)) + 1j, "testdata": np.zeros((784, 2))}, "'data' holds complex128 values"),
+    ({"data": np.zeros((784, 0)), "testdata": np.zeros((784, 2))}, "shape (784, 0), expected (784, N) with N >= 1"),
+    ({"data": np.zeros((784, 3)), "testdata": np.zeros((0, 0))}, "'testdata' has shape (0, 0)"),
+])
+def test_chardata_with_non_numeric_or_empty_arrays(tmp_path, capsys, arrays, needle):
+    import scipy.io
+    (tmp_path / "omniglot").mkdir()
+    path = tmp_path / "omniglot" / "chardata.mat"
+    scipy.io.savemat(path, arrays)
+    with pytest.raises(datalib.DataError, match=re.escape(needle)):
+        datalib.load_chardata(path)
+    assert datalib.main(["--data-dir", str(tmp_path), "info"]) == 0      # info reports it in its line
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("omniglot:")]
+    assert len(lines) == 1 and lines[0].startswith("omniglot: UNUSABLE.") and needle in lines[0]
+
+
+def png_tree(root, size=(105, 105), garbage=False):
+    from PIL import Image
+    char = root / "omniglot" / "omniglot-py" / "images_background" / "Alpha" / "character01"
+    char.mkdir(parents=True)
+    (root / "omniglot" / "omniglot-py" / "images_evaluation").mkdir()
+    for d in range(20):
+        Image.fromarray(np.ones(size[::-1], dtype=bool)).save(char / f"0101_{d + 1:02d}.png")
+    if garbage:
+        (char / "0101_07.png").write_bytes(b"not a png")
+    return char
+
+
+@pytest.mark.parametrize("size,garbage,needle", [((28, 28), False, "0101_01.png: a 28x28 image, expected 105x105"),
+                                                 ((105, 104), False, "a 105x104 image"),
+                                                 ((105, 105), True, "0101_07.png: not a readable image")])
+def test_png_tree_with_wrong_images(tmp_path, size, garbage, needle):
+    png_tree(tmp_path, size, garbage)
+    with pytest.raises(datalib.DataError, match=re.escape(needle)):
+        datalib.load("omniglot", tmp_path)
+
+
+GENERATE = datalib.generate_synthetic
+
+
+def small_synthetic(monkeypatch, root=None, first_run_seed=None):
+    """prepare_synthetic on 7 sequences instead of 20,000. With first_run_seed, another run (with that
+    seed) writes its files under root while this one is generating, as a concurrent process would."""
+    monkeypatch.setattr(datalib, "SYNTH_SPLITS", {"train": 3, "valid": 2, "test": 2})
+    others = [] if first_run_seed is None else [first_run_seed]
+
+    def generate(n, seed=datalib.SYNTH_SEED):
+        seqs = GENERATE(n, seed=seed)
+        if others:
+            datalib.prepare_synthetic(root, seed=others.pop())
+        return seqs
+    monkeypatch.setattr(datalib, "generate_synthetic", generate)
+
+
+def test_synthetic_data_is_never_regenerated_over_existing_files(tmp_path, monkeypatch, capsys):
+    small_synthetic(monkeypatch)
+    paths = datalib.prepare_synthetic(tmp_path)
+    assert [len(p.read_text().splitlines()) for p in paths.values()] == [3, 2, 2]
+    paths["test"].unlink()
+    paths["train"].write_text("1 2 3\n")                # e.g. edited, or from another seed
+    with pytest.raises(datalib.DataError, match=r"will not generate over existing lagvae_synthetic.train.txt, "
+                                                r"lagvae_synthetic.valid.txt \(lagvae_synthetic.test.txt missing\)"):
+        datalib.load("synthetic", tmp_path)
+    assert paths["train"].read_text() == "1 2 3\n" and not paths["test"].exists()
+    assert datalib.main(["--data-dir", str(tmp_path), "prepare", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("data.py: error: synthetic: will not generate over existing")
+    assert paths["train"].read_text() == "1 2 3\n" and sorted(os.listdir(paths["train"].parent)) == \
+        ["lagvae_synthetic.train.txt", "lagvae_synthetic.valid.txt"]        # no temporary files left
+
+
+def test_runs_generating_together_agree_or_stop(tmp_path, monkeypatch):
+    """Two runs that start on a fresh data root both generate; the files of the first stay and the
+    second checks it wrote the same (another seed's data is an error, not an overwrite)."""
+    small_synthetic(monkeypatch, tmp_path, first_run_seed=datalib.SYNTH_SEED)
+    paths = datalib.prepare_synthetic(tmp_path)
+    assert [len(p.read_text().splitlines()) for p in paths.values()] == [3, 2, 2]
+    for p in paths.values():
+        p.unlink()
+    small_synthetic(monkeypatch, tmp_path, first_run_seed=5)
+    with pytest.raises(datalib.DataError, match="appeared while generating, with other content"):
+        datalib.prepare_synthetic(tmp_path)
+    assert len(list(paths["train"].parent.iterdir())) == 3          # the first run's files, no temporaries

@@ -1,5 +1,6 @@
 """Section 4: one-sided updates, the aggressive inner loop and its switch, the lr plateau rule."""
 import dataclasses
+import json
 import math
 
 import pytest
@@ -85,7 +86,7 @@ def counting_sampler(batch):
 
 
 def test_inner_loop_fixed_budget():
-    model, cfg = tiny_model(inner_steps=4)
+    model, cfg = tiny_model(aggressive=True, inner_steps=4)
     opts = lagvae.make_optimizers(model, cfg, cfg.lr)
     sample, calls = counting_sampler(random_batch(seed=1))
     assert lagvae.aggressive_inner_loop(model, opts, random_batch(), sample, cfg) == 4
@@ -291,3 +292,42 @@ def test_lm_is_exact_and_has_no_latent(data_env, tmp_path):
                                             "out": str(tmp_path / "lm")}))
     assert r["mode"] == "lm" and r["kl"] == 0 and r["au"] == 0
     assert r["iw_nll"] == pytest.approx(r["elbo"], rel=1e-6)     # no latent: both are -log p(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 12: divergence
+
+def test_a_finite_blow_up_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path, capsys):
+    """SGD with lr 16 on a scalar latent trains three epochs, then its validation loss jumps to ~4,000
+    nats, 70x a uniform guess: finite, but its perplexity once overflowed into a traceback."""
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--nz", "1", "--lr", "16", "--epochs", "4", "--quiet",
+                        "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epoch 4: validation loss" in err[0] and "times that of a uniform guess" in err[0]
+    assert "training diverged" in err[0]
+    log = lagvae.read_jsonl(out / "log.jsonl")
+    assert len(log) == 4 and math.isfinite(log[-1]["val_elbo"]) and log[-1]["val_elbo"] > 1000
+    assert torch.load(out / "last.pt", weights_only=False)["state"]["epoch"] == 3
+    assert not (out / "result.json").exists()
+    assert lagvae.main(["eval", "--ckpt", str(out / "model.pt"), "--quiet"]) == 0      # the best epoch, intact
+    assert json.loads(capsys.readouterr().out)["elbo"] < 200
+
+
+def test_divergence_rule():
+    model, cfg = tiny_model(vocab=12)
+    x = random_batch(vocab=12, batch=5, length=7)            # 6 predicted tokens, uniform guess 6 log 12
+    uniform = 6 * math.log(12)
+    ok = lagvae.evaluate(model, [x], cfg)
+    assert lagvae.divergence(ok, ok["elbo"], model, [x]) is None and ok["elbo"] < 1.5 * uniform
+    assert "over 50 times" in lagvae.divergence(ok, 51 * uniform, model, [x])
+    assert lagvae.divergence(ok, 49 * uniform, model, [x]) is None
+    assert lagvae.divergence({**ok, "mi": math.nan}, ok["elbo"], model, [x]) == "validation mi nan"
+    assert lagvae.divergence({**ok, "elbo_ppl": math.inf}, ok["elbo"], model, [x]) == "validation elbo_ppl inf"
+    image, _ = tiny_image_model()
+    assert image.uniform_nll(random_images(batch=3)) == pytest.approx(3 * 784 * math.log(2))
+
+
+def test_perplexity_past_float_range_is_infinite():
+    assert lagvae.perplexity(10.0, 5) == pytest.approx(math.exp(2))
+    assert lagvae.perplexity(800.0, 1) == math.inf
