@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -298,17 +299,18 @@ def test_lm_is_exact_and_has_no_latent(data_env, tmp_path):
 # Issue 12: divergence
 
 def test_a_finite_blow_up_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path, capsys):
-    """SGD with lr 16 on a scalar latent trains three epochs, then its validation loss jumps to ~4,000
-    nats, 70x a uniform guess: finite, but its perplexity once overflowed into a traceback."""
+    """SGD with lr 16 on a scalar latent trains a few epochs (3 or 2, by thread count), then its
+    validation loss jumps to thousands of nats, 70x a uniform guess: finite, but its perplexity once
+    overflowed into a traceback."""
     out = tmp_path / "run"
-    assert lagvae.main(["train", "--preset", "tiny", "--nz", "1", "--lr", "16", "--epochs", "4", "--quiet",
+    assert lagvae.main(["train", "--preset", "tiny", "--nz", "1", "--lr", "16", "--epochs", "8", "--quiet",
                         "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "epoch 4: validation loss" in err[0] and "times that of a uniform guess" in err[0]
-    assert "training diverged" in err[0]
+    assert len(err) == 1 and "times that of a uniform guess" in err[0] and "training diverged" in err[0]
+    epoch = int(re.search(r"epoch (\d+): validation loss", err[0]).group(1))
     log = lagvae.read_jsonl(out / "log.jsonl")
-    assert len(log) == 4 and math.isfinite(log[-1]["val_elbo"]) and log[-1]["val_elbo"] > 1000
-    assert torch.load(out / "last.pt", weights_only=False)["state"]["epoch"] == 3
+    assert epoch >= 2 and len(log) == epoch and math.isfinite(log[-1]["val_elbo"]) and log[-1]["val_elbo"] > 1000
+    assert torch.load(out / "last.pt", weights_only=False)["state"]["epoch"] == epoch - 1
     assert not (out / "result.json").exists()
     assert lagvae.main(["eval", "--ckpt", str(out / "model.pt"), "--quiet"]) == 0      # the best epoch, intact
     assert json.loads(capsys.readouterr().out)["elbo"] < 200
