@@ -927,7 +927,7 @@ def load_data(cfg):
 
 
 RUN_FILES = ("config.json", "log.jsonl", "model.pt", "last.pt", "result.json", "snapshots.jsonl",
-             "trajectory.jsonl", "samples.png")
+             "trajectory.jsonl", "samples.png", "samples.txt")
 # Fields that may differ on --resume: how long to train, where and how quietly, how to evaluate the
 # test set. Everything else shapes the model, the data or the trajectory and must match.
 RESUMABLE = {"epochs", "max_decay", "resume", "overwrite", "out", "quiet", "device", "threads", "data_dir",
