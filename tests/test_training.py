@@ -156,6 +156,39 @@ def test_aggressive_switch_tolerance():
     assert not s.on
 
 
+def test_aggressive_switch_floor_guards_checks_within_an_epoch():
+    # The first adaptive rule's failure (synthetic seed 2): three flat checks at the collapsed floor.
+    s = lagvae.AggressiveSwitch(True, patience=2, tol=0.05, floor=0.2)
+    for mi in (0.002, 0.002, 0.002, 0.003):
+        s.step(mi, final=False)
+        assert s.on
+    s.step(0.002)                                # an epoch's end counts even below the floor ...
+    assert s.on and s.bad == 1
+    s.step(0.002, final=False)
+    s.step(0.002)                                # ... so a model that never escapes ends as the paper's
+    assert not s.on
+    escaped = lagvae.AggressiveSwitch(True, patience=2, tol=0.05, floor=0.2)
+    for mi in (0.01, 0.6, 1.2, 1.22):            # past the floor, flat checks within the epoch count
+        escaped.step(mi, final=False)
+        assert escaped.on
+    escaped.step(1.24, final=False)
+    assert not escaped.on
+
+
+def test_mi_checks_within_an_epoch_do_not_change_training(data_env, tmp_path):
+    """With a floor no MI reaches, in-epoch checks cannot end the phase; the epoch then trains exactly as
+    with one check, so the checks draw no random numbers the training uses."""
+    rows = {}
+    for name, extra in (("paper", []), ("checked", ["--mi-checks", "4", "--mi-floor", "1000"])):
+        out = tmp_path / name
+        assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--aggressive", "--epochs", "1",
+                            "--iw-samples", "0", "--out", str(out)] + extra) == 0
+        rows[name] = lagvae.read_jsonl(out / "log.jsonl")[0]
+    assert len(rows["checked"]["mi_checks"]) == 3 and rows["paper"]["mi_checks"] == []
+    for k in ("train_elbo", "val_elbo", "val_mi_full", "steps_encoder", "steps_decoder"):
+        assert rows["checked"][k] == rows["paper"][k], k
+
+
 def test_mi_check_points_split_the_epoch():
     cfg = lagvae.resolve_config({"preset": "tiny", "mi_checks": 4})
     assert lagvae.mi_check_points(cfg, 100) == {25, 50, 75}
@@ -163,11 +196,11 @@ def test_mi_check_points_split_the_epoch():
 
 
 def test_rules_fill_their_fields_under_explicit_flags():
-    cfg = lagvae.resolve_config({"aggressive": True, "rule": "adaptive", "inner_window": 7})
-    assert (cfg.inner_window, cfg.inner_z, cfg.mi_checks, cfg.mi_tol) == (7, 1.0, 4, 0.05)
+    cfg = lagvae.resolve_config({"aggressive": True, "rule": "adaptive", "mi_tol": 0.1})
+    assert (cfg.inner_window, cfg.inner_z, cfg.mi_checks, cfg.mi_tol, cfg.mi_floor) == (15, 0.0, 4, 0.1, 0.2)
     assert lagvae.mode_name(cfg) == "aggressive-adaptive"
     paper = lagvae.resolve_config({"aggressive": True})
-    assert (paper.inner_window, paper.inner_z, paper.mi_checks, paper.mi_tol) == (15, 0.0, 1, 0.0)
+    assert (paper.inner_window, paper.inner_z, paper.mi_checks, paper.mi_tol, paper.mi_floor) == (15, 0.0, 1, 0.0, 0.0)
     with pytest.raises(lagvae.UsageError, match="--rule"):
         lagvae.resolve_config({"rule": "fast"})
 
@@ -178,7 +211,7 @@ def test_adaptive_rule_checks_mi_within_the_epoch(data_env, tmp_path):
                         "--epochs", "1", "--out", str(out)]) == 0
     row = lagvae.read_jsonl(out / "log.jsonl")[0]
     assert row["aggressive"] and len(row["mi_checks"]) == 2
-    assert row["steps_decoder"] + row["steps_joint"] == 8 and row["steps_encoder"] >= 2 * 5 * row["steps_decoder"]
+    assert row["steps_decoder"] + row["steps_joint"] == 8 and row["steps_encoder"] >= 2 * 3 * row["steps_decoder"]  # tiny: 3-step windows
 
 
 def test_plateau_rule():
