@@ -1336,7 +1336,11 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False):
     set as the mixture; active units `au`; for text `elbo_ppl` per predicted token and, if asked (it
     decodes token by token, which costs more than the rest of a validation pass), `rec_acc`: the
     fraction of predicted tokens that greedy decoding from the posterior mean reproduces at their
-    position (reconstruction_hits); with iw_samples > 0 also `iw_nll` and `ppl` from it. Noise comes
+    position (reconstruction_hits), and `rec_acc_other`, the same from another document's mean (the
+    set's means rolled by one): a model that ignores z
+    scores the same on both, so their difference is the part of the score z is responsible for,
+    whatever the language model's own greedy sentence happens to match; with iw_samples > 0 also
+    `iw_nll` and `ppl` from it. Noise comes
     from a generator seeded with cfg.seed, so every call sees the same noise (common random numbers
     make epoch-to-epoch MI comparisons meaningful). SA-VAE is evaluated on its refined posteriors,
     and `svi_gap` is how much refinement lowers the -ELBO."""
@@ -1370,7 +1374,11 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False):
            "mi_full": float(mutual_info(mu_all, logvar_all, torch.cat(zs))),
            "au": active_units(mu_all), "n": n}
     if text:
-        out.update(elbo_ppl=perplexity(rec_sum + kl_sum, tokens), **({"rec_acc": hits / tokens} if rec_acc else {}))
+        out.update(elbo_ppl=perplexity(rec_sum + kl_sum, tokens))
+        if rec_acc:
+            others = mu_all.roll(1, 0).split([len(x) for x in batches])
+            other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
+            out.update(rec_acc=hits / tokens, rec_acc_other=other_hits / tokens)
     if cfg.savae:
         out["svi_gap"] = (amortized_sum - rec_sum - kl_sum) / n
     if iw_samples:

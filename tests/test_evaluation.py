@@ -110,6 +110,19 @@ def test_rec_acc_in_evaluate_is_the_hit_rate():
     hits = sum(lagvae.reconstruction_hits(model, x, model.encode(x)[0]) for x in batches)
     assert out["rec_acc"] == hits / sum(model.n_targets(x) for x in batches)
     assert 0 <= out["rec_acc"] <= 1
+    others = torch.cat([model.encode(x)[0] for x in batches]).roll(1, 0).split(4)
+    other = sum(lagvae.reconstruction_hits(model, x, m) for x, m in zip(batches, others))
+    assert out["rec_acc_other"] == other / sum(model.n_targets(x) for x in batches)
+
+
+def test_rec_acc_equals_its_baseline_when_the_decoder_ignores_z():
+    model, cfg = lively_model()
+    with torch.no_grad():                               # z reaches the decoder through these two only
+        model.decoder.trans_z.weight.zero_()
+        model.decoder.lstm.weight_ih_l0[:, -cfg.nz:].zero_()
+    batches = [random_batch(batch=4, length=6, seed=s) for s in range(3)] + [random_batch(batch=1, length=6, seed=9)]
+    out = lagvae.evaluate(model, batches, cfg, rec_acc=True)
+    assert out["rec_acc"] == out["rec_acc_other"]
 
 
 def test_encode_examples_keeps_the_order_of_documents_of_any_length():
