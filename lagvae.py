@@ -1481,7 +1481,7 @@ def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto"):
 # ------------------------------------------------------------------------------------------------
 # 6. Analysis: tables and figures from run directories.
 
-TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "train_seconds", "steps",
+TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds", "steps",
                  "agg_epochs", "agg_epoch_s", "epoch_s"]
 PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio"]
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
