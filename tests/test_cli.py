@@ -441,6 +441,12 @@ def test_bench_times_every_kind_and_a_baseline(data_env, tmp_path, capsys):
     one_line_error(capsys, "--baseline")
 
 
+def test_bench_times_an_image_model(omni_env, capsys):
+    assert lagvae.main(["bench", "--data", "omniglot", "--preset", "tiny", "--steps", "1", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["data"] == "omniglot" and [r["kind"] for r in result["rows"]] == list(lagvae.BENCH_KINDS)
+
+
 # Issue 12: every bad number, checkpoint and output path is one line and exit 2
 
 def one_error_line(capsys):
