@@ -1209,6 +1209,9 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
         if switch.on and run["batch"] in checks:      # Sec. 4.2, checked within the epoch
             run["mi_checks"].append(evaluate(model, val, cfg, desc="valid")["mi_full"])
             switch.step(run["mi_checks"][-1], final=False)
+            if not cfg.quiet:
+                print(f"epoch {state['epoch']:3d} | batch {run['batch']}/{len(batches)} | val mi_full "
+                      f"{run['mi_checks'][-1]:.3f} | aggressive {int(switch.on)}", flush=True)
         if cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
             run["seconds"] += time.time() - t0
             t0 = last_save = time.time()

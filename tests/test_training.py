@@ -205,10 +205,11 @@ def test_rules_fill_their_fields_under_explicit_flags():
         lagvae.resolve_config({"rule": "fast"})
 
 
-def test_adaptive_rule_checks_mi_within_the_epoch(data_env, tmp_path):
+def test_adaptive_rule_checks_mi_within_the_epoch(data_env, tmp_path, capsys):
     out = tmp_path / "run"
-    assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--aggressive", "--rule", "adaptive", "--mi-checks", "3",
+    assert lagvae.main(["train", "--preset", "tiny", "--aggressive", "--rule", "adaptive", "--mi-checks", "3",
                         "--epochs", "1", "--out", str(out)]) == 0
+    assert sum(" | val mi_full " in line for line in capsys.readouterr().out.splitlines()) == 2
     row = lagvae.read_jsonl(out / "log.jsonl")[0]
     assert row["aggressive"] and len(row["mi_checks"]) == 2
     assert row["steps_decoder"] + row["steps_joint"] == 8 and row["steps_encoder"] >= 2 * 3 * row["steps_decoder"]  # tiny: 3-step windows
