@@ -1541,12 +1541,12 @@ def check_record(record, where, required, optional=None):
 
 
 def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run; a run still training (a last.pt, no result.json) is left
+    """The checked result.json of each run; an unfinished run (a config.json, no result.json) is left
     out with a note on stderr, so tables of a grid can be made while it runs."""
     results = []
     for d in map(Path, run_dirs):
-        if (d / "last.pt").exists() and not (d / "result.json").exists():
-            print(f"lagvae: {d}: still training (no result.json yet), left out", file=sys.stderr)
+        if (d / "config.json").exists() and not (d / "result.json").exists():
+            print(f"lagvae: {d}: unfinished (no result.json yet), left out", file=sys.stderr)
             continue
         try:
             r = json.loads((d / "result.json").read_text())

@@ -50,13 +50,13 @@ def test_table_cli_rejects_a_directory_without_results(tmp_path, capsys):
     assert "result.json" in capsys.readouterr().err
 
 
-def test_table_leaves_out_runs_still_training(tmp_path, capsys):
+def test_table_leaves_out_unfinished_runs(tmp_path, capsys):
     done = fake_run(tmp_path, "done", data="synthetic", mode="basic")
     (tmp_path / "running").mkdir()
-    (tmp_path / "running" / "last.pt").write_bytes(b"")
+    (tmp_path / "running" / "config.json").write_text("{}")
     assert lagvae.main(["table", str(done), str(tmp_path / "running")]) == 0
     out, err = capsys.readouterr()
-    assert "| synthetic | basic |" in out and "running: still training" in err
+    assert "| synthetic | basic |" in out and "running: unfinished" in err
 
 
 def test_summary_carries_the_papers_numbers(tmp_path):
