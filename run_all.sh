@@ -41,6 +41,9 @@ for job in "basic:" "aggressive-adaptive:--aggressive --rule adaptive" "aggressi
     run ptb-cpu-$name-s$seed --data ptb --data-dir "$DATA" --preset cpu $flags --seed "$seed"
   done
 done
+# The adaptive rule with 8 MI checks per epoch instead of 4, one seed (named outside the globs above).
+run checks8-synthetic-nz1-adaptive-s0 --data synthetic --data-dir data --preset synthetic --nz 1 --aggressive \
+  --rule adaptive --mi-checks 8 --seed 0
 flush
 
 # Issue 3: the cpu preset on the real text available offline (basic VAE; ptb is above).
