@@ -668,7 +668,9 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     noise and dropout masks. Like the original, the objective is the batch mean, so each example's
     effective step is svi_lr / B. Outside training the steps are plain (no graph is kept)."""
     exact = torch.is_grad_enabled() and model.training
-    with torch.enable_grad():
+    # oneDNN's LSTM double backward is assembled from many small ops: without it a training step took
+    # 23x a joint step instead of 27x (`bench`, synthetic preset, one thread; RESULTS.md).
+    with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact):
         if not exact:
             mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
         v_mu = v_lv = 0.0
@@ -688,10 +690,7 @@ def refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     """The encoder's (mu, logvar), refined per batch for SA-VAE and unchanged otherwise."""
     if not cfg.savae:
         return mu, logvar
-    # cuDNN's LSTM has no double backward; oneDNN's has one, built from many small ops: without it a
-    # training step took 25x a joint step instead of 32x (synthetic preset, one thread, RESULTS.md).
-    exact = torch.is_grad_enabled() and model.training
-    with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=not exact):
+    with torch.backends.cudnn.flags(enabled=False):      # cuDNN's LSTM has no double backward
         return svi_refine(model, x, mu, logvar, cfg, kl_weight, gen)
 
 
@@ -1343,11 +1342,9 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False):
     decodes token by token, which costs more than the rest of a validation pass), `rec_acc`: the
     fraction of predicted tokens that greedy decoding from the posterior mean reproduces at their
     position (reconstruction_hits), and `rec_acc_other`, the same from another document's mean (the
-    set's means rolled by one): a model that ignores z
-    scores the same on both, so their difference is the part of the score z is responsible for,
-    whatever the language model's own greedy sentence happens to match; with iw_samples > 0 also
-    `iw_nll` and `ppl` from it. Noise comes
-    from a generator seeded with cfg.seed, so every call sees the same noise (common random numbers
+    set's means rolled by one): a model that ignores z scores the same on both, so their difference
+    is the part of the score z is responsible for, whatever the language model's own greedy sentence
+    happens to match; with iw_samples > 0 also `iw_nll` and `ppl` from it. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise (common random numbers
     make epoch-to-epoch MI comparisons meaningful). SA-VAE is evaluated on its refined posteriors,
     and `svi_gap` is how much refinement lowers the -ELBO."""
     was_training = model.training
@@ -1484,8 +1481,8 @@ def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto"):
 # ------------------------------------------------------------------------------------------------
 # 6. Analysis: tables and figures from run directories.
 
-TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds", "steps",
-                 "agg_epochs", "agg_epoch_s", "epoch_s"]
+TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds",
+                 "steps", "agg_epochs", "agg_epoch_s", "epoch_s"]
 PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio"]
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset it is compared with
