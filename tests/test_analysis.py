@@ -71,6 +71,20 @@ def test_summary_carries_the_papers_numbers(tmp_path):
     assert "89.05" in lagvae.format_table(rows)
 
 
+def test_paper_data_sets_ptb_rows_beside_yelp_whatever_the_rule(tmp_path, capsys):
+    dirs = [fake_run(tmp_path, "i10", data="ptb", mode="aggressive-inner10-adaptive"),
+            fake_run(tmp_path, "e2", data="ptb", mode="basic+enclr2")]
+    assert all(r["paper_nll"] is None for r in lagvae.summarize(lagvae.load_results(dirs)))
+    by = {r["mode"]: r for r in lagvae.summarize(lagvae.load_results(dirs), paper_data="yelp")}
+    ref = lagvae.paper_results()
+    assert by["aggressive-inner10-adaptive"]["paper_nll"] == float(ref[("yelp", "aggressive-inner10")]["nll"])
+    assert by["basic+enclr2"]["paper_table"] == "10"
+    assert lagvae.main(["table", "--paper-data", "yelp", *map(str, dirs)]) == 0
+    assert ref[("yelp", "basic+enclr2")]["nll"] in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        lagvae.main(["table", "--paper-data", "ptb", str(dirs[0])])
+
+
 def fake_trained_run(root, name, mode, kl):
     d = fake_run(root, name, mode=mode, kl=kl, mi=kl / 2, au=int(kl > 0.5))
     (d / "config.json").write_text(json.dumps({"mode": mode}))
