@@ -1879,11 +1879,12 @@ def bench_calls(lib, model, opts, cfg, batches, val, device):
             "iw_nll": (lambda i: torch.no_grad()(lib.iw_nll)(model, x(i), 500, cfg.iw_chunk), len(x(0)))}
 
 
-def bench(overrides, steps=20, rounds=5, baseline=None):
+def bench(overrides, steps=20, rounds=5, baseline=None, profile=0):
     """Seconds per call of each kind (median over `rounds`, each timing `steps` calls after a warm-up),
     examples per second, the ratios inner / joint and SA-VAE / basic, and peak memory (CUDA: allocated
     by that kind; CPU: the process's resident high-water mark after it). With `baseline` (a directory
-    holding an older lagvae.py) the same calls of that version are timed in the same rounds."""
+    holding an older lagvae.py) the same calls of that version are timed in the same rounds. With
+    `profile` > 0, the calls of this version are then profiled: see profile_calls."""
     cfg = resolve_config({**overrides, "quiet": True})
     device = use_device(cfg)
     corpus = load_data(cfg)
@@ -1926,6 +1927,30 @@ def bench(overrides, steps=20, rounds=5, baseline=None):
            "steps": steps, "rounds": rounds, "batch_size": cfg.batch_size,
            "inner_over_joint": sec["current", "encoder"] / sec["current", "joint"],
            "savae_over_basic": sec["current", "savae"] / sec["current", "joint"], "rows": rows}
+    if profile:
+        out["profile"] = profile_calls(calls["current"], steps, profile, device)
+    return out
+
+
+def profile_calls(kinds, steps, top, device):
+    """kind -> its `top` operators by self time (on CUDA: device time) per call, with calls per call
+    and share of the total: where a step's time goes, e.g. SA-VAE's thousands of small LSTM ops."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    out = {}
+    for kind, (call, _) in kinds.items():
+        n = 1 if kind in ("eval", "iw_nll") else steps
+        with profile(activities=acts) as prof:
+            for i in range(n):
+                call(i)
+            if cuda:
+                torch.cuda.synchronize()
+        ops = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
+        total = sum(getattr(e, key) for e in ops) or 1.0
+        out[kind] = [{"op": e.key, "calls": e.count / n, "ms": getattr(e, key) / 1e3 / n,
+                      "share": getattr(e, key) / total} for e in ops[:top]]
     return out
 
 
@@ -1937,6 +1962,9 @@ def format_bench(result):
     lines += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
               for r in result["rows"]]
     lines.append(f"inner / joint {result['inner_over_joint']:.2f}, SA-VAE / basic {result['savae_over_basic']:.2f}")
+    for kind, ops in result.get("profile", {}).items():
+        lines += [f"profile of one {kind} call: op, calls, ms, share of self time"]
+        lines += [f"  {o['op']:<40} {o['calls']:8.1f} {o['ms']:9.3f} {o['share']:6.1%}" for o in ops]
     return "\n".join(lines)
 
 
@@ -2050,6 +2078,8 @@ def main(argv=None):
     bn.add_argument("--rounds", type=positive(int), default=5, help="rounds, the median is reported (default 5)")
     bn.add_argument("--baseline", default=None, help="a directory with an older lagvae.py to time in the same rounds")
     bn.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    bn.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="then profile each kind (torch.profiler) and list its N costliest operators (default 0: off)")
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
@@ -2068,8 +2098,8 @@ def main(argv=None):
         elif cmd == "encode":
             print(export_latents(**args))
         elif cmd == "bench":
-            opts = {k: args.pop(k) for k in ("steps", "rounds", "baseline", "json")}
-            result = bench(args, opts["steps"], opts["rounds"], opts["baseline"])
+            opts = {k: args.pop(k) for k in ("steps", "rounds", "baseline", "json", "profile")}
+            result = bench(args, opts["steps"], opts["rounds"], opts["baseline"], opts["profile"])
             print(format_bench(result))
             print(json.dumps(result))
             if opts["json"]:

@@ -441,6 +441,20 @@ def test_bench_times_every_kind_and_a_baseline(data_env, tmp_path, capsys):
     one_line_error(capsys, "--baseline")
 
 
+def test_bench_profile_lists_the_costliest_ops_of_each_kind(data_env, capsys):
+    assert lagvae.main(["bench", "--preset", "tiny", "--steps", "1", "--rounds", "1", "--profile", "10000"]) == 0
+    printed = capsys.readouterr().out
+    profile = json.loads(printed.splitlines()[-1])["profile"]
+    assert list(profile) == list(lagvae.BENCH_KINDS)
+    for ops in profile.values():                  # every operator: sorted, shares of the whole
+        ms = [o["ms"] for o in ops]
+        assert ms == sorted(ms, reverse=True) and sum(o["share"] for o in ops) == pytest.approx(1)
+    # SA-VAE differentiates through its refinement: many more operator calls than a joint step
+    calls = lambda kind: sum(o["calls"] for o in profile[kind])
+    assert calls("savae") > 5 * calls("joint")
+    assert "profile of one savae call" in printed
+
+
 def test_bench_times_an_image_model(omni_env, capsys):
     assert lagvae.main(["bench", "--data", "omniglot", "--preset", "tiny", "--steps", "1", "--rounds", "1"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
