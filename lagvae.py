@@ -1503,10 +1503,13 @@ def paper_results(path=PAPER_CSV):
 
 
 def collapse_state(result):
-    """'collapsed' (AU 0 and MI < 0.1), 'escaped' (AU >= 1 and MI > 0.5) or 'between'."""
-    if result["au"] == 0 and result["mi"] < 0.1:
+    """'collapsed' (AU 0 and MI < 0.1), 'escaped' (AU >= 1 and MI > 0.5) or 'between'. MI is capped
+    by the KL (Eq. 5: MI = KL - KL(q(z)||p(z)) <= KL): the mixture estimate of MI is biased upward
+    on a few hundred examples (ptb's collapsed VAE: MI 0.13 from 500 documents at KL 0.04)."""
+    mi = min(result["mi"], result.get("kl", math.inf))
+    if result["au"] == 0 and mi < 0.1:
         return "collapsed"
-    return "escaped" if result["au"] >= 1 and result["mi"] > 0.5 else "between"
+    return "escaped" if result["au"] >= 1 and mi > 0.5 else "between"
 
 
 def epoch_stats(log):

@@ -34,6 +34,13 @@ def test_summary_means_stds_counts_and_time_ratio(tmp_path):
     assert len(csv) == 3 and csv[0].startswith("data,mode,seeds")
 
 
+def test_collapse_caps_the_mi_estimate_by_the_kl():
+    state = lambda **r: lagvae.collapse_state({"au": 0, "mi": 0.0, **r})
+    assert state(mi=0.13, kl=0.04) == "collapsed"         # MI <= KL: 0.13 is the estimator's bias
+    assert state(mi=0.13, kl=0.5) == state(mi=0.13) == "between"
+    assert state(au=3, mi=0.8, kl=0.4) == "between" and state(au=3, mi=0.8, kl=2.0) == "escaped"
+
+
 def test_step_ratio_against_basic_and_the_papers_aggressive_row_for_the_adaptive_rule(tmp_path):
     dirs = [fake_run(tmp_path, "b", data="omniglot", steps=1000, train_seconds=10.0),
             fake_run(tmp_path, "a", data="omniglot", mode="aggressive-adaptive", steps=2400, train_seconds=40.0),
