@@ -67,12 +67,12 @@ done
 # Tables 4, 9 and 10 on ptb, seed 0 (the paper ran them on Yelp, and Table 9 on all three; ptb is the
 # cheaper corpus). Table 4: fixed inner budgets; the convergence rule is ptb-cpu-aggressive-adaptive-s0.
 # Table 9: the paper's 30k-120k warm-up iterations are 10-38% of its 100-epoch Yahoo budget (3,125
-# batches an epoch); the same fractions of our 10 epochs of 125 batches are 120-480 iterations.
+# batches an epoch); the same fractions of our 10 epochs of 136 ptb batches are 130-520 iterations.
 # Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-basic-s0).
 for n in 10 30 50 70; do
   run ptb-cpu-inner$n-s0 --data ptb --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --inner-steps $n --seed 0
 done
-for n in 120 200 400 480; do
+for n in 130 220 440 520; do
   run ptb-cpu-anneal$n-s0 --data ptb --data-dir "$DATA" --preset cpu --anneal --warm-up-iters $n --seed 0
 done
 for m in 2 4 6; do
@@ -115,7 +115,14 @@ flush
 [ $LIST = 1 ] && exit 0
 
 $PY lagvae.py table runs/synthetic-nz1-*/ | tee runs/table_synthetic_nz1.md
-$PY lagvae.py table runs/{yahoo-small,ptb}-cpu-*/ | tee runs/table_cpu.md
+T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive
+    aggressive-adaptive-anneal fb0.125 cyclical4 bn0.6 pretrain"
+$PY lagvae.py table $(for c in ptb yahoo-small; do for r in $T1; do ls -d runs/$c-cpu-$r-s*/ 2>/dev/null; done; done) \
+  | tee runs/table_text.md
+$PY lagvae.py table --by-run --paper-data yelp runs/ptb-cpu-inner*-s0/ runs/ptb-cpu-aggressive-adaptive-s0 \
+  runs/ptb-cpu-basic-s0 | tee runs/table_text_inner.md
+$PY lagvae.py table --by-run --paper-data yahoo runs/ptb-cpu-anneal*-s0/ runs/ptb-cpu-basic-anneal-s0 | tee runs/table_text_warmup.md
+$PY lagvae.py table --by-run --paper-data yelp runs/ptb-cpu-enclr*-s0/ runs/ptb-cpu-basic-s0 | tee runs/table_text_enclr.md
 $PY lagvae.py table runs/omniglot-cpu-*/ | tee runs/table_omniglot.md
 $PY lagvae.py table --by-run runs/omniglot-cpu-*/ | tee runs/table_omniglot_by_run.md
 $PY lagvae.py table runs/omniglot-cpu30-*/ | tee runs/table_omniglot_30.md
@@ -126,6 +133,9 @@ $PY lagvae.py figure nll-au runs/synthetic-nz1-*/ --out figures/nll_au_synthetic
 $PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out figures/dynamics_modes.png
 $PY lagvae.py figure nll-au runs/modes*/ --out figures/nll_au_modes.png
 $PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out figures/trajectory.png
+$PY lagvae.py figure nll-au runs/ptb-cpu-*-s[012]/ --out figures/nll_au_ptb.png
+$PY lagvae.py figure dynamics runs/ptb-cpu-basic-anneal-s0 runs/ptb-cpu-aggressive-adaptive-s0 runs/ptb-cpu-beta0.2-s0 \
+  --out figures/dynamics_ptb.png
 $PY lagvae.py figure dynamics runs/omniglot-cpu-basic-s0 runs/omniglot-cpu-aggressive-s0 --out figures/dynamics_omniglot.png
 for mode in basic aggressive; do
   $PY lagvae.py samples --ckpt runs/omniglot-cpu-$mode-s0/model.pt --data-dir "$DATA" --out figures/omniglot_samples_$mode.png
