@@ -2092,8 +2092,8 @@ def main(argv=None):
     bn.add_argument("--rounds", type=positive(int), default=5, help="rounds, the median is reported (default 5)")
     bn.add_argument("--baseline", default=None, help="a directory with an older lagvae.py to time in the same rounds")
     bn.add_argument("--json", default=None, help="also write the result as JSON to this file")
-    bn.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="then profile each kind (torch.profiler) and list its N costliest operators (default 0: off)")
+    bn.add_argument("--profile", type=positive(int), default=0, metavar="N",
+                    help="then profile each kind (torch.profiler) and list its N costliest operators (default: off)")
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")

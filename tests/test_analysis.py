@@ -88,8 +88,10 @@ def test_paper_data_sets_ptb_rows_beside_yelp_whatever_the_rule(tmp_path, capsys
     assert by["basic+enclr2"]["paper_table"] == "10"
     assert lagvae.main(["table", "--paper-data", "yelp", *map(str, dirs)]) == 0
     assert ref[("yelp", "basic+enclr2")]["nll"] in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         lagvae.main(["table", "--paper-data", "ptb", str(dirs[0])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--paper-data" in err[0]
 
 
 def fake_trained_run(root, name, mode, kl):

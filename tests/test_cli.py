@@ -453,6 +453,9 @@ def test_bench_profile_lists_the_costliest_ops_of_each_kind(data_env, capsys):
     calls = lambda kind: sum(o["calls"] for o in profile[kind])
     assert calls("savae") > 5 * calls("joint")
     assert "profile of one savae call" in printed
+    with pytest.raises(SystemExit) as e:
+        lagvae.main(["bench", "--preset", "tiny", "--profile", "-1"])
+    assert e.value.code == 2 and "--profile" in one_line_error(capsys, "positive")
 
 
 def test_bench_times_an_image_model(omni_env, capsys):
