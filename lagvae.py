@@ -123,8 +123,8 @@ PRESETS = {"text": {
     "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
     # Sized for 2 CPU cores (ptb, yahoo-small). Measured on the 2-core VM, one thread per run, two or
     # three runs sharing the cores: ptb 9-14 s per basic epoch, an aggressive epoch 380-560 s (42-50
-    # inner steps per decoder step); yahoo-small 10-16 s per basic epoch, 420-660 s per aggressive one. The plain VAE collapses on
-    # both (KL 0.00-0.04, AU 0). 30 epochs, because at 10 the models are still far from converged
+    # inner steps per decoder step); yahoo-small 10-16 s per basic epoch, 420-660 s per aggressive
+    # one. The plain VAE collapses on both (KL 0.00-0.04, AU 0). 30 epochs, because at 10 the models are still far from converged
     # (ptb's language model 94.4 against the VAE's 97.0, both dropping ~1 nat an epoch, 10 epochs =
     # 1,360 steps); by epoch 30 the lr has decayed three times and the VAE has levelled off (90.4).
     # A basic ptb run takes ~7 min; yahoo-small overfits after ~7 epochs and stops after 5 decays.
