@@ -1058,15 +1058,16 @@ def load_last(out, model, cfg, rng, device):
 
 def pretrain_encoder(cfg, out, model, device):
     """Li et al. 2019: an autoencoder (KL weight 0) first; its encoder is kept and the decoder stays
-    freshly initialized. Returns the pretraining seconds."""
+    freshly initialized. Returns the autoencoder's result (its seconds and gradient steps count
+    towards the run's: they are part of what the method costs)."""
     pre = out / "pretrain"
     ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0, free_bits=0.0,
                              iw_samples=0, out=str(pre), overwrite=False,
                              resume=cfg.resume and (pre / "last.pt").is_file())
-    seconds = train(ae)["train_seconds"]
+    result = train(ae)
     enc = torch.load(pre / "model.pt", map_location=device)["model"]
     model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
-    return seconds
+    return result
 
 
 def train(cfg):
@@ -1086,7 +1087,8 @@ def train_in(cfg, out):
     state = new_state(cfg)
     resuming = cfg.resume and (out / "last.pt").is_file()     # killed before its first checkpoint: start afresh
     if cfg.pretrain_encoder and not resuming:
-        state["train_seconds"] = pretrain_encoder(cfg, out, model, device)
+        ae = pretrain_encoder(cfg, out, model, device)
+        state["train_seconds"], state["steps"] = ae["train_seconds"], {k: ae[f"steps_{k}"] for k in STEP_KINDS}
     opts = make_optimizers(model, cfg, cfg.lr)
     if resuming:
         state, opts = load_last(out, model, cfg, rng, device)

@@ -192,8 +192,10 @@ def test_every_mode_trains_through_the_cli(data_env, tmp_path, flags, mode):
     assert 0 <= row["kl_weight"] <= 1
     if "--savae" in flags:
         assert "svi_gap" in result and "val_svi_gap" in row
-    if "--pretrain-encoder" in flags:
+    if "--pretrain-encoder" in flags:              # the autoencoder's steps are part of the cost
         assert (out / "pretrain" / "model.pt").is_file()
+        ae = json.loads((out / "pretrain" / "result.json").read_text())
+        assert result["steps_joint"] == ae["steps_joint"] + row["steps_joint"] > ae["steps_joint"] > 0
 
 
 @pytest.mark.parametrize("argv,needle", [
