@@ -685,3 +685,20 @@ def test_fuzzed_flags_never_escape_as_exceptions(synth_root, tmp_path, capsys, p
     assert rc in (0, 2), argv
     if rc == 2:
         assert len(err) == 1 and err[0].startswith("lagvae: error: "), (argv, err)
+
+
+def test_eval_update_rewrites_only_what_the_new_evaluation_changes(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = json.loads((run / "result.json").read_text())
+    assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--mi-samples", "7", "--update", "--quiet"]) == 0
+    after = json.loads((run / "result.json").read_text())
+    assert after["mi_samples"] == 7 and after["train_seconds"] == before["train_seconds"]
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert changed <= {"mi", "mi_full", "mi_samples"} and "mi_samples" in changed
+    err = capsys.readouterr().err
+    assert all(f"result.json: {k} " in err for k in changed)
+    (run / "result.json").unlink()                    # not a finished run: refused, nothing written
+    assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--update", "--quiet"]) == 2
+    assert "no readable result.json of a finished run" in one_error_line(capsys)
+    assert not (run / "result.json").exists()

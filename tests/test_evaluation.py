@@ -144,3 +144,13 @@ def test_decoding_a_model_without_latent(method):
     model, cfg = lively_model(lm=True)
     out = decode(model, torch.zeros(3, 0), 5, method, beam_size=2, gen=torch.Generator().manual_seed(0))
     assert out.size(0) == 3 and out.size(1) <= 5
+
+
+def test_more_mi_draws_change_only_the_mi_estimates():
+    """The extra MI draws come from their own generator: every other test number stays as it was."""
+    model, cfg = lively_model()
+    batches = [random_batch(batch=4, length=6, seed=s) for s in range(3)]
+    one = lagvae.evaluate(model, batches, cfg, iw_samples=5, rec_acc=True)
+    many = lagvae.evaluate(model, batches, cfg, iw_samples=5, rec_acc=True, mi_samples=8)
+    assert {k for k in one if one[k] != many[k]} == {"mi", "mi_full"}
+    assert lagvae.evaluate(model, batches, cfg, iw_samples=5, rec_acc=True, mi_samples=1) == one
