@@ -14,16 +14,23 @@ LIST=0; [ "${1:-}" = "--list" ] && LIST=1
 mkdir -p runs figures
 
 # run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out runs/NAME --resume` unless it has
-# finished; flush runs the queue, JOBS at a time, each appending to runs/NAME.log.
+# finished; flush runs the queue, JOBS at a time, each appending to runs/NAME.log. A run that fails
+# (diverged, bad flag, killed) is named on stderr and the others go on: one bad run must not stall
+# a grid that takes days; the tables are made only once every run has finished.
 queue=()
+failed=0
 run() {
   local out=runs/$1; shift
   [ -f "$out/result.json" ] && return 0
   local cmd="OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
-  if [ $LIST = 1 ]; then echo "$cmd"; else queue+=("$cmd >> $out.log 2>&1"); fi
+  if [ $LIST = 1 ]; then echo "$cmd"; else
+    queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")
+  fi
 }
 flush() {
-  [ ${#queue[@]} -gt 0 ] && printf '%s\0' "${queue[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}'
+  if [ ${#queue[@]} -gt 0 ]; then
+    printf '%s\0' "${queue[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}' || failed=1
+  fi
   queue=()
 }
 
@@ -114,6 +121,10 @@ run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --
 flush
 
 [ $LIST = 1 ] && exit 0
+if [ $failed = 1 ]; then
+  echo "run_all.sh: the runs named above failed; fix them and rerun (finished runs are skipped)" >&2
+  exit 1
+fi
 
 $PY lagvae.py table runs/synthetic-nz1-*/ | tee runs/table_synthetic_nz1.md
 T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive

@@ -702,3 +702,21 @@ def test_eval_update_rewrites_only_what_the_new_evaluation_changes(trained, tmp_
     assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--update", "--quiet"]) == 2
     assert "no readable result.json of a finished run" in one_error_line(capsys)
     assert not (run / "result.json").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
+    """A failed run (diverged, killed, bad flag) must not stop a grid of days: the rest still run,
+    the failure is named, and no table is made from an incomplete grid. Python is faked (PY)."""
+    shutil.copy(ROOT / "run_all.sh", tmp_path)
+    fake = tmp_path / "fakepy"
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n'
+                    '[[ "$*" == *"--out runs/synthetic-nz1-basic-s1 "* ]] && exit 2\nexit 0\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", "run_all.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PY": str(fake), "JOBS": jobs})
+    assert r.returncode == 1
+    assert "run_all.sh: runs/synthetic-nz1-basic-s1 failed (exit 2), see runs/synthetic-nz1-basic-s1.log" in r.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert any("--out runs/trajectory-aggressive " in c for c in calls)     # the last run was still tried
+    assert not any(c.startswith("lagvae.py table") for c in calls)
