@@ -14,7 +14,10 @@ LIST=0; [ "${1:-}" = "--list" ] && LIST=1
 mkdir -p runs figures
 
 # run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out runs/NAME --resume` unless it has
-# finished; flush runs the queue, JOBS at a time, each appending to runs/NAME.log. A run that fails
+# finished. The command checks again when it starts, because a queue or a job list can outlive the
+# moment it was made (another machine or script may have finished the run meanwhile: `--resume` on a
+# finished run would evaluate it again). flush runs the queue, JOBS at a time, each appending to
+# runs/NAME.log. A run that fails
 # (diverged, bad flag, killed) is named on stderr and the others go on: one bad run must not stall
 # a grid that takes days; the tables are made only once every run has finished.
 queue=()
@@ -22,7 +25,7 @@ failed=0
 run() {
   local out=runs/$1; shift
   [ -f "$out/result.json" ] && return 0
-  local cmd="OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
+  local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
   if [ $LIST = 1 ]; then echo "$cmd"; else
     queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")
   fi

@@ -720,3 +720,31 @@ def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert any("--out runs/trajectory-aggressive " in c for c in calls)     # the last run was still tried
     assert not any(c.startswith("lagvae.py table") for c in calls)
+
+
+def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_path):
+    """`--list` is the job list for other schedulers: one runnable command per unfinished run, none
+    for a finished one, and a listed line that starts after its run was finished elsewhere does nothing."""
+    shutil.copy(ROOT / "run_all.sh", tmp_path)
+    fake = tmp_path / "fakepy"
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n')
+    fake.chmod(0o755)
+    (tmp_path / "runs/synthetic-nz1-basic-s0").mkdir(parents=True)
+    (tmp_path / "runs/synthetic-nz1-basic-s0/result.json").write_text("{}")
+    env = {**os.environ, "PY": str(fake)}
+    r = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0 and r.stderr == ""
+    lines = r.stdout.splitlines()
+    outs = [line.split("--out ")[1].split()[0] for line in lines]
+    assert len(outs) == len(set(outs)) > 100 and "runs/synthetic-nz1-basic-s0" not in outs
+    assert {"runs/synthetic-nz1-basic-s1", "runs/ptb-cpu-aggressive-anneal-s2", "runs/trajectory-aggressive"} <= set(outs)
+    assert not (tmp_path / "calls.txt").exists()        # listing runs nothing
+    first, second = lines[0], lines[1]
+    subprocess.run(["bash", "-c", first], cwd=tmp_path, check=True, timeout=60, env=env)
+    assert (tmp_path / "calls.txt").read_text().startswith("lagvae.py train ")
+    assert f"--out {outs[0]} --resume" in (tmp_path / "calls.txt").read_text()
+    (tmp_path / outs[1]).mkdir(parents=True)           # finished meanwhile: its line is a no-op
+    (tmp_path / outs[1] / "result.json").write_text("{}")
+    subprocess.run(["bash", "-c", second], cwd=tmp_path, check=True, timeout=60, env=env)
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 1
