@@ -156,6 +156,7 @@ $PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.
 $PY lagvae.py figure nll-au runs/modes*/ --out figures/nll_au_modes.png
 $PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out figures/trajectory.png
 $PY lagvae.py figure nll-au runs/ptb-cpu-*-s[012]/ --out figures/nll_au_ptb.png
+$PY lagvae.py figure nll-au runs/yahoo-small-cpu-*-s[012]/ --out figures/nll_au_yahoo.png
 $PY lagvae.py figure dynamics runs/ptb-cpu-basic-anneal-s0 runs/ptb-cpu-aggressive-s0 runs/ptb-cpu-beta0.2-s0 \
   --out figures/dynamics_ptb.png
 $PY lagvae.py figure dynamics runs/omniglot-cpu-basic-s0 runs/omniglot-cpu-aggressive-s0 --out figures/dynamics_omniglot.png
