@@ -17,9 +17,9 @@ mkdir -p runs figures
 # finished. The command checks again when it starts, because a queue or a job list can outlive the
 # moment it was made (another machine or script may have finished the run meanwhile: `--resume` on a
 # finished run would evaluate it again). flush runs the queue, JOBS at a time, each appending to
-# runs/NAME.log. A run that fails
-# (diverged, bad flag, killed) is named on stderr and the others go on: one bad run must not stall
-# a grid that takes days; the tables are made only once every run has finished.
+# runs/NAME.log. A run that fails (diverged, bad flag, killed) is named on stderr and the others go
+# on: one bad run must not stall a grid that takes days; the tables are made only once every run has
+# finished.
 queue=()
 failed=0
 run() {
@@ -60,25 +60,25 @@ flush
 # row of the paper's Table 1 and the later remedies, on ptb (its basic and aggressive rows are above)
 # and yahoo-small. The paper's own rows (LM, VAE, VAE + anneal, Ours, Ours + anneal) get all three
 # seeds before the remedies start, so that a grid cut short still has the central comparison.
-# SA-VAE costs ~24x a basic step, so its rows run one seed each and come last.
+# SA-VAE costs ~24x a basic step, so its rows run one seed each, after all of these.
 # Free bits 0.125 per dimension is 4 nats over nz 32 (the FB(4) row of later-remedies.md); cyclical
 # annealing with Fu et al.'s 4 cycles; BN-VAE with Zhu et al.'s gamma 0.6.
-CORE=("lm:--lm" "basic-anneal:--anneal" "aggressive-anneal:--aggressive --anneal")
-REMEDIES=("beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8"
-          "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder")
-for rows in CORE REMEDIES; do
-  declare -n jobs=$rows
-  for seed in 0 1 2; do
-    if [ $rows = CORE ]; then
-      run yahoo-small-cpu-basic-s$seed --data yahoo-small --data-dir "$DATA" --preset cpu --seed $seed
-      run yahoo-small-cpu-aggressive-s$seed --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --seed $seed
-    fi
-    for corpus in ptb yahoo-small; do
-      for job in "${jobs[@]}"; do
-        run $corpus-cpu-${job%%:*}-s$seed --data $corpus --data-dir "$DATA" --preset cpu ${job#*:} --seed $seed
-      done
+text_rows() {    # text_rows SEED "NAME:FLAGS"...: each row on both corpora
+  local seed=$1 corpus job; shift
+  for corpus in ptb yahoo-small; do
+    for job in "$@"; do
+      run $corpus-cpu-${job%%:*}-s$seed --data $corpus --data-dir "$DATA" --preset cpu ${job#*:} --seed $seed
     done
   done
+}
+for seed in 0 1 2; do
+  run yahoo-small-cpu-basic-s$seed --data yahoo-small --data-dir "$DATA" --preset cpu --seed $seed
+  run yahoo-small-cpu-aggressive-s$seed --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --seed $seed
+  text_rows $seed "lm:--lm" "basic-anneal:--anneal" "aggressive-anneal:--aggressive --anneal"
+done
+for seed in 0 1 2; do
+  text_rows $seed "beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8" \
+    "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder"
 done
 # The adaptive rule on yahoo-small, one seed (ptb has three above).
 run yahoo-small-cpu-aggressive-adaptive-s0 --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed 0
