@@ -1588,11 +1588,12 @@ def check_record(record, where, required, optional=None):
 
 
 def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run; an unfinished run (a config.json, no result.json) is left
-    out with a note on stderr, so tables of a grid can be made while it runs."""
+    """The checked result.json of each run; an unfinished run (a run directory's marks, e.g. its lock
+    or a pretraining encoder's folder, but no result.json) is left out with a note on stderr, so
+    tables and figures of a grid can be made while it runs."""
     results = []
     for d in map(Path, run_dirs):
-        if (d / "config.json").exists() and not (d / "result.json").exists():
+        if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json", "pretrain")):
             print(f"lagvae: {d}: unfinished (no result.json yet), left out", file=sys.stderr)
             continue
         try:

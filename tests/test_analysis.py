@@ -66,6 +66,18 @@ def test_table_leaves_out_unfinished_runs(tmp_path, capsys):
     assert "| synthetic | basic |" in out and "running: unfinished" in err
 
 
+def test_a_run_still_pretraining_its_encoder_is_left_out_of_tables_and_figures(tmp_path, capsys):
+    """--pretrain-encoder trains the autoencoder in pretrain/ before the run's own config.json exists;
+    a grid's table or figure must not stop at such a run."""
+    done = fake_trained_run(tmp_path, "done", "basic", 0.0)
+    (tmp_path / "pre" / "pretrain").mkdir(parents=True)
+    (tmp_path / "pre" / ".lock").write_text("")
+    assert lagvae.main(["table", str(done), str(tmp_path / "pre")]) == 0
+    assert "pre: unfinished" in capsys.readouterr().err
+    assert lagvae.main(["figure", "nll-au", str(done), str(tmp_path / "pre"), "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
 def test_summary_carries_the_papers_numbers(tmp_path):
     rows = lagvae.summarize(lagvae.load_results([
         fake_run(tmp_path, "o", data="omniglot", mode="aggressive"),
