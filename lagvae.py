@@ -352,7 +352,10 @@ def uniform_init(module, shifted=False):
 class GaussianHead(nn.Module):
     """Features -> (mu, logvar). With gamma > 0 (BN-VAE, Zhu et al. 2020) the means are batch-
     normalized with the fixed scale gamma and a learned shift, so every dimension's batch mean of mu^2
-    is at least gamma^2 and E[KL] >= nz * gamma^2 / 2: the KL cannot collapse to zero."""
+    is at least gamma^2 * var / (var + eps) and E[KL] >= nz * gamma^2 / 2 while the variance var of the
+    unnormalized means is well above eps. It is not a guarantee: an encoder can still collapse by
+    shrinking var below eps (yahoo-small, seed 1: var 3e-10, KL 0.01; RESULTS.md). eps as BatchNorm's,
+    as in Zhu et al.'s code."""
 
     def __init__(self, nh, nz, gamma=0.0, bias=False, eps=1e-5, momentum=0.1):
         super().__init__()

@@ -283,6 +283,21 @@ def test_bn_vae_kl_lower_bound(gamma, seed):
     assert float(lagvae.gaussian_kl(mu, logvar).mean()) >= cfg.nz * gamma ** 2 / 2 - 1e-4
 
 
+def test_bn_vae_bound_lapses_when_the_raw_means_vary_less_than_eps():
+    """The documented limit of BN-VAE (seen on yahoo-small): means whose batch variance is far below
+    BatchNorm's eps are not scaled up to gamma, so the KL can still fall to ~0."""
+    model, cfg = tiny_model(bn_gamma=0.6, nz=3, seed=0)
+    model.train()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.normal_(0, 1)
+        model.encoder.head.linear.weight.mul_(1e-5)        # raw-mean variance ~1e-10 << eps
+        model.encoder.head.shift.zero_()                   # the learned shift's KL is not at issue
+        mu, logvar = model.encode(random_batch(batch=6))
+        logvar.zero_()
+    assert float(lagvae.gaussian_kl(mu, logvar).mean()) < 0.01 * cfg.nz * 0.6 ** 2 / 2
+
+
 def test_svi_refinement_raises_the_elbo():
     model, cfg = tiny_model(savae=True, svi_steps=20, dtype=torch.float64)
     z_dependent(model, 0.3)
