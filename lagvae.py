@@ -130,7 +130,7 @@ PRESETS = {"text": {
     # were still far from converged (ptb's language model 94.4 against the VAE's 97.0, both dropping
     # ~1 nat an epoch; 10 epochs = 1,360 steps); by epoch 30 the lr has decayed three times and both
     # corpora's VAEs have levelled off (validation -ELBO within 0.4 nat over the last 3 epochs).
-    # A basic run takes ~7 min. The first cpu preset (9,000 documents, 5,000 words, 40 tokens) cost
+    # A basic run takes ~7 min, an SA-VAE run 79 min (ptb, 159 s an epoch). The first cpu preset (9,000 documents, 5,000 words, 40 tokens) cost
     # 1000-1700 s per aggressive epoch, which priced the text grid out. KL warm-up of 3 epochs: the
     # official 10 epochs are a tenth of its 100-epoch budget (Table 9 scales the same way).
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, subset=4000,
