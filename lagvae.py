@@ -1757,12 +1757,13 @@ def plot_nll_au(runs, out):
     """Figure 4: test NLL against active units, one point per run, one marker per mode."""
     plt = pyplot()
     results = load_results(runs, {**RESULT_FIELDS, "iw_nll": NUMBER})
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for k, mode in enumerate(sorted({r["mode"] for r in results})):
+    modes = sorted({r["mode"] for r in results})
+    fig, ax = plt.subplots(figsize=(7, max(3.6, 0.2 * len(modes))))
+    for k, mode in enumerate(modes):        # modes 20 apart share a colour, never a marker too
         pts = [(r["au"], r["iw_nll"]) for r in results if r["mode"] == mode]
-        ax.scatter(*zip(*pts), marker="os^vD<>px*"[k % 10], label=mode)
+        ax.scatter(*zip(*pts), marker="os^vD<>px*"[(k + k // 20) % 10], color=plt.cm.tab20(k % 20), label=mode)
     ax.set(xlabel="AU", ylabel="NLL")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
