@@ -130,8 +130,9 @@ PRESETS = {"text": {
     # were still far from converged (ptb's language model 94.4 against the VAE's 97.0, both dropping
     # ~1 nat an epoch; 10 epochs = 1,360 steps); by epoch 30 the lr has decayed three times and both
     # corpora's VAEs have levelled off (validation -ELBO within 0.4 nat over the last 3 epochs).
-    # A basic run takes ~7 min, an SA-VAE run 79 min (ptb, 159 s an epoch). The first cpu preset (9,000 documents, 5,000 words, 40 tokens) cost
-    # 1000-1700 s per aggressive epoch, which priced the text grid out. KL warm-up of 3 epochs: the
+    # A basic run takes ~7 min, an SA-VAE run 79 min (ptb, 159 s an epoch). The first cpu preset
+    # (9,000 documents, 5,000 words, 40 tokens) cost 1000-1700 s per aggressive epoch, which priced
+    # the text grid out. KL warm-up of 3 epochs: the
     # official 10 epochs are a tenth of its 100-epoch budget (Table 9 scales the same way).
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, subset=4000,
                 max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3),
@@ -354,7 +355,7 @@ class GaussianHead(nn.Module):
     normalized with the fixed scale gamma and a learned shift, so every dimension's batch mean of mu^2
     is at least gamma^2 * var / (var + eps) and E[KL] >= nz * gamma^2 / 2 while the variance var of the
     unnormalized means is well above eps. It is not a guarantee: an encoder can still collapse by
-    shrinking var below eps (yahoo-small, seed 1: var 3e-10, KL 0.01; RESULTS.md). eps as BatchNorm's,
+    shrinking var below eps (yahoo-small, seeds 1 and 2: var 3e-10, KL 0.01; RESULTS.md). eps as BatchNorm's,
     as in Zhu et al.'s code."""
 
     def __init__(self, nh, nz, gamma=0.0, bias=False, eps=1e-5, momentum=0.1):
@@ -1591,12 +1592,12 @@ def check_record(record, where, required, optional=None):
 
 
 def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run; an unfinished run (a run directory's marks, e.g. its lock
-    or a pretraining encoder's folder, but no result.json) is left out with a note on stderr, so
-    tables and figures of a grid can be made while it runs."""
+    """The checked result.json of each run; an unfinished run (its lock, taken before any pretraining,
+    or a config.json, but no result.json) is left out with a note on stderr, so tables and figures
+    of a grid can be made while it runs."""
     results = []
     for d in map(Path, run_dirs):
-        if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json", "pretrain")):
+        if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json")):
             print(f"lagvae: {d}: unfinished (no result.json yet), left out", file=sys.stderr)
             continue
         try:
