@@ -688,7 +688,8 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     exact = torch.is_grad_enabled() and model.training
     # oneDNN's LSTM double backward is assembled from many small ops: without it a training step took
     # 23x a joint step instead of 27x (`bench`, synthetic preset, one thread; RESULTS.md).
-    with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact):
+    # allow_tf32=None leaves that flag alone: flags() otherwise sets it and torch warns on CPU builds.
+    with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact, allow_tf32=None):
         if not exact:
             mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
         v_mu = v_lv = 0.0
