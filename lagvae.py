@@ -676,32 +676,44 @@ def posterior_mean_grid(model, x, zmin=-20.0, zmax=20.0, stride=0.1, chunk=64):
     return torch.cat(out)
 
 
+SVI_MAX_NORM = 5.0      # SA-VAE's bound on each refinement gradient and on each gradient flowing back
+
+
+def clip_norm(g):
+    return g * (SVI_MAX_NORM / g.norm().clamp(min=SVI_MAX_NORM))
+
+
 def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     """SA-VAE (Kim et al. 2018): svi_steps of gradient descent with momentum 0.5 on the batch-mean
     -ELBO w.r.t. (mu, logvar), each gradient clipped to norm 5, starting from the encoder's output.
 
-    In training we backpropagate through the steps exactly (autograd with create_graph), so the
-    decoder gets its second-order terms and the encoder learns through the refinement; the original
-    uses finite-difference Hessian-vector products (r = 1e-5), which adds error and needs replayed
-    noise and dropout masks. Like the original, the objective is the batch mean, so each example's
+    In training we backpropagate through the steps with autograd (create_graph), so the decoder gets
+    its second-order terms and the encoder learns through the refinement; the original uses
+    finite-difference Hessian-vector products (r = 1e-5), which adds error and needs replayed noise
+    and dropout masks. Like the original, the gradient flowing back into each iterate (mu_k,
+    logvar_k) is clipped to norm 5: the unrolled steps' Jacobian can blow up where the decoder is
+    sharply curved, and unclipped the backward pass reached norms of 1e6-1e10 on yahoo-small, which
+    the joint clip turned into steps along the blow-up alone (RESULTS.md). Below the clip the
+    gradient is exact. Like the original, the objective is the batch mean, so each example's
     effective step is svi_lr / B. Outside training the steps are plain (no graph is kept)."""
     exact = torch.is_grad_enabled() and model.training
     # oneDNN's LSTM double backward is assembled from many small ops: without it a training step took
     # 23x a joint step instead of 27x (`bench`, synthetic preset, one thread; RESULTS.md).
     # allow_tf32=None leaves that flag alone: flags() otherwise sets it and torch warns on CPU builds.
     with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact, allow_tf32=None):
-        if not exact:
-            mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
         v_mu = v_lv = 0.0
         for _ in range(cfg.svi_steps):
+            if not exact:
+                mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
             loss = (-model.log_px_given_z(x, sample_z(mu, logvar, 1, gen)).squeeze(1)
                     + kl_weight * gaussian_kl(mu, logvar)).mean()
             g_mu, g_lv = torch.autograd.grad(loss, (mu, logvar), create_graph=exact)
-            g_mu, g_lv = (g * (5.0 / g.norm().clamp(min=5.0)) for g in (g_mu, g_lv))
-            v_mu, v_lv = 0.5 * v_mu - g_mu, 0.5 * v_lv - g_lv
+            if exact:       # after autograd.grad, whose pass would run the hooks too
+                mu.register_hook(clip_norm), logvar.register_hook(clip_norm)
+            v_mu, v_lv = 0.5 * v_mu - clip_norm(g_mu), 0.5 * v_lv - clip_norm(g_lv)
             mu, logvar = mu + cfg.svi_lr * v_mu, logvar + cfg.svi_lr * v_lv
-            if not exact:
-                mu, logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
+        if exact:
+            mu.register_hook(clip_norm), logvar.register_hook(clip_norm)
     return (mu, logvar) if exact else (mu.detach(), logvar.detach())
 
 
