@@ -130,10 +130,10 @@ PRESETS = {"text": {
     # were still far from converged (ptb's language model 94.4 against the VAE's 97.0, both dropping
     # ~1 nat an epoch; 10 epochs = 1,360 steps); by epoch 30 the lr has decayed three times and both
     # corpora's VAEs have levelled off (validation -ELBO within 0.4 nat over the last 3 epochs).
-    # A basic run takes ~7 min, an SA-VAE run 79 min (ptb, 159 s an epoch). The first cpu preset
-    # (9,000 documents, 5,000 words, 40 tokens) cost 1000-1700 s per aggressive epoch, which priced
-    # the text grid out. KL warm-up of 3 epochs: the
-    # official 10 epochs are a tenth of its 100-epoch budget (Table 9 scales the same way).
+    # A basic run takes ~7 min, an SA-VAE run 79 min on ptb (159 s an epoch) and ~2 h on yahoo-small
+    # (210-265 s). The first cpu preset (9,000 documents, 5,000 words, 40 tokens) cost 1000-1700 s
+    # per aggressive epoch, which priced the text grid out. KL warm-up of 3 epochs: the official 10
+    # epochs are a tenth of its 100-epoch budget (Table 9 scales the same way).
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, subset=4000,
                 max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3),
     # For tests: a few seconds per run.
@@ -692,7 +692,7 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     finite-difference Hessian-vector products (r = 1e-5), which adds error and needs replayed noise
     and dropout masks. Like the original, the gradient flowing back into each iterate (mu_k,
     logvar_k) is clipped to norm 5: the unrolled steps' Jacobian can blow up where the decoder is
-    sharply curved, and unclipped the backward pass reached norms of 1e6-1e10 on yahoo-small, which
+    sharply curved, and unclipped the backward pass reached norms of 1e4-1e11 on yahoo-small, which
     the joint clip turned into steps along the blow-up alone (RESULTS.md). Below the clip the
     gradient is exact. Like the original, the objective is the batch mean, so each example's
     effective step is svi_lr / B. Outside training the steps are plain (no graph is kept)."""
