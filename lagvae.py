@@ -968,7 +968,19 @@ def environment():
     except OSError:
         commit = ""
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "git_commit": commit or None}
+            "platform": platform.platform(), "processor": processor(), "git_commit": commit or None}
+
+
+def processor():
+    """The CPU's model name and whether it has AVX-512: the same seed takes another trajectory on
+    another processor (its float kernels differ), so a run records where it ran."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown")
+    return name + (" (AVX-512)" if " avx512f" in info else "")
 
 
 def load_data(cfg):

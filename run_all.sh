@@ -1,69 +1,105 @@
 #!/usr/bin/env bash
 # Regenerates every table and figure in RESULTS.md. Finished runs (with a result.json) are skipped and
 # unfinished ones continue from their last checkpoint (--resume), so an interrupted run_all.sh picks up
-# where it stopped and never restarts a run from scratch.
-#   JOBS=2 bash run_all.sh     # two runs at a time (one thread each)
-#   bash run_all.sh --list     # print the unfinished training jobs, one command per line, and stop
+# where it stopped and never restarts a run from scratch. Finished runs' small records (config.json,
+# result.json, log.jsonl, snapshots) are committed under runs/, so on a fresh clone it only redraws.
+#   JOBS=2 bash run_all.sh            # two runs at a time (one thread each)
+#   bash run_all.sh paired            # only the named sections (see SECTIONS), with their tables
+#   bash run_all.sh --list [SECTION]  # print the unfinished training jobs, one command per line, and stop
+#   RUNS=/scratch/rerun bash run_all.sh   # rerun everything into another directory (runs/ untouched)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
+PAIRED_SEEDS=${PAIRED_SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
 DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
-LIST=0; [ "${1:-}" = "--list" ] && LIST=1
-mkdir -p runs figures
+RUNS=${RUNS:-runs}
+SECTIONS="paired synthetic text modes omniglot trajectory"
+LIST=0; [ "${1:-}" = "--list" ] && { LIST=1; shift; }
+ONLY="$*"
+for s in $ONLY; do
+  [[ " $SECTIONS " == *" $s "* ]] || { echo "run_all.sh: unknown section '$s' (expected some of: $SECTIONS)" >&2; exit 2; }
+done
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+mkdir -p "$RUNS" figures
 
-# run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out runs/NAME --resume` unless it has
+# run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out $RUNS/NAME --resume` unless it has
 # finished. The command checks again when it starts, because a queue or a job list can outlive the
 # moment it was made (another machine or script may have finished the run meanwhile: `--resume` on a
-# finished run would evaluate it again). flush runs the queue, JOBS at a time, each appending to
-# runs/NAME.log. A run that fails (diverged, bad flag, killed) is named on stderr and the others go
-# on: one bad run must not stall a grid that takes days; the tables are made only once every run has
-# finished.
+# finished run would evaluate it again). section_done runs the queue, JOBS at a time, each appending
+# to $RUNS/NAME.log. A run that fails (diverged, bad flag, killed) is named on stderr and the others
+# go on: one bad run must not stall a grid that takes days; a section's tables are made only once
+# every run of it has finished.
 queue=()
 failed=0
 run() {
-  local out=runs/$1; shift
+  local out=$RUNS/$1; shift
   [ -f "$out/result.json" ] && return 0
   local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
   if [ $LIST = 1 ]; then echo "$cmd"; else
     queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")
   fi
 }
-flush() {
+section_done() {     # runs the queue; true when the section's tables can be made
+  local ok=1
   if [ ${#queue[@]} -gt 0 ]; then
-    printf '%s\0' "${queue[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}' || failed=1
+    printf '%s\0' "${queue[@]}" | xargs -0 -P "$JOBS" -I{} bash -c '{}' || { ok=0; failed=1; }
   fi
   queue=()
+  [ $LIST = 0 ] && [ $ok = 1 ]
 }
+FIGS=${FIGS:-$([ "$RUNS" = runs ] && echo figures || echo "$RUNS/figures")}
+mkdir -p "$FIGS"
+T=$RUNS     # shorthand for the table and figure commands
+
+# Issue 24: the likelihood claims decided by paired seeds. ptb at the cpu scale, seeds 0-9, the
+# paper's central rows; runs of one seed share the initialization and batch order, so B - A per seed
+# removes the seed's own luck. Seed by seed, Ours first, so that two lanes finish a seed together
+# (Ours ~49 min against the other four's ~47) and a grid cut short still has whole seeds to pair.
+if want paired; then
+  for seed in $PAIRED_SEEDS; do
+    for job in "aggressive:--aggressive" "aggressive-anneal:--aggressive --anneal" "lm:--lm" "basic:" \
+               "basic-anneal:--anneal"; do
+      run ptb-cpu-${job%%:*}-s$seed --data ptb --data-dir "$DATA" --preset cpu ${job#*:} --seed $seed
+    done
+  done
+  if section_done; then
+    for pair in "basic aggressive" "basic+anneal aggressive+anneal" "lm aggressive" "lm aggressive+anneal"; do
+      set -- $pair
+      $PY lagvae.py table --paired $1 $2 $T/ptb-cpu-{lm,basic,basic-anneal,aggressive,aggressive-anneal}-s*/
+    done | tee $T/table_paired_ptb.md
+  fi
+fi
 
 # Issues 2 and 10 / Figure 2: scalar latent on synthetic data, no annealing, 5 seeds: basic, aggressive
 # with the paper's rules and with the adaptive rules; posterior-mean snapshots after 0, 200 and 2000
-# generator updates and at the end. Then the same three on Penn Treebank (cpu preset, 3 seeds).
-# Cheap runs first, so that partial tables fill in early.
-for job in "basic:" "aggressive-adaptive:--aggressive --rule adaptive" "aggressive:--aggressive"; do
-  name=${job%%:*} flags=${job#*:}
-  for seed in $SEEDS; do
-    run synthetic-nz1-$name-s$seed --data synthetic --data-dir data --preset synthetic --nz 1 $flags \
-      --snapshot-iters 0,200,2000 --seed "$seed"
+# generator updates and at the end. Cheap runs first, so that partial tables fill in early.
+if want synthetic; then
+  for job in "basic:" "aggressive-adaptive:--aggressive --rule adaptive" "aggressive:--aggressive"; do
+    for seed in $SEEDS; do
+      run synthetic-nz1-${job%%:*}-s$seed --data synthetic --data-dir data --preset synthetic --nz 1 ${job#*:} \
+        --snapshot-iters 0,200,2000 --seed "$seed"
+    done
   done
-  for seed in 0 1 2; do
-    run ptb-cpu-$name-s$seed --data ptb --data-dir "$DATA" --preset cpu $flags --seed "$seed"
-  done
-done
-# The adaptive rule with 8 MI checks per epoch instead of 4, one seed (named outside the globs above).
-run checks8-synthetic-nz1-adaptive-s0 --data synthetic --data-dir data --preset synthetic --nz 1 --aggressive \
-  --rule adaptive --mi-checks 8 --seed 0
-flush
+  # The adaptive rule with 8 MI checks per epoch instead of 4, one seed (named outside the globs above).
+  run checks8-synthetic-nz1-adaptive-s0 --data synthetic --data-dir data --preset synthetic --nz 1 --aggressive \
+    --rule adaptive --mi-checks 8 --seed 0
+  if section_done; then
+    $PY lagvae.py table $T/synthetic-nz1-*/ | tee $T/table_synthetic_nz1.md
+    $PY lagvae.py figure posterior $T/synthetic-nz1-basic-s0 $T/synthetic-nz1-aggressive-s0 --out $FIGS/posterior_means.png
+    $PY lagvae.py figure dynamics $T/synthetic-nz1-basic-s0 $T/synthetic-nz1-aggressive-s0 --out $FIGS/dynamics_synthetic.png
+    $PY lagvae.py figure nll-au $T/synthetic-nz1-*/ --out $FIGS/nll_au_synthetic.png
+  fi
+fi
 
 # Issue 11 / Tables 1, 3 and 5 on the real text available offline (cpu preset, seeds 0-2): every
-# row of the paper's Table 1 and the later remedies, on ptb (its basic and aggressive rows are above)
-# and yahoo-small. The paper's own rows (LM, VAE, VAE + anneal, Ours, Ours + anneal) get all three
-# seeds before the remedies start, so that a grid cut short still has the central comparison.
-# SA-VAE costs 11x a basic run's gradient steps and time (ptb seed 0: an 80-min run), so its seed 0
-# runs after all of these and its seeds 1 and 2 after Tables 9 and 10.
-# Free bits 0.125 per dimension is 4 nats over nz 32 (the FB(4) row of later-remedies.md); cyclical
-# annealing with Fu et al.'s 4 cycles; BN-VAE with Zhu et al.'s gamma 0.6.
+# row of the paper's Table 1 and the later remedies, on ptb and yahoo-small. The paper's own rows (LM,
+# VAE, VAE + anneal, Ours, Ours + anneal) get all three seeds before the remedies start, so that a
+# grid cut short still has the central comparison. SA-VAE costs 11x a basic run's gradient steps and
+# time (ptb seed 0: an 80-min run), so its seed 0 runs after all of these and its seeds 1 and 2 after
+# Tables 9 and 10. Free bits 0.125 per dimension is 4 nats over nz 32 (the FB(4) row of
+# later-remedies.md); cyclical annealing with Fu et al.'s 4 cycles; BN-VAE with Zhu et al.'s gamma 0.6.
 text_rows() {    # text_rows SEED "NAME:FLAGS"...: each row on both corpora
   local seed=$1 corpus job; shift
   for corpus in ptb yahoo-small; do
@@ -72,101 +108,105 @@ text_rows() {    # text_rows SEED "NAME:FLAGS"...: each row on both corpora
     done
   done
 }
-for seed in 0 1 2; do
-  run yahoo-small-cpu-basic-s$seed --data yahoo-small --data-dir "$DATA" --preset cpu --seed $seed
-  run yahoo-small-cpu-aggressive-s$seed --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --seed $seed
-  text_rows $seed "lm:--lm" "basic-anneal:--anneal" "aggressive-anneal:--aggressive --anneal"
-done
-for seed in 0 1 2; do
-  text_rows $seed "beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8" \
-    "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder"
-done
-# The adaptive rule on yahoo-small, one seed (ptb has three above).
-run yahoo-small-cpu-aggressive-adaptive-s0 --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed 0
-# SA-VAE (Table 1's SA-VAE rows), seed 0, before Tables 9 and 10.
-for corpus in ptb yahoo-small; do
-  run $corpus-cpu-savae-s0 --data $corpus --data-dir "$DATA" --preset cpu --savae --seed 0
-  run $corpus-cpu-savae-anneal-s0 --data $corpus --data-dir "$DATA" --preset cpu --savae --anneal --seed 0
-done
-# Tables 4, 9 and 10 on ptb, seed 0 (the paper ran them on Yelp, and Table 9 on all three; ptb is the
-# cheaper corpus). Table 4: fixed inner budgets; the convergence rule is ptb-cpu-aggressive-s0.
-# Table 9: the paper's 30k-120k warm-up iterations are 10-38% of its 100-epoch Yahoo budget (3,125
-# batches an epoch); the same fractions of our 30 epochs of 136 ptb batches are 390-1570 iterations.
-# Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-basic-s0).
-for n in 390 650 1300 1570; do
-  run ptb-cpu-anneal$n-s0 --data ptb --data-dir "$DATA" --preset cpu --anneal --warm-up-iters $n --seed 0
-done
-for m in 2 4 6; do
-  run ptb-cpu-enclr$m-s0 --data ptb --data-dir "$DATA" --preset cpu --encoder-lr-mult $m --seed 0
-done
-for seed in 1 2; do
-  text_rows $seed "savae:--savae" "savae-anneal:--savae --anneal"
-done
-# Table 4 on the CPU last: its result is already had from the same preset on a GPU (RESULTS.md), and
-# the issue asks Table 1's rows, SA-VAE's included, for three seeds first.
-for n in 10 30 50 70; do
-  run ptb-cpu-inner$n-s0 --data ptb --data-dir "$DATA" --preset cpu --aggressive --inner-steps $n --seed 0
-done
-flush
+if want text; then
+  for seed in 0 1 2; do
+    text_rows $seed "basic:" "aggressive:--aggressive" "lm:--lm" "basic-anneal:--anneal" \
+      "aggressive-anneal:--aggressive --anneal"
+    run ptb-cpu-aggressive-adaptive-s$seed --data ptb --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed $seed
+  done
+  for seed in 0 1 2; do
+    text_rows $seed "beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8" \
+      "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder"
+  done
+  # The adaptive rule on yahoo-small, one seed (ptb has three above).
+  run yahoo-small-cpu-aggressive-adaptive-s0 --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed 0
+  # SA-VAE (Table 1's SA-VAE rows), seed 0, before Tables 9 and 10.
+  text_rows 0 "savae:--savae" "savae-anneal:--savae --anneal"
+  # Tables 4, 9 and 10 on ptb, seed 0 (the paper ran them on Yelp, and Table 9 on all three; ptb is the
+  # cheaper corpus). Table 4: fixed inner budgets; the convergence rule is ptb-cpu-aggressive-s0.
+  # Table 9: the paper's 30k-120k warm-up iterations are 10-38% of its 100-epoch Yahoo budget (3,125
+  # batches an epoch); the same fractions of our 30 epochs of 136 ptb batches are 390-1570 iterations.
+  # Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-basic-s0).
+  for n in 390 650 1300 1570; do
+    run ptb-cpu-anneal$n-s0 --data ptb --data-dir "$DATA" --preset cpu --anneal --warm-up-iters $n --seed 0
+  done
+  for m in 2 4 6; do
+    run ptb-cpu-enclr$m-s0 --data ptb --data-dir "$DATA" --preset cpu --encoder-lr-mult $m --seed 0
+  done
+  for seed in 1 2; do
+    text_rows $seed "savae:--savae" "savae-anneal:--savae --anneal"
+  done
+  # Table 4 on the CPU last: its result is already had from the same preset on a GPU (RESULTS.md), and
+  # the issue asks Table 1's rows, SA-VAE's included, for three seeds first.
+  for n in 10 30 50 70; do
+    run ptb-cpu-inner$n-s0 --data ptb --data-dir "$DATA" --preset cpu --aggressive --inner-steps $n --seed 0
+  done
+  if section_done; then
+    T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive
+        aggressive-anneal fb0.125 cyclical4 bn0.6 pretrain"
+    $PY lagvae.py table $(for c in ptb yahoo-small; do for r in $T1; do ls -d $T/$c-cpu-$r-s[012]/ 2>/dev/null; done; done) \
+      | tee $T/table_text.md
+    $PY lagvae.py table --by-run --paper-data yelp $T/ptb-cpu-inner*-s0/ $T/ptb-cpu-aggressive-s0 \
+      $T/ptb-cpu-basic-s0 | tee $T/table_text_inner.md
+    $PY lagvae.py table --by-run --paper-data yahoo $T/ptb-cpu-anneal*-s0/ $T/ptb-cpu-basic-anneal-s0 | tee $T/table_text_warmup.md
+    $PY lagvae.py table --by-run --paper-data yelp $T/ptb-cpu-enclr*-s0/ $T/ptb-cpu-basic-s0 | tee $T/table_text_enclr.md
+    $PY lagvae.py figure nll-au $T/ptb-cpu-*-s[012]/ --out $FIGS/nll_au_ptb.png
+    $PY lagvae.py figure nll-au $T/yahoo-small-cpu-*-s[012]/ --out $FIGS/nll_au_yahoo.png
+    $PY lagvae.py figure dynamics $T/ptb-cpu-basic-anneal-s0 $T/ptb-cpu-aggressive-s0 $T/ptb-cpu-beta0.2-s0 \
+      --out $FIGS/dynamics_ptb.png
+  fi
+fi
 
 # Issue 4: every training mode, one seed, synthetic data (nz 2), 2,000 training sentences, 6 epochs,
 # IW-NLL with 100 samples on the first 500 test sentences.
-for flags in "" "--aggressive" "--anneal" "--aggressive --anneal" "--beta 0.4" "--savae" "--savae --anneal" \
-             "--lm" "--encoder-lr-mult 2" "--free-bits 0.25" "--cyclical 2" "--bn-gamma 0.6" "--pretrain-encoder"; do
-  name=modes$(echo "$flags" | tr -d ' ' | sed 's/--/-/g')
-  run "$name" --data synthetic --data-dir data --preset synthetic --subset 2000 --epochs 6 \
-    --iw-samples 100 --max-test 500 --seed 0 $flags
-done
-flush
+if want modes; then
+  for flags in "" "--aggressive" "--anneal" "--aggressive --anneal" "--beta 0.4" "--savae" "--savae --anneal" \
+               "--lm" "--encoder-lr-mult 2" "--free-bits 0.25" "--cyclical 2" "--bn-gamma 0.6" "--pretrain-encoder"; do
+    name=modes$(echo "$flags" | tr -d ' ' | sed 's/--/-/g')
+    run "$name" --data synthetic --data-dir data --preset synthetic --subset 2000 --epochs 6 \
+      --iw-samples 100 --max-test 500 --seed 0 $flags
+  done
+  if section_done; then
+    $PY lagvae.py table $T/modes*/ | tee $T/table_modes.md
+    $PY lagvae.py figure dynamics $T/modes $T/modes-aggressive $T/modes-beta0.4 --out $FIGS/dynamics_modes.png
+    $PY lagvae.py figure nll-au $T/modes*/ --out $FIGS/nll_au_modes.png
+  fi
+fi
 
 # Issue 5: Omniglot, cpu preset, basic vs aggressive (2 seeds), the PixelCNN without z (exact NLL),
 # and seed 0 of both trained for 30 epochs instead of 12.
-for seed in 0 1; do
-  run omniglot-cpu-basic-s$seed --data omniglot --data-dir "$DATA" --preset cpu --seed "$seed"
-  run omniglot-cpu-aggressive-s$seed --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed "$seed"
-done
-run omniglot-cpu-lm-s0 --data omniglot --data-dir "$DATA" --preset cpu --lm --seed 0
-run omniglot-cpu30-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --seed 0
-run omniglot-cpu30-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --aggressive --seed 0
-flush
+if want omniglot; then
+  for seed in 0 1; do
+    run omniglot-cpu-basic-s$seed --data omniglot --data-dir "$DATA" --preset cpu --seed "$seed"
+    run omniglot-cpu-aggressive-s$seed --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed "$seed"
+  done
+  run omniglot-cpu-lm-s0 --data omniglot --data-dir "$DATA" --preset cpu --lm --seed 0
+  run omniglot-cpu30-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --seed 0
+  run omniglot-cpu30-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --aggressive --seed 0
+  if section_done; then
+    $PY lagvae.py table $T/omniglot-cpu-*/ | tee $T/table_omniglot.md
+    $PY lagvae.py table --by-run $T/omniglot-cpu-*/ | tee $T/table_omniglot_by_run.md
+    $PY lagvae.py table $T/omniglot-cpu30-*/ | tee $T/table_omniglot_30.md
+    $PY lagvae.py figure dynamics $T/omniglot-cpu-basic-s0 $T/omniglot-cpu-aggressive-s0 --out $FIGS/dynamics_omniglot.png
+    for mode in basic aggressive; do     # needs the checkpoints: only where the runs were trained
+      [ -f $T/omniglot-cpu-$mode-s0/model.pt ] && $PY lagvae.py samples --ckpt $T/omniglot-cpu-$mode-s0/model.pt \
+        --data-dir "$DATA" --out $FIGS/omniglot_samples_$mode.png
+    done
+  fi
+fi
 
 # Figure 3: one example's path through the first 30 generator updates (basic and aggressive).
-run trajectory-basic --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
-  --iw-samples 0 --trajectory-iters 30 --seed 0
-run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
-  --iw-samples 0 --trajectory-iters 30 --seed 0 --aggressive
-flush
+if want trajectory; then
+  run trajectory-basic --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
+    --iw-samples 0 --trajectory-iters 30 --seed 0
+  run trajectory-aggressive --data synthetic --data-dir data --preset synthetic --nz 1 --subset 500 --epochs 1 \
+    --iw-samples 0 --trajectory-iters 30 --seed 0 --aggressive
+  if section_done; then
+    $PY lagvae.py figure trajectory $T/trajectory-basic $T/trajectory-aggressive --out $FIGS/trajectory.png
+  fi
+fi
 
-[ $LIST = 1 ] && exit 0
 if [ $failed = 1 ]; then
   echo "run_all.sh: the runs named above failed; fix them and rerun (finished runs are skipped)" >&2
   exit 1
 fi
-
-$PY lagvae.py table runs/synthetic-nz1-*/ | tee runs/table_synthetic_nz1.md
-T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive
-    aggressive-anneal fb0.125 cyclical4 bn0.6 pretrain"
-$PY lagvae.py table $(for c in ptb yahoo-small; do for r in $T1; do ls -d runs/$c-cpu-$r-s*/ 2>/dev/null; done; done) \
-  | tee runs/table_text.md
-$PY lagvae.py table --by-run --paper-data yelp runs/ptb-cpu-inner*-s0/ runs/ptb-cpu-aggressive-s0 \
-  runs/ptb-cpu-basic-s0 | tee runs/table_text_inner.md
-$PY lagvae.py table --by-run --paper-data yahoo runs/ptb-cpu-anneal*-s0/ runs/ptb-cpu-basic-anneal-s0 | tee runs/table_text_warmup.md
-$PY lagvae.py table --by-run --paper-data yelp runs/ptb-cpu-enclr*-s0/ runs/ptb-cpu-basic-s0 | tee runs/table_text_enclr.md
-$PY lagvae.py table runs/omniglot-cpu-*/ | tee runs/table_omniglot.md
-$PY lagvae.py table --by-run runs/omniglot-cpu-*/ | tee runs/table_omniglot_by_run.md
-$PY lagvae.py table runs/omniglot-cpu30-*/ | tee runs/table_omniglot_30.md
-$PY lagvae.py table runs/modes*/ | tee runs/table_modes.md
-$PY lagvae.py figure posterior runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/posterior_means.png
-$PY lagvae.py figure dynamics runs/synthetic-nz1-basic-s0 runs/synthetic-nz1-aggressive-s0 --out figures/dynamics_synthetic.png
-$PY lagvae.py figure nll-au runs/synthetic-nz1-*/ --out figures/nll_au_synthetic.png
-$PY lagvae.py figure dynamics runs/modes runs/modes-aggressive runs/modes-beta0.4 --out figures/dynamics_modes.png
-$PY lagvae.py figure nll-au runs/modes*/ --out figures/nll_au_modes.png
-$PY lagvae.py figure trajectory runs/trajectory-basic runs/trajectory-aggressive --out figures/trajectory.png
-$PY lagvae.py figure nll-au runs/ptb-cpu-*-s[012]/ --out figures/nll_au_ptb.png
-$PY lagvae.py figure nll-au runs/yahoo-small-cpu-*-s[012]/ --out figures/nll_au_yahoo.png
-$PY lagvae.py figure dynamics runs/ptb-cpu-basic-anneal-s0 runs/ptb-cpu-aggressive-s0 runs/ptb-cpu-beta0.2-s0 \
-  --out figures/dynamics_ptb.png
-$PY lagvae.py figure dynamics runs/omniglot-cpu-basic-s0 runs/omniglot-cpu-aggressive-s0 --out figures/dynamics_omniglot.png
-for mode in basic aggressive; do
-  $PY lagvae.py samples --ckpt runs/omniglot-cpu-$mode-s0/model.pt --data-dir "$DATA" --out figures/omniglot_samples_$mode.png
-done
