@@ -1671,6 +1671,83 @@ def summarize(results, by_run=False, paper_data=None):
     return rows
 
 
+PAIRED_COLUMNS = {"iw_nll": "nll", "kl": "kl", "mi": "mi", "au": "au"}     # ours -> the paper's column
+
+
+def paired(results, a, b, paper_data=None, level=0.95):
+    """Mode B against mode A, seed by seed: runs of one seed share the initialization and the batch
+    order, so B - A removes most of the seed's own luck. Per dataset and metric: the differences,
+    their mean and sd, a t-interval, how many seeds have B below and above A, and the paper's B - A
+    on `paper_data` (default: the dataset's stand-in). A seed with only one of the two runs is left
+    out with a note on stderr."""
+    from scipy import stats
+    runs = {}
+    for r in results:
+        key = (r["data"], r["mode"], r["seed"])
+        if key in runs:
+            raise UsageError(f"--paired: two runs of {key[0]} {key[1]} seed {key[2]} "
+                             f"({runs[key]['run']} and {r['run']}); give one per seed")
+        runs[key] = r
+    modes = sorted({m for _, m, _ in runs})
+    for m in (a, b):
+        if m not in modes:
+            raise UsageError(f"--paired: no run of mode {m!r} among the run directories (found: {', '.join(modes)})")
+    paper, rows = paper_results(), []
+    for data in sorted({d for d, _, _ in runs}):
+        seeds = {m: {s for d, mm, s in runs if d == data and mm == m} for m in (a, b)}
+        for s in sorted(seeds[a] ^ seeds[b]):
+            print(f"lagvae: {data} seed {s}: only {a if s in seeds[a] else b} has finished, left out of the pairs",
+                  file=sys.stderr)
+        both = sorted(seeds[a] & seeds[b])
+        if not both:
+            continue
+        ref = paper_data or PAPER_DATA.get(data, data)
+        pa, pb = paper.get((ref, a), {}), paper.get((ref, b), {})
+        for c, pc in PAIRED_COLUMNS.items():
+            d = np.array([runs[data, b, s].get(c, np.nan) - runs[data, a, s].get(c, np.nan) for s in both], dtype=float)
+            if np.isnan(d).any():
+                continue        # e.g. a run evaluated without IW-NLL
+            n, mean = len(d), float(d.mean())
+            sd = float(d.std(ddof=1)) if n > 1 else math.nan
+            half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
+            rows.append({"data": data, "a": a, "b": b, "metric": c, "seeds": both, "n": n,
+                         "diffs": [float(x) for x in d], "mean": mean, "sd": sd, "ci_low": mean - half,
+                         "ci_high": mean + half, "level": level, "b_lower": int((d < 0).sum()),
+                         "b_higher": int((d > 0).sum()), "paper_data": ref,
+                         "paper": float(pb[pc]) - float(pa[pc]) if pa.get(pc) and pb.get(pc) else None})
+    for row in rows:
+        row["verdict"] = paired_verdict(row)
+    return rows
+
+
+def paired_verdict(row):
+    """What the interval says: B lower, B higher or undecided, and whether the paper's B - A lies in it."""
+    lo, hi, p = row["ci_low"], row["ci_high"], row["paper"]
+    if math.isnan(lo):
+        return "one seed: no interval"
+    side = "B lower" if hi < 0 else "B higher" if lo > 0 else "undecided"
+    return side + ("" if p is None else "; paper's inside" if lo <= p <= hi else "; paper's excluded")
+
+
+def format_paired(rows, fmt="md"):
+    f = lambda v: "" if v is None or isinstance(v, float) and math.isnan(v) else f"{v:.2f}"
+    if fmt == "csv":
+        head = ["data", "a", "b", "metric", "n", "seeds", "diffs", "mean", "sd", "ci_low", "ci_high", "level",
+                "b_lower", "b_higher", "paper_data", "paper", "verdict"]
+        cell = lambda r, c: (" ".join(f"{x:g}" for x in r[c]) if c in ("seeds", "diffs") else
+                             f"{r[c]:.4f}" if isinstance(r[c], float) else "" if r[c] is None else str(r[c]))
+        return "\n".join([",".join(head)] + [",".join(cell(r, c) for c in head) for r in rows])
+    lines = ["| data | B − A | metric | seeds | per seed | mean | sd | 95 % CI | B < A | B > A | paper B − A | verdict |",
+             "|" + "---|" * 12]
+    for r in rows:
+        ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["n"] > 1 else ""
+        paper = f"{f(r['paper'])} ({r['paper_data']})" if r["paper"] is not None else ""
+        lines.append(f"| {r['data']} | {r['b']} − {r['a']} | {r['metric']} | {r['n']} | "
+                     f"{' '.join(f'{x:+.2f}' for x in r['diffs'])} | {r['mean']:+.2f} | {f(r['sd'])} | {ci} | "
+                     f"{r['b_lower']} | {r['b_higher']} | {paper} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
 def format_cell(row, c, fmt="md"):
     v = row[c]
     if v is None or isinstance(v, float) and np.isnan(v):          # no paper number, no aggressive epoch
@@ -2171,6 +2248,9 @@ def main(argv=None):
     tb.add_argument("--by-run", action="store_true", help="one row per run instead of mean (std) over seeds")
     tb.add_argument("--paper-data", choices=sorted({d for d, _ in paper_results()}), default=None,
                     help="set every row beside the paper's numbers for this dataset (e.g. yelp for Tables 4 and 10)")
+    tb.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
+                    help="per-seed differences B - A of two modes (e.g. basic aggressive): mean, sd, 95%% t-interval, "
+                         "sign counts and the paper's B - A")
     args = vars(ap.parse_args(argv))
     try:
         cmd = args.pop("cmd")
@@ -2194,6 +2274,10 @@ def main(argv=None):
             output_file(args["out"], FigureCanvasBase.get_supported_filetypes())
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])
+        elif args["paired"]:
+            if args["by_run"]:
+                raise UsageError("--paired: pairs runs by seed already; drop --by-run")
+            print(format_paired(paired(load_results(args["run_dirs"]), *args["paired"], args["paper_data"]), args["format"]))
         else:
             print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"], args["paper_data"]), args["format"]))
     except (UsageError, datalib.DataError, OSError) as e:

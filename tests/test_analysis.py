@@ -248,3 +248,67 @@ def test_figures_refuse_bad_run_files(tmp_path, capsys, kind, file, content, nee
     assert lagvae.main(["figure", kind, *runs, "--out", str(tmp_path / "f.png")]) == 2
     assert needle in one_error_line(capsys)
     assert not (tmp_path / "f.png").exists()
+
+
+def paired_grid(root, diffs, data="ptb", a="basic", b="aggressive", base=90.0):
+    """Runs of modes a and b for seeds 0..n-1 whose IW-NLL differs by diffs[s] (b - a) and KL by 1."""
+    dirs = []
+    for s, d in enumerate(diffs):
+        dirs.append(fake_run(root, f"{a}-s{s}", data=data, mode=a, seed=s, iw_nll=base + s, kl=0.0, au=0))
+        dirs.append(fake_run(root, f"{b}-s{s}", data=data, mode=b, seed=s, iw_nll=base + s + d, kl=1.0, au=3))
+    return dirs
+
+
+def test_paired_differences_mean_sd_t_interval_and_signs(tmp_path):
+    from scipy import stats
+    diffs = [-0.5, 0.25, -0.25, -1.0, 0.0]
+    rows = {r["metric"]: r for r in lagvae.paired(lagvae.load_results(paired_grid(tmp_path, diffs)),
+                                                   "basic", "aggressive")}
+    nll = rows["iw_nll"]
+    assert nll["seeds"] == [0, 1, 2, 3, 4] and nll["diffs"] == pytest.approx(diffs)
+    assert nll["mean"] == pytest.approx(-0.3) and nll["sd"] == pytest.approx(np.std(diffs, ddof=1))
+    half = stats.t.ppf(0.975, 4) * np.std(diffs, ddof=1) / 5 ** 0.5       # 2.776 sd / sqrt(n)
+    assert (nll["ci_low"], nll["ci_high"]) == pytest.approx((-0.3 - half, -0.3 + half))
+    assert (nll["b_lower"], nll["b_higher"]) == (3, 1)                    # the tie counts for neither
+    assert nll["verdict"] == "undecided" and nll["paper"] is None         # ptb: no paper row
+    kl = rows["kl"]
+    assert kl["mean"] == 1.0 and kl["sd"] == 0.0 and kl["verdict"] == "B higher"
+    assert rows["au"]["mean"] == 3.0
+
+
+def test_paired_sets_the_papers_difference_beside_and_says_whether_the_interval_excludes_it(tmp_path):
+    dirs = paired_grid(tmp_path, [-0.1, -0.2, -0.15, -0.12], data="yahoo-small")
+    rows = {r["metric"]: r for r in lagvae.paired(lagvae.load_results(dirs), "basic", "aggressive")}
+    nll = rows["iw_nll"]
+    assert nll["paper_data"] == "yahoo" and nll["paper"] == pytest.approx(328.2 - 329.0)    # Table 1: Ours - VAE
+    assert nll["ci_high"] < 0 and nll["verdict"] == "B lower; paper's excluded"
+    assert rows["kl"]["paper"] == pytest.approx(5.6)
+    yelp = {r["metric"]: r for r in lagvae.paired(lagvae.load_results(dirs), "basic", "aggressive", "yelp")}
+    assert yelp["iw_nll"]["paper"] == pytest.approx(356.9 - 358.3)
+
+
+def test_paired_leaves_out_an_unpaired_seed_and_refuses_a_duplicate_or_a_missing_mode(tmp_path, capsys):
+    dirs = paired_grid(tmp_path, [1.0, 2.0, 3.0])
+    dirs.append(fake_run(tmp_path, "basic-s7", data="ptb", mode="basic", seed=7))
+    rows = lagvae.paired(lagvae.load_results(dirs), "basic", "aggressive")
+    assert rows[0]["seeds"] == [0, 1, 2] and rows[0]["mean"] == pytest.approx(2.0)
+    assert "ptb seed 7: only basic has finished" in capsys.readouterr().err
+    dup = fake_run(tmp_path, "again", data="ptb", mode="basic", seed=0)
+    with pytest.raises(lagvae.UsageError, match="two runs of ptb basic seed 0"):
+        lagvae.paired(lagvae.load_results(dirs + [dup]), "basic", "aggressive")
+    with pytest.raises(lagvae.UsageError, match="no run of mode 'lm'"):
+        lagvae.paired(lagvae.load_results(dirs), "lm", "aggressive")
+
+
+def test_table_paired_cli_markdown_and_csv(tmp_path, capsys):
+    dirs = [str(d) for d in paired_grid(tmp_path, [-0.5, -0.3, -0.4], data="yahoo-small")]
+    assert lagvae.main(["table", "--paired", "basic", "aggressive", *dirs]) == 0
+    md = capsys.readouterr().out
+    assert "| yahoo-small | aggressive − basic | iw_nll | 3 | -0.50 -0.30 -0.40 | -0.40 | 0.10 |" in md
+    assert "-0.80 (yahoo) | B lower; paper's excluded |" in md
+    assert lagvae.main(["table", "--paired", "basic", "aggressive", "--format", "csv", *dirs]) == 0
+    csv = capsys.readouterr().out.splitlines()
+    assert csv[0].startswith("data,a,b,metric,n,seeds,diffs,mean,sd,ci_low,ci_high")
+    assert csv[1].startswith("yahoo-small,basic,aggressive,iw_nll,3,0 1 2,-0.5 -0.3 -0.4,-0.4000,0.1000,")
+    assert lagvae.main(["table", "--paired", "basic", "aggressive", "--by-run", *dirs]) == 2
+    assert "drop --by-run" in capsys.readouterr().err
