@@ -23,9 +23,11 @@ import random
 import reprlib
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import threading
 import tokenize
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
@@ -40,82 +42,118 @@ from tqdm import tqdm
 import data as datalib
 
 # ------------------------------------------------------------------------------------------------
-# 1. Config & presets. Every field is a command-line flag (`--field-name`) whose help is the field's
-# trailing comment; a preset overrides the defaults and explicit flags override the preset. The
-# resolved config is saved with every run.
+# 1. Config & presets. Every field is a command-line flag (`--field-name`) declared once, with its
+# help, its admissible range and whether --resume may change it; a preset overrides the defaults and
+# explicit flags override the preset. The resolved config is saved with every run.
+
+# Past these, numpy and torch overflow instead of computing (a cyclical period of 0 iterations, an
+# optimizer step that does not fit float32, the dtype of every model).
+INT_MAX = 2 ** 63 - 1
+FLOAT_MAX = float(torch.finfo(torch.float32).max)
+WIDTH = (1, 2 ** 14, "[]")   # layer sizes: 16x the paper's 1024 units; a 2^14-unit LSTM is already 8.6 GB
+COUNT = (1, math.inf, "[)")
+NONNEG_INT = (0, math.inf, "[)")
+POSITIVE = (0, math.inf, "()")
+NONNEG = (0, math.inf, "[)")
+PROBABILITY = (0, 1, "[)")
+LR = (0, 1e6, "(]")          # lr 16 already diverges the text model; 1e6 x 1e6 still fits Adam's first step
+
+
+def arg(default, help, rule=None, resume=False):
+    """A Config field: its default, its --help text, for a number its admissible interval (lo, hi,
+    brackets; sign and range are checked there only, so a flag that parses is one the code can use as
+    meant), and whether --resume may change it (True, or a function of the saved config that says)."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "resume": resume})
+
+
+def epochs_unless_cyclical(saved):
+    """The cyclical schedule's period is epochs x batches / cycles: another --epochs would reshape the
+    KL schedule of a --cyclical run halfway."""
+    return not saved.get("cyclical")
+
 
 @dataclass
 class Config:
-    data: str = "synthetic"        # dataset name (see data.py)
-    preset: str = ""               # synthetic | paper | cpu | tiny; default synthetic or cpu
-    data_dir: str = ""             # data root; default $LAGVAE_DATA or ./data
-    subset: int = 0                # keep the first N examples of each split (0 = all)
-    max_test: int = 0              # evaluate on the first N test examples (0 = all)
-    max_vocab: int = 0             # text: keep the N most frequent training words (0 = all)
-    max_len: int = 0               # text: cut documents to their first N tokens (0 = no cut)
-    out: str = ""                  # run directory; default runs/<data>-<mode>-s<seed>
-    seed: int = 0                  # seed of initialization, batch order and noise
-    device: str = "auto"           # auto | cpu | cuda
-    quiet: bool = False            # print nothing but errors
-    progress_every: float = 30.0   # seconds between progress lines when stdout is not a terminal (0 = none)
-    resume: bool = False           # continue the run in <out> from its last.pt (same config; see README)
-    overwrite: bool = False        # replace the run in <out>, removing all its files first
-    checkpoint_minutes: float = 5.0  # also write last.pt within an epoch this often (0 = at epoch ends)
-    threads: int = 0               # CPU threads (0 = torch's default)
-    # model (App. B)
-    nz: int = 32                   # latent dimensions
-    ni: int = 512                  # word embedding size
-    enc_nh: int = 1024             # encoder LSTM units / ResNet channels
-    dec_nh: int = 1024             # decoder LSTM units / PixelCNN feature maps
-    dec_kernels: str = "7,7,7,7,7,5,5,5,5,3,3,3,3"   # PixelCNN layers (App. B.3)
-    dropout_in: float = 0.5        # text decoder: dropout on its input embeddings
-    dropout_out: float = 0.5       # text decoder: dropout on its LSTM outputs
-    shifted_init: bool = False     # App. G: U(0.04, 0.06) weights, U(0, 0.2) embeddings (text)
-    # optimisation (App. B)
-    batch_size: int = 32           # examples per minibatch
-    optim: str = "sgd"             # sgd (text, App. B.2) | adam (images, App. B.3)
-    lr: float = 1.0                # learning rate (encoder and decoder)
-    clip_grad: float = 5.0         # clip the joint gradient norm of encoder and decoder to this
-    epochs: int = 100              # most epochs to train
-    decay_patience: int = 2        # epochs without a better validation -ELBO before lr decays
-    lr_decay: float = 0.5          # lr factor at each decay (training restarts from the best model)
-    max_decay: int = 5             # stop after this many decays
-    # aggressive inference-network training (Algorithm 1, Sec. 4.2)
-    aggressive: bool = False       # Algorithm 1: encoder-only inner loop before each decoder update
-    rule: str = "paper"            # when inner loop and aggressive phase end: paper | adaptive (RULES)
-    inner_window: int = 15         # inner loop stops when the mean loss of a window stops falling
-    inner_z: float = 0.0           # ... or falls by less than inner_z standard errors (0 = the paper's test)
-    max_inner_steps: int = 100     # most inner steps per decoder update
-    inner_steps: int = 0           # fixed inner budget instead of the convergence test (Table 4)
-    mi_checks: int = 1             # validation-MI checks per epoch while aggressive (the paper: 1)
-    mi_patience: int = 2           # checks without a new best validation MI before aggressive ends
-    mi_tol: float = 0.0            # a new best must beat the old by more than this many nats
-    mi_floor: float = 0.0          # checks within an epoch count against patience only once MI passed this
-    # KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10
-    anneal: bool = False           # KL weight rises linearly from kl_start to 1 over the warm-up
-    kl_start: float = 0.1          # KL weight at the start of the warm-up
-    warm_up: int = 10              # KL warm-up length in epochs
-    warm_up_iters: int = 0         # KL warm-up length in iterations instead of epochs (Table 9)
-    beta: float = 1.0              # constant KL weight (beta-VAE); evaluation always uses 1
-    savae: bool = False            # semi-amortized VAE (Kim et al. 2018)
-    svi_steps: int = 10            # SA-VAE: gradient steps refining each posterior
-    svi_lr: float = 1.0            # SA-VAE: step size of the refinement
-    lm: bool = False               # no latent: the decoder alone, exact NLL
-    encoder_lr_mult: float = 1.0   # encoder lr = lr * this (Table 10)
-    # later remedies
-    free_bits: float = 0.0         # KL term max(lambda, KL_d) per dimension (Kingma et al. 2016)
-    cyclical: int = 0              # M cycles of KL annealing, half of each a ramp (Fu et al. 2019)
-    bn_gamma: float = 0.0          # BN-VAE: batch-normalized means, fixed scale gamma (Zhu et al. 2020)
-    pretrain_encoder: bool = False  # autoencoder first, then a fresh decoder (Li et al. 2019)
-    # evaluation
-    iw_samples: int = 500          # importance samples for the test NLL (Burda et al.)
-    iw_chunk: int = 100            # samples per decoder pass, for bounded memory
-    mi_samples: int = 1            # z draws per test example for mi, mi_full (validation: always 1)
-    # posterior-mean snapshots for Figure 2 (scalar z only)
-    snapshot_iters: str = ""       # generator updates after which to record, e.g. "0,200,2000"
-    grid_stride: float = 0.1       # stride of the z grid on [-20, 20] for the true posterior mean
-    trajectory_iters: int = 0      # Figure 3: follow one example through the first N generator updates
-
+    data: str = arg("synthetic", "dataset name (see data.py)")
+    preset: str = arg("", "synthetic | paper | cpu | tiny; default synthetic or cpu")
+    data_dir: str = arg("", "data root; default $LAGVAE_DATA or ./data", resume=True)
+    subset: int = arg(0, "keep the first N examples of each split (0 = all)", NONNEG_INT)
+    max_test: int = arg(0, "evaluate on the first N test examples (0 = all)", NONNEG_INT, resume=True)
+    # a vocabulary that keeps no word is refused by data.py
+    max_vocab: int = arg(0, "text: keep the N most frequent training words (0 = all)", NONNEG_INT)
+    max_len: int = arg(0, "text: cut documents to their first N tokens (0 = no cut)", NONNEG_INT)
+    out: str = arg("", "run directory; default runs/<data>-<mode>-s<seed>", resume=True)
+    # numpy's seeding range
+    seed: int = arg(0, "seed of initialization, batch order and noise", (0, 2 ** 32 - 1, "[]"))
+    device: str = arg("auto", "auto | cpu | cuda", resume=True)
+    quiet: bool = arg(False, "print nothing but errors", resume=True)
+    progress_every: float = arg(30.0, "seconds between progress lines when stdout is not a terminal (0 = none)",
+                                NONNEG, resume=True)
+    resume: bool = arg(False, "continue the run in <out> from its last.pt (same config; see README)", resume=True)
+    overwrite: bool = arg(False, "replace the run in <out>, removing all its files first", resume=True)
+    checkpoint_minutes: float = arg(5.0, "also write last.pt within an epoch this often (0 = at epoch ends)",
+                                    NONNEG, resume=True)
+    threads: int = arg(0, "CPU threads (0 = torch's default)", (0, 1024, "[]"), resume=True)
+    # -- model (App. B)
+    nz: int = arg(32, "latent dimensions", WIDTH)
+    ni: int = arg(512, "word embedding size", WIDTH)
+    enc_nh: int = arg(1024, "encoder LSTM units / ResNet channels", WIDTH)
+    dec_nh: int = arg(1024, "decoder LSTM units / PixelCNN feature maps", WIDTH)
+    dec_kernels: str = arg("7,7,7,7,7,5,5,5,5,3,3,3,3", "PixelCNN layers (App. B.3)")
+    dropout_in: float = arg(0.5, "text decoder: dropout on its input embeddings", PROBABILITY)
+    dropout_out: float = arg(0.5, "text decoder: dropout on its LSTM outputs", PROBABILITY)
+    shifted_init: bool = arg(False, "App. G: U(0.04, 0.06) weights, U(0, 0.2) embeddings (text)")
+    # -- optimisation (App. B)
+    batch_size: int = arg(32, "examples per minibatch", COUNT)
+    optim: str = arg("sgd", "sgd (text, App. B.2) | adam (images, App. B.3)")
+    # lr 0 would train nothing
+    lr: float = arg(1.0, "learning rate (encoder and decoder)", LR)
+    # a norm <= 0 zeroes or flips the gradient
+    clip_grad: float = arg(5.0, "clip the joint gradient norm of encoder and decoder to this", POSITIVE)
+    epochs: int = arg(100, "most epochs to train", COUNT, resume=epochs_unless_cyclical)
+    decay_patience: int = arg(2, "epochs without a better validation -ELBO before lr decays", COUNT)
+    # 1: restart from the best model without decaying
+    lr_decay: float = arg(0.5, "lr factor at each decay (training restarts from the best model)", (0, 1, "(]"))
+    # 0 would stop before the first epoch
+    max_decay: int = arg(5, "stop after this many decays", COUNT, resume=True)
+    # -- aggressive inference-network training (Algorithm 1, Sec. 4.2)
+    aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update")
+    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (RULES)")
+    inner_window: int = arg(15, "inner loop stops when the mean loss of a window stops falling", COUNT)
+    inner_z: float = arg(0.0, "... or falls by less than inner_z standard errors (0 = the paper's test)", NONNEG)
+    max_inner_steps: int = arg(100, "most inner steps per decoder update", COUNT)
+    inner_steps: int = arg(0, "fixed inner budget instead of the convergence test (Table 4)", NONNEG_INT)
+    mi_checks: int = arg(1, "validation-MI checks per epoch while aggressive (the paper: 1)", COUNT)
+    mi_patience: int = arg(2, "checks without a new best validation MI before aggressive ends", COUNT)
+    mi_tol: float = arg(0.0, "a new best must beat the old by more than this many nats", NONNEG)
+    mi_floor: float = arg(0.0, "checks within an epoch count against patience only once MI passed this", NONNEG)
+    # -- KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10
+    anneal: bool = arg(False, "KL weight rises linearly from kl_start to 1 over the warm-up")
+    kl_start: float = arg(0.1, "KL weight at the start of the warm-up", (0, 1, "[]"))
+    warm_up: int = arg(10, "KL warm-up length in epochs", COUNT)
+    warm_up_iters: int = arg(0, "KL warm-up length in iterations instead of epochs (Table 9)", NONNEG_INT)
+    beta: float = arg(1.0, "constant KL weight (beta-VAE); evaluation always uses 1", NONNEG)
+    savae: bool = arg(False, "semi-amortized VAE (Kim et al. 2018)")
+    svi_steps: int = arg(10, "SA-VAE: gradient steps refining each posterior", COUNT)
+    svi_lr: float = arg(1.0, "SA-VAE: step size of the refinement", POSITIVE)
+    lm: bool = arg(False, "no latent: the decoder alone, exact NLL")
+    encoder_lr_mult: float = arg(1.0, "encoder lr = lr * this (Table 10)", LR)
+    # -- later remedies
+    free_bits: float = arg(0.0, "KL term max(lambda, KL_d) per dimension (Kingma et al. 2016)", NONNEG)
+    cyclical: int = arg(0, "M cycles of KL annealing, half of each a ramp (Fu et al. 2019)", NONNEG_INT)
+    bn_gamma: float = arg(0.0, "BN-VAE: batch-normalized means, fixed scale gamma (Zhu et al. 2020)", NONNEG)
+    pretrain_encoder: bool = arg(False, "autoencoder first, then a fresh decoder (Li et al. 2019)")
+    # -- evaluation
+    # The IW log-weights of a batch are kept whole (batch x samples floats); 10^6 is 2,000x the paper's 500.
+    iw_samples: int = arg(500, "importance samples for the test NLL (Burda et al.)", (0, 10 ** 6, "[]"), resume=True)
+    iw_chunk: int = arg(100, "samples per decoder pass, for bounded memory", COUNT, resume=True)
+    mi_samples: int = arg(1, "z draws per test example for mi, mi_full (validation: always 1)", COUNT, resume=True)
+    # -- posterior-mean snapshots for Figure 2 (scalar z only)
+    snapshot_iters: str = arg("", 'generator updates after which to record, e.g. "0,200,2000"')
+    # The grid on [-20, 20] has 40 / stride + 1 points: 40,001 at the finest (100x the default's), two at
+    # the coarsest.
+    grid_stride: float = arg(0.1, "stride of the z grid on [-20, 20] for the true posterior mean", (1e-3, 40, "[]"))
+    trajectory_iters: int = arg(0, "Figure 3: follow one example through the first N generator updates", NONNEG_INT)
 
 PRESETS = {"text": {
     # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
@@ -157,6 +195,13 @@ PRESETS = {"text": {
                  epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
 }}
 DEFAULT_PRESET = {"synthetic": "synthetic"}     # every other dataset: cpu
+NUMBER_RULES = {f.name: f.metadata["rule"] for f in dataclasses.fields(Config) if f.metadata["rule"]}
+RESUMABLE = {f.name for f in dataclasses.fields(Config) if f.metadata["resume"]}
+
+
+def may_change_on_resume(name, saved):
+    rule = next(f.metadata["resume"] for f in dataclasses.fields(Config) if f.name == name)
+    return rule(saved) if callable(rule) else rule
 
 # The aggressive mode's stopping rules (--rule), set over the preset and under explicit flags.
 # paper: the inner loop ends at the first window whose mean loss is above the previous one's, and
@@ -173,43 +218,6 @@ class UsageError(Exception):
     """Bad flag or file; the CLI prints it as one line and exits with code 2."""
 
 
-# Past these, numpy and torch overflow instead of computing (a cyclical period of 0 iterations, an
-# optimizer step that does not fit float32, the dtype of every model).
-INT_MAX = 2 ** 63 - 1
-FLOAT_MAX = float(torch.finfo(torch.float32).max)
-WIDTH = (1, 2 ** 14, "[]")   # layer sizes: 16x the paper's 1024 units; a 2^14-unit LSTM is already 8.6 GB
-COUNT = (1, math.inf, "[)")
-NONNEG_INT = (0, math.inf, "[)")
-POSITIVE = (0, math.inf, "()")
-NONNEG = (0, math.inf, "[)")
-PROBABILITY = (0, 1, "[)")
-LR = (0, 1e6, "(]")          # lr 16 already diverges the text model; 1e6 x 1e6 still fits Adam's first step
-# Every numeric field and its admissible interval (lo, hi, brackets), within INT_MAX or FLOAT_MAX.
-# Sign and range are checked here only, so a flag that parses is one the code can use as meant.
-NUMBER_RULES = {
-    "subset": NONNEG_INT, "max_test": NONNEG_INT, "max_len": NONNEG_INT,
-    "max_vocab": NONNEG_INT,            # a vocabulary that keeps no word is refused by data.py
-    "seed": (0, 2 ** 32 - 1, "[]"),     # numpy's seeding range
-    "nz": WIDTH, "ni": WIDTH, "enc_nh": WIDTH, "dec_nh": WIDTH,
-    "dropout_in": PROBABILITY, "dropout_out": PROBABILITY,
-    "batch_size": COUNT, "epochs": COUNT,
-    "lr": LR,                           # lr 0 would train nothing
-    "clip_grad": POSITIVE,              # a norm <= 0 zeroes or flips the gradient
-    "decay_patience": COUNT,
-    "lr_decay": (0, 1, "(]"),           # 1: restart from the best model without decaying
-    "max_decay": COUNT,                 # 0 would stop before the first epoch
-    "inner_window": COUNT, "max_inner_steps": COUNT, "inner_steps": NONNEG_INT, "mi_patience": COUNT,
-    "inner_z": NONNEG, "mi_checks": COUNT, "mi_tol": NONNEG, "mi_floor": NONNEG,
-    "checkpoint_minutes": NONNEG, "progress_every": NONNEG, "threads": (0, 1024, "[]"),
-    "kl_start": (0, 1, "[]"), "warm_up": COUNT, "warm_up_iters": NONNEG_INT, "beta": NONNEG,
-    "svi_steps": COUNT, "svi_lr": POSITIVE, "encoder_lr_mult": LR,
-    "free_bits": NONNEG, "cyclical": NONNEG_INT, "bn_gamma": NONNEG,
-    # The IW log-weights of a batch are kept whole (batch x samples floats); 10^6 is 2,000x the paper's 500.
-    "iw_samples": (0, 10 ** 6, "[]"), "iw_chunk": COUNT, "mi_samples": COUNT,
-    # The grid on [-20, 20] has 40 / stride + 1 points: 40,001 at the finest (100x the default's), two at
-    # the coarsest.
-    "grid_stride": (1e-3, 40, "[]"), "trajectory_iters": NONNEG_INT,
-}
 MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
 
 
@@ -589,9 +597,15 @@ def build_model(cfg, corpus):
 LOG_2PI = math.log(2 * math.pi)
 
 
+def gaussian_kl_dims(mu, logvar):
+    """Analytic KL(N(mu, exp(logvar)) || N(0, I)) of each latent dimension: the one formula that
+    training (free bits clamps it per dimension) and evaluation share."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+
+
 def gaussian_kl(mu, logvar):
-    """Analytic KL(N(mu, exp(logvar)) || N(0, I)) summed over the last dimension."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
+    """gaussian_kl_dims summed over the last dimension."""
+    return gaussian_kl_dims(mu, logvar).sum(-1)
 
 
 def log_gaussian(z, mu, logvar):
@@ -736,7 +750,7 @@ def objective(model, x, cfg, kl_weight=1.0):
     mu, logvar = infer(model, x, cfg, kl_weight)
     # Eq. 2: ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); we minimise its negative.
     rec = -model.log_px_given_z(x, sample_z(mu, logvar)).squeeze(1)
-    kl_d = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)                 # gaussian_kl per dimension
+    kl_d = gaussian_kl_dims(mu, logvar)
     kl_term = kl_d.mean(0).clamp(min=cfg.free_bits).sum() if cfg.free_bits else kl_d.sum(-1).mean()
     return rec.mean() + kl_weight * kl_term, rec, kl_d.sum(-1)
 
@@ -950,11 +964,26 @@ def seed_all(seed):
     torch.manual_seed(seed)
 
 
-def atomic_save(obj, path):
-    """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
+def atomic_save(obj, path, write=None):
+    """Write to a temporary file, flush it to disk and rename, so that a kill or a power cut leaves the
+    old file or the new one, never half of one. A full disk is one line naming the file."""
     tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            (write or torch.save)(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
+    except RuntimeError as e:        # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({' '.join(str(e).split())[:200]})") from None
+
+
+def write_json(path, obj):
+    atomic_save(obj, path, lambda o, f: f.write(json.dumps(o, indent=2).encode()))
 
 
 def run_dir(cfg):
@@ -978,9 +1007,13 @@ def processor():
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or None
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown")
-    return name + (" (AVX-512)" if " avx512f" in info else "")
+    field = lambda key: next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                              if line.split(":", 1)[0].strip() == key), None)
+    # A VM may name only the vendor ("AMD EPYC"); family and model tell its generations apart.
+    detail = [f"family {field('cpu family')} model {field('model')}"] * (field("cpu family") is not None)
+    detail += ["AVX-512"] * (" avx512f" in info)
+    name = field("model name") or platform.processor() or "unknown"
+    return name + (f" ({', '.join(detail)})" if detail else "")
 
 
 def load_data(cfg):
@@ -990,13 +1023,9 @@ def load_data(cfg):
         raise UsageError(str(e)) from None
 
 
-RUN_FILES = ("config.json", "log.jsonl", "model.pt", "last.pt", "result.json", "snapshots.jsonl",
-             "trajectory.jsonl", "samples.png", "samples.txt")
-# Fields that may differ on --resume: how long to train, where and how quietly, how to evaluate the
-# test set. Everything else shapes the model, the data or the trajectory and must match.
-RESUMABLE = {"epochs", "max_decay", "resume", "overwrite", "out", "quiet", "device", "threads", "data_dir",
-             "checkpoint_minutes", "iw_samples", "iw_chunk", "max_test", "mi_samples"}
-
+RUN_FILES = ("result.json", "last.pt", "epoch.pt", "model.pt", "log.jsonl", "snapshots.jsonl", "trajectory.jsonl",
+             "samples.png", "samples.txt", "config.json")     # removed in this order: config.json goes last
+APPENDED = ("log.jsonl", "snapshots.jsonl", "trajectory.jsonl")      # the run files that grow by rows
 
 
 DIVERGED = 50     # times the loss of a uniform guess, where every model starts
@@ -1029,10 +1058,10 @@ def run_directory(cfg):
         except BlockingIOError:
             raise UsageError(f"--out {out}: another lagvae process is writing this run directory") from None
         old = [f for f in RUN_FILES if (out / f).exists()] + ["pretrain/"] * (out / "pretrain").exists()
-        if old and cfg.resume and (out / "config.json").exists():
-            check_resume_config(out, cfg)
+        if old and cfg.resume:
+            check_resume_config(out, cfg, old)
         elif old and cfg.overwrite:
-            for f in RUN_FILES:
+            for f in [*RUN_FILES[:-1], *(f.name for f in out.glob("*.tmp")), RUN_FILES[-1]]:
                 (out / f).unlink(missing_ok=True)
             shutil.rmtree(out / "pretrain", ignore_errors=True)
         elif old and not cfg.resume:
@@ -1041,16 +1070,24 @@ def run_directory(cfg):
         yield out
 
 
-def check_resume_config(out, cfg):
+def check_resume_config(out, cfg, old):
+    """A run's files may be continued only by the settings that made them (config.json says which)."""
+    if not (out / "config.json").exists():
+        raise UsageError(f"--resume: {out} holds {', '.join(old)} but no config.json, so nothing says which "
+                         f"settings made them; restore config.json or start again with --overwrite")
     try:
         saved = json.loads((out / "config.json").read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--resume: {out}/config.json is not a lagvae run config ({e})") from None
     changed = [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
-               if k not in RESUMABLE and saved.get(k, getattr(Config, k)) != v]
+               if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
     if changed:
+        may = [k for k in sorted(RESUMABLE - {"resume"}) if may_change_on_resume(k, saved)]
         raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
-                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'resume'}))} may change")
+                         f"{', '.join('--' + k.replace('_', '-') for k in may)} may change"
+                         + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
 
 
 def new_state(cfg):
@@ -1065,11 +1102,43 @@ STEP_KINDS = ("encoder", "decoder", "joint", "svi")     # gradient steps by kind
 
 
 def save_last(path, model, opts, state, rng, device):
-    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not)."""
+    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not).
+    `rows`: how many rows of each appended file belong to this state, so a resume cuts each to exactly
+    those, whatever was appended between this checkpoint and a crash."""
     plain = {k: vars(v) if isinstance(v, (Plateau, AggressiveSwitch)) else v for k, v in state.items()}
+    rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
     atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
                  "state": plain, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, path)
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                 "rows": rows}, path)
+
+
+def count_rows(path):
+    return len(path.read_bytes().splitlines())
+
+
+def keep_rows(path, n, last):
+    """Cut an appended run file to its first n rows; fewer than n means the run's files disagree."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
+    if len(lines) < n:
+        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; the run's "
+                         f"files disagree (restore {path.name} or start again with --overwrite)")
+    path.write_bytes(b"".join(line + b"\n" for line in lines[:n]))
+
+
+def keep_good_epoch(out):
+    """Keep the checkpoint of the epoch that just validated as epoch.pt (a hard link: no copy), so that a
+    divergence found at the next validation can go back to it past the batch checkpoints between."""
+    tmp = out / "epoch.pt.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out / "last.pt", tmp)
+    except OSError:                 # a file system without hard links
+        shutil.copyfile(out / "last.pt", tmp)
+    os.replace(tmp, out / "epoch.pt")
 
 
 def load_last(out, model, cfg, rng, device):
@@ -1095,12 +1164,18 @@ def load_last(out, model, cfg, rng, device):
     torch.set_rng_state(ck["torch_rng"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(ck["cuda_rng"], device)
-    lines = (out / "log.jsonl").read_text().splitlines()[:state["epoch"]]
-    (out / "log.jsonl").write_text("".join(line + "\n" for line in lines))
-    for name in ("snapshots.jsonl", "trajectory.jsonl"):
-        if (out / name).is_file():
-            keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state["it"]]
-            (out / name).write_text("".join(r + "\n" for r in keep))
+    if "rows" in ck:
+        for name, n in ck["rows"].items():
+            keep_rows(out / name, n, last)
+    else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
+        keep_rows(out / "log.jsonl", state["epoch"] - (state["run"] is not None), last)
+        for name in ("snapshots.jsonl", "trajectory.jsonl"):
+            if (out / name).is_file():
+                try:
+                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state["it"]]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
+                (out / name).write_text("".join(r + "\n" for r in keep))
     return state, opts
 
 
@@ -1118,10 +1193,54 @@ def pretrain_encoder(cfg, out, model, device):
     return result
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached a run, which saved its state at a batch boundary and stopped."""
+
+    def __init__(self, signum, where):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; last.pt holds that point, "
+                         f"continue with --resume")
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """The signal handler: it only notes the signal, and the batch loop saves and stops at the next
+    batch boundary (a scheduler's SIGTERM, e.g. SLURM's --signal before preemption, loses nothing). A
+    second Ctrl-C exits at once."""
+    signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def check(self, where, save=None):
+        if self.signum is not None:
+            if save:
+                save()
+            raise Interrupted(self.signum, where)
+
+
+STOP = StopRequest()
+
+
+@contextmanager
+def stopping_on_signals():
+    if threading.current_thread() is not threading.main_thread():      # signal handlers live there only
+        yield
+        return
+    old = {s: signal.signal(s, STOP) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        STOP.signum = None
+
+
 def train(cfg):
     """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
     result.json into the run directory. Returns the result dict."""
-    with run_directory(cfg) as out:
+    with run_directory(cfg) as out, stopping_on_signals():
         return train_in(cfg, out)
 
 
@@ -1134,6 +1253,9 @@ def train_in(cfg, out):
     rng = np.random.default_rng(cfg.seed)
     state = new_state(cfg)
     resuming = cfg.resume and (out / "last.pt").is_file()     # killed before its first checkpoint: start afresh
+    # First of the run's files, so that no file of it is ever without the settings that made it.
+    write_json(out / "config.json", {"config": asdict(cfg), "mode": mode_name(cfg), "device": str(device),
+                                     **environment()})
     if cfg.pretrain_encoder and not resuming:
         ae = pretrain_encoder(cfg, out, model, device)
         state["train_seconds"], state["steps"] = ae["train_seconds"], {k: ae[f"steps_{k}"] for k in STEP_KINDS}
@@ -1143,15 +1265,19 @@ def train_in(cfg, out):
     else:
         (out / "log.jsonl").write_text("")
         (out / "model.pt").unlink(missing_ok=True)     # never reload a best model of an earlier run
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "mode": mode_name(cfg),
-                                                 "device": str(device), **environment()}, indent=2))
     hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
 
-    while state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay:
-        train_epoch(model, opts, corpus, val, cfg, state, rng, hooks,
-                    save=lambda: save_last(out / "last.pt", model, opts, state, rng, device))
+    more = lambda: state["run"] is not None or state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay
+    if more():       # a finished run trained further is unfinished until its new result is written
+        (out / "result.json").unlink(missing_ok=True)
+    save = lambda: save_last(out / "last.pt", model, opts, state, rng, device)
+    while more():
+        train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save)
         opts = end_epoch(model, opts, corpus, val, cfg, state, out, device)
-        save_last(out / "last.pt", model, opts, state, rng, device)
+        save()
+        keep_good_epoch(out)
+        if more():
+            STOP.check(f"the end of epoch {state['epoch']}")
 
     model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
     hooks.finished()
@@ -1161,7 +1287,11 @@ def train_in(cfg, out):
               **{f"steps_{k}": v for k, v in state["steps"].items()}, "steps": sum(state["steps"].values()),
               **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
                           mi_samples=cfg.mi_samples)}
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    broken = nonfinite(result)
+    if broken:
+        raise UsageError(f"{out}: the test evaluation of the best model gave {', '.join(broken)}; no result.json "
+                         f"written")
+    write_json(out / "result.json", result)
     if not cfg.quiet:
         print("test | " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in result.items()))
@@ -1269,10 +1399,11 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
             if not cfg.quiet:
                 print(f"epoch {state['epoch']:3d} | batch {run['batch']}/{len(batches)} | val mi_full "
                       f"{run['mi_checks'][-1]:.3f} | aggressive {int(switch.on)}", flush=True)
-        if cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
+        if STOP.signum is not None or cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
             run["seconds"] += time.time() - t0
             t0 = last_save = time.time()
             save()
+            STOP.check(f"epoch {state['epoch']} batch {run['batch']}")
     bar.close()
     run["seconds"] += time.time() - t0
     run["n_train"] = sum(len(b) for b in batches)
@@ -1308,8 +1439,14 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
     score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
     why = divergence(metrics, score, model, val)
     if why:
-        raise UsageError(f"{out}: epoch {state['epoch']}: {why}; training diverged (try a smaller --lr or "
-                         f"--clip-grad)")
+        kept = (f"last.pt holds the end of epoch {state['epoch'] - 1}" if (out / "epoch.pt").is_file() else
+                "no epoch had finished, --resume starts afresh")
+        if (out / "epoch.pt").is_file():
+            os.replace(out / "epoch.pt", out / "last.pt")
+        else:
+            (out / "last.pt").unlink(missing_ok=True)
+        raise UsageError(f"{out}: epoch {state['epoch']}: {why}; training diverged ({kept}; try a smaller --lr "
+                         f"or --clip-grad)")
     verdict = state["plateau"].step(score)
     if verdict == "best":
         atomic_save({"config": asdict(cfg), "model": model.state_dict(),
@@ -2131,20 +2268,17 @@ def format_bench(result):
 # 7. CLI
 
 def config_help():
-    """Field -> its help, the trailing comment of its line in the Config source, and field -> the
-    comment line above it (its group), so that the dataclass stays the one place a field is described."""
+    """Field -> its help (declared with the field), and field -> its group: the `# -- group` comment
+    line above it in the Config source."""
     names = {f.name for f in dataclasses.fields(Config)}
-    field_on_line, helps, groups, group = {}, {}, {}, "run"
+    groups, group = {}, "run"
     for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(Config)).readline):
         starts_line = not tok.line[:tok.start[1]].strip()
         if tok.type == tokenize.NAME and tok.string in names and starts_line:
-            field_on_line[tok.start[0]], groups[tok.string] = tok.string, group
-        elif tok.type == tokenize.COMMENT:
-            if starts_line:
-                group = tok.string.lstrip("#").strip()
-            elif tok.start[0] in field_on_line:
-                helps[field_on_line[tok.start[0]]] = tok.string.lstrip("#").strip()
-    return helps, groups
+            groups[tok.string] = group
+        elif tok.type == tokenize.COMMENT and starts_line and tok.string.startswith("# -- "):
+            group = tok.string[len("# -- "):].strip()
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}, groups
 
 
 def add_config_flags(parser):
@@ -2282,6 +2416,9 @@ def main(argv=None):
             print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"], args["paper_data"]), args["format"]))
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
+    except Interrupted as e:
+        fail(e)
+        return e.exit_code
     except (MemoryError, RuntimeError) as e:
         # CPU allocation failures are plain RuntimeErrors ("can't allocate memory"); CUDA's are
         # torch.OutOfMemoryError. Anything else is a bug and keeps its traceback.

@@ -33,9 +33,11 @@ mkdir -p "$RUNS" figures
 # every run of it has finished.
 queue=()
 failed=0
+declare -A listed     # a run named by two sections (ptb seeds 0-2: paired and text) is queued once
 run() {
   local out=$RUNS/$1; shift
-  [ -f "$out/result.json" ] && return 0
+  [ -f "$out/result.json" ] || [ -n "${listed[$out]:-}" ] && return 0
+  listed[$out]=1
   local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
   if [ $LIST = 1 ]; then echo "$cmd"; else
     queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")

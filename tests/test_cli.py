@@ -41,6 +41,7 @@ def test_each_mode_writes_a_complete_run(data_env, tmp_path, flags, mode):
     assert result["iw_nll"] <= result["elbo"] + 1.0      # IW bound is (nearly always) tighter
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["preset"] == "tiny" and config["torch"] == torch.__version__
+    assert config["processor"] == lagvae.processor() and config["processor"]      # trajectories differ by CPU
 
 
 def test_eval_reproduces_the_test_result(data_env, tmp_path, capsys):
@@ -479,6 +480,26 @@ def test_every_numeric_field_has_a_rule():
     assert set(lagvae.NUMBER_RULES) == numeric
 
 
+def test_every_field_declares_its_help_range_and_resumability_beside_itself():
+    for f in dataclasses.fields(lagvae.Config):
+        assert set(f.metadata) == {"help", "rule", "resume"} and f.metadata["help"], f.name
+        assert (f.metadata["rule"] is not None) == (f.type in (int, float)), f.name
+        assert f.metadata["resume"] in (True, False) or callable(f.metadata["resume"]), f.name
+    _, groups = lagvae.config_help()
+    assert groups["nz"] == "model (App. B)" and groups["seed"] == "run" and groups["grid_stride"].startswith("posterior")
+
+
+def test_resume_of_a_cyclical_run_refuses_another_epoch_budget(data_env, tmp_path, capsys):
+    """The cycles are fractions of epochs x batches: another --epochs would reshape the KL schedule."""
+    out = tmp_path / "run"
+    base = ["train", "--preset", "tiny", "--quiet", "--iw-samples", "0", "--out", str(out)]
+    assert lagvae.main(base + ["--cyclical", "2", "--epochs", "2"]) == 0
+    assert lagvae.main(base + ["--cyclical", "2", "--epochs", "4", "--resume"]) == 2
+    err = one_error_line(capsys)
+    assert "--epochs 2 -> 4" in err and "--cyclical" in err
+    assert lagvae.main(base + ["--cyclical", "2", "--epochs", "2", "--resume", "--progress-every", "5"]) == 0
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--lr", "0"], "--lr: expected a finite number in (0, 1e+06], got 0.0"),
     (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "1e300"], "--lr"),
@@ -719,7 +740,32 @@ def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
     assert "run_all.sh: runs/synthetic-nz1-basic-s1 failed (exit 2), see runs/synthetic-nz1-basic-s1.log" in r.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert any("--out runs/trajectory-aggressive " in c for c in calls)     # the last run was still tried
-    assert not any(c.startswith("lagvae.py table") for c in calls)
+    assert not any(c.startswith("lagvae.py table runs/synthetic-nz1-") for c in calls)   # its section's table
+    assert any(c.startswith("lagvae.py table runs/modes") for c in calls)         # another section's
+
+
+def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_path):
+    """`bash run_all.sh paired` runs issue 24's grid alone and makes its paired tables; RUNS= sends a
+    whole rerun elsewhere; an unknown section is one line, exit 2."""
+    shutil.copy(ROOT / "run_all.sh", tmp_path)
+    fake = tmp_path / "fakepy"
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake)}
+    r = subprocess.run(["bash", "run_all.sh", "paired"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**env, "RUNS": "rerun"})
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    trains = [c for c in calls if c.startswith("lagvae.py train")]
+    assert len(trains) == 50 and all("--data ptb" in c and "--out rerun/ptb-cpu-" in c for c in trains)
+    assert {c.split("--seed ")[1].split()[0] for c in trains} == {str(s) for s in range(10)}
+    tables = [c for c in calls if c.startswith("lagvae.py table --paired")]
+    assert [c.split()[3:5] for c in tables] == [["basic", "aggressive"], ["basic+anneal", "aggressive+anneal"],
+                                                ["lm", "aggressive"], ["lm", "aggressive+anneal"]]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    r = subprocess.run(["bash", "run_all.sh", "nope"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "run_all.sh: unknown section 'nope' (expected some of: paired synthetic text modes omniglot trajectory)"]
 
 
 def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_path):

@@ -415,3 +415,41 @@ def test_runs_generating_together_agree_or_stop(tmp_path, monkeypatch):
     with pytest.raises(datalib.DataError, match="appeared while generating, with other content"):
         datalib.prepare_synthetic(tmp_path)
     assert len(list(paths["train"].parent.iterdir())) == 3          # the first run's files, no temporaries
+
+
+# ------------------------------------------------------------------------------------------------
+# Splits: disjoint and of the sizes README states (a one-document overlap changes every number).
+
+def test_yahoo_small_trains_on_the_first_9000_validation_documents_and_validates_on_the_last_1000(tmp_path):
+    d = tmp_path / "yahoo"
+    d.mkdir()
+    docs = [f"n{i // 100} m{i % 100}" for i in range(10_000)]        # every document different
+    (d / "yahoo.valid.txt").write_text("\n".join(docs) + "\n")
+    (d / "yahoo.test.txt").write_text("\n".join(docs[:30]) + "\n")
+    (d / "vocab.txt").write_text("\n".join([f"n{i}" for i in range(100)] + [f"m{i}" for i in range(100)]) + "\n")
+    corpus = datalib.load("yahoo-small", tmp_path)
+    text = lambda ex: " ".join(corpus.vocab[int(t)] for t in ex[1:-1])
+    train, valid = [text(x) for x in corpus.splits["train"]], [text(x) for x in corpus.splits["valid"]]
+    assert train == docs[:9000] and valid == docs[9000:]
+    assert not set(train) & set(valid) and len(corpus.splits["test"]) == 30
+
+
+SPLIT_SIZES = {"ptb": (42068, 3370, 3761), "yahoo-small": (9000, 1000, 10000), "synthetic": (16000, 2000, 2000)}
+
+
+@pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
+@pytest.mark.parametrize("name", sorted(SPLIT_SIZES))
+def test_shared_text_splits_have_the_sizes_readme_states(name, synth_root):
+    root = synth_root if name == "synthetic" else os.environ["LAGVAE_DATA"]
+    corpus = datalib.load(name, root)
+    assert tuple(len(corpus.splits[s]) for s in ("train", "valid", "test")) == SPLIT_SIZES[name]
+    if name == "yahoo-small":               # train and valid are one file: disjoint by position
+        lines = [ln for ln in Path(root, "yahoo", "yahoo.valid.txt").read_text().split("\n") if ln.strip()]
+        assert len(lines) == 10_000
+
+
+def test_omniglot_holds_out_2000_training_images_and_tests_on_drawers_16_to_20(omni_root):
+    """Every image of drawers 1-15 once, in train or in valid; drawers 16-20 are the test set."""
+    corpus = datalib.load("omniglot", omni_root)
+    n = {s: len(corpus.splits[s]) for s in ("train", "valid", "test")}
+    assert n == {"train": 144 * 15 - 2000, "valid": 2000, "test": 144 * 5}

@@ -1,4 +1,5 @@
 """Section 3: KL, MI (Eq. 5), aggregate KL, active units and the importance-weighted bound."""
+import dataclasses
 import math
 
 import numpy as np
@@ -92,6 +93,15 @@ def test_active_units_on_constructed_encodings():
     assert active_units(mu) == 3
     assert active_units(mu, threshold=0.001) == 4
     assert active_units(torch.zeros(10, 4)) == 0
+
+
+def test_active_units_counts_a_variance_over_0_01_strictly_and_over_examples():
+    """Burda et al.'s threshold, 0.01, strict: a dimension whose posterior means vary by exactly 0.01
+    is not active, one at 0.015 is; the variance is over examples (rows), not over dimensions."""
+    at = math.sqrt(0.02)                       # var([0, at]) is 0.01 to the last bit in float64
+    mu = torch.tensor([[0.0, 0.0, 0.0, 5.0], [at, math.sqrt(0.03), math.sqrt(0.01), 5.0]], dtype=torch.float64)
+    assert float(mu[:, 0].var()) == 0.01
+    assert active_units(mu) == 1               # only the 0.015 column; a constant row of 5s varies across dims
 
 
 def z_dependent(model, scale=1.0):
@@ -201,3 +211,58 @@ def test_more_mi_draws_shrink_the_noise_of_a_collapsed_posterior():
                                for k in range(12)])
     one, many = spread(1), spread(20)
     assert 0.05 < one < 0.4 and many < one / 2.5
+
+
+# ------------------------------------------------------------------------------------------------
+# The training objective against the estimators: one character in `objective` changes every table.
+
+def closed_form_kl_dims(mu, logvar):
+    """KL(q(z|x) || N(0, I)) per dimension from torch.distributions, an oracle written elsewhere."""
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    return torch.distributions.kl_divergence(q, torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+
+
+def spread_head(model, scales):
+    """Scale the encoder head's rows (mu's, then logvar's) so each dimension's KL is far from 0, where
+    the formula is not lost to cancellation."""
+    with torch.no_grad():
+        model.encoder.head.linear.weight.mul_(torch.tensor(scales * 2, dtype=torch.float64)[:, None])
+
+
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3, 2.5])
+def test_training_objective_is_rec_plus_weighted_kl_of_the_evaluation_estimator(kl_weight):
+    """Eq. 2 as trained: mean rec + weight x mean KL, the KL being the evaluation's (the weight of
+    annealing and beta on the KL term, never on the reconstruction)."""
+    model, cfg = tiny_model(nz=3, dtype=torch.float64)
+    model.eval()
+    spread_head(model, [1e3, 3e3, 1e4])
+    x = random_batch()
+    torch.manual_seed(7)
+    loss, rec, kl = objective(model, x, cfg, kl_weight)
+    mu, logvar = model.encode(x)
+    assert torch.allclose(kl, closed_form_kl_dims(mu, logvar).sum(-1), rtol=1e-12, atol=0)
+    assert torch.allclose(kl, gaussian_kl(mu, logvar), rtol=1e-12, atol=0)
+    torch.manual_seed(7)
+    assert torch.allclose(rec, -model.log_px_given_z(x, sample_z(mu, logvar))[:, 0], rtol=1e-12)
+    assert float(loss) == pytest.approx(float(rec.mean() + kl_weight * kl.mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("fb_at", [0.25, 0.5, 0.75])
+def test_free_bits_clamp_each_dimensions_batch_mean_kl(fb_at):
+    """Kingma et al. 2016: sum_d max(lambda, mean_batch KL_d), with lambda between the dimensions'
+    KLs so that a clamp of the total (or of each example's KL) gives another loss."""
+    model, cfg = tiny_model(nz=4, dtype=torch.float64)
+    model.eval()
+    spread_head(model, [300.0, 1e3, 3e3, 1e4])       # dimensions far apart in KL: some above lambda, some below
+    x = random_batch()
+    mu, logvar = model.encode(x)
+    per_dim = closed_form_kl_dims(mu, logvar).mean(0).detach()
+    lam = float(torch.quantile(per_dim, fb_at))
+    assert (per_dim < lam).any() and (per_dim > lam).any()
+    fb = dataclasses.replace(cfg, free_bits=lam)
+    for weight in (1.0, 0.5):
+        torch.manual_seed(3)
+        loss, rec, kl = objective(model, x, fb, weight)
+        expect = rec.mean() + weight * per_dim.clamp(min=lam).sum()
+        assert float(loss) == pytest.approx(float(expect), rel=1e-12)
+        assert torch.allclose(kl, closed_form_kl_dims(mu, logvar).sum(-1), rtol=1e-12)    # logged KL unclamped

@@ -411,3 +411,67 @@ def test_divergence_rule():
 def test_perplexity_past_float_range_is_infinite():
     assert lagvae.perplexity(10.0, 5) == pytest.approx(math.exp(2))
     assert lagvae.perplexity(800.0, 1) == math.inf
+
+
+# ------------------------------------------------------------------------------------------------
+# The rules of end_epoch, end to end: the validation numbers are scripted, the training is real.
+
+def scripted_validation(monkeypatch, **series):
+    """Replace the validation numbers named in `series` (one value per epoch's end-of-epoch validation)."""
+    real, calls = lagvae.evaluate, []
+
+    def evaluate(model, batches, cfg, *args, desc="eval", **kw):
+        out = real(model, batches, cfg, *args, desc=desc, **kw)
+        if desc == "valid":
+            out.update({k: v[len(calls)] for k, v in series.items()})
+            calls.append(out)
+        return out
+    monkeypatch.setattr(lagvae, "evaluate", evaluate)
+    return calls
+
+
+@pytest.mark.parametrize("mi,patience,aggressive", [
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 2, [1, 1, 1, 1, 1, 1]),    # MI climbs: aggressive throughout
+    ([0.1, 0.2, 0.15, 0.1, 0.3, 0.4], 2, [1, 1, 1, 1, 0, 0]),   # two epochs without a new best end it for good
+    ([0.1, 0.2, 0.15, 0.3, 0.2, 0.1], 2, [1, 1, 1, 1, 1, 1]),   # a new best resets the patience
+    ([0.1, 0.2, 0.15, 0.3, 0.4, 0.5], 1, [1, 1, 1, 0, 0, 0]),   # patience 1: the first fall ends it
+])
+def test_aggressive_training_ends_when_validation_mi_stops_climbing(data_env, tmp_path, monkeypatch, mi, patience,
+                                                                   aggressive):
+    """Sec. 4.2 through the whole loop: end_epoch feeds each epoch's validation MI to the switch, and
+    the epochs after it has ended train jointly (log rows say which, and count the steps)."""
+    scripted_validation(monkeypatch, mi_full=mi)
+    out = tmp_path / "run"
+    lagvae.train(lagvae.resolve_config({"preset": "tiny", "aggressive": True, "epochs": 6, "iw_samples": 0,
+                                        "mi_patience": patience, "decay_patience": 100, "quiet": True,
+                                        "out": str(out)}))
+    log = lagvae.read_jsonl(out / "log.jsonl")
+    assert [int(r["aggressive"]) for r in log] == aggressive
+    for r in log:
+        assert (r["steps_encoder"] > 0 and r["steps_joint"] == 0) if r["aggressive"] else \
+            (r["steps_encoder"] == r["steps_decoder"] == 0 and r["steps_joint"] > 0)
+
+
+def test_an_lr_decay_restarts_from_the_best_model(data_env, tmp_path, monkeypatch):
+    """App. B: when validation -ELBO stops improving the lr decays and training continues from the
+    best model so far, not from the latest weights."""
+    scripted_validation(monkeypatch, elbo=[10.0, 9.0, 9.5, 9.7, 9.8, 9.9])     # best at epoch 2
+    seen = []
+    real = lagvae.make_optimizers
+
+    def make_optimizers(model, cfg, lr):
+        seen.append((lr, {k: v.clone() for k, v in model.state_dict().items()}))
+        return real(model, cfg, lr)
+    monkeypatch.setattr(lagvae, "make_optimizers", make_optimizers)
+    out = tmp_path / "run"
+    lagvae.train(lagvae.resolve_config({"preset": "tiny", "epochs": 6, "iw_samples": 0, "decay_patience": 2,
+                                        "max_decay": 10, "lr": 0.5, "lr_decay": 0.5, "quiet": True,
+                                        "out": str(out)}))
+    assert [r["lr"] for r in lagvae.read_jsonl(out / "log.jsonl")] == [0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    best = torch.load(out / "model.pt")
+    assert best["epoch"] == 2
+    decays = [(lr, w) for lr, w in seen if lr < 0.5]
+    assert [lr for lr, _ in decays] == [0.25, 0.125]         # at the ends of epochs 4 and 6
+    for _, w in decays:
+        for k, v in best["model"].items():
+            assert torch.equal(w[k], v), k
