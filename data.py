@@ -66,7 +66,7 @@ class TextCorpus:
     vocab: list                      # id -> word; ids 0..3 are SPECIALS
     splits: dict                     # split -> list of LongTensor (<s> ... </s>)
     labels: dict = field(default_factory=dict)    # split -> list of labels (labelled corpora)
-    stats: dict = field(default_factory=dict)     # split -> {"empty": n, "truncated": n}
+    stats: dict = field(default_factory=dict)     # split -> empty, truncated, documents (before --subset)
     files: dict = field(default_factory=dict)     # split -> path
     kind = "text"
 
@@ -166,18 +166,22 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
         d, lab, empty = read_docs(path, labelled)
         if take and split in take:
             d, lab = d[take[split]], lab[take[split]]
+        total = len(d)
         d, lab = (d[:subset], lab[:subset]) if subset else (d, lab)
         if not d:
             raise DataError(f"{name}: no {split} documents in {path}" + (f" (taking {take[split]})" if take else ""))
-        stats[split] = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0}
+        stats[split] = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0,
+                        "documents": total}
         docs[split], labels[split] = [t[:max_len] if max_len else t for t in d], lab
     if vocab_file:
         vocab = read_vocab(vocab_file)
+        stats["train"]["words"] = len(vocab)
         if max_vocab:
             counts = Counter(w for toks in docs["train"] for w in toks)
             vocab = SPECIALS + sorted(vocab[len(SPECIALS):], key=lambda w: -counts[w])[:max(0, max_vocab - len(SPECIALS))]
     else:
         vocab = build_vocab(docs["train"], max_vocab)
+        stats["train"]["words"] = len(build_vocab(docs["train"])) if max_vocab else len(vocab)
     # A model that only ever sees <unk> predicts it perfectly: a perplexity near 1 that means nothing.
     known = set(vocab[len(SPECIALS):])
     if not any(w in known for toks in docs["train"] for w in toks):
@@ -187,6 +191,25 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
                         f"tokens, none in the training text)")
     return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()},
                       labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()})
+
+
+def encode_new_text(text, vocab, max_len=0):
+    """Raw sentences, one a line, as a model trained on `vocab` sees them: whitespace tokens, cut to
+    max_len, <s> ... </s> around. A byte-order mark is dropped; a word outside the vocabulary, or a
+    literal special token (<s>, </s>, <pad>: text, not control), becomes <unk>. Every line is one
+    example, an empty one too, so outputs line up with inputs. Returns (examples, tokens, unknown)."""
+    w2i = {w: i for i, w in enumerate(vocab)}
+    unk, bos, eos = w2i[UNK], w2i[BOS], w2i[EOS]
+    lines = text.removeprefix("\ufeff").removesuffix("\n").split("\n") if text.strip() else []
+    examples, tokens, unknown = [], 0, 0
+    for line in lines:
+        toks = line.removesuffix("\r").split()
+        toks = toks[:max_len] if max_len else toks
+        ids = [unk if w in SPECIALS else w2i.get(w, unk) for w in toks]
+        tokens += len(ids)
+        unknown += sum(w in SPECIALS or w not in w2i for w in toks)
+        examples.append(torch.tensor([bos] + ids + [eos]))
+    return examples, tokens, unknown
 
 
 def length_buckets(examples, batch_size, rng=None):
@@ -513,9 +536,10 @@ def kind(name):
 DATASETS = ["synthetic", "yahoo", "yelp", "ptb", "yahoo-small", "omniglot", "text:PATH_PREFIX"]
 
 
-def load(name, root=None, subset=0, max_vocab=0, max_len=0):
+def load(name, root=None, subset=0, max_vocab=0, max_len=0, generate=True):
     """Load dataset `name` from the data root. subset > 0 keeps the first `subset` examples per split;
-    max_vocab / max_len (text only) cap the vocabulary size and the document length."""
+    max_vocab / max_len (text only) cap the vocabulary size and the document length. generate=False:
+    missing synthetic data is an error, not made."""
     root = data_root(root)
     if name == "omniglot":
         return load_omniglot(root, subset)
@@ -524,6 +548,9 @@ def load(name, root=None, subset=0, max_vocab=0, max_len=0):
         raise DataError(f"unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
     paths, opts = spec
     if name == "synthetic" and not all(p.is_file() for p in paths.values()):
+        if not generate:
+            raise MissingData(f"synthetic: no generated data under {root}/synthetic; `python data.py --data-dir {root} "
+                              f"prepare synthetic` makes it (seeded: the same data every time)")
         try:
             prepare_synthetic(root)
         except OSError as e:

@@ -5,13 +5,15 @@
     python lagvae.py eval --ckpt runs/synthetic-aggressive-s0/model.pt
     python lagvae.py table runs/*
 
-Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training modes,
-5 evaluation, 6 analysis, 7 CLI. Paper equations are tagged `# Eq. N`.
+Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training modes, 5 runs
+(directories, checkpoints, resume, signals), 6 evaluation, 7 analysis (tables, figures),
+8 benchmark, 9 CLI. Paper equations are tagged `# Eq. N`.
 """
 import argparse
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import importlib.util
 import inspect
 import io
@@ -75,7 +77,8 @@ def epochs_unless_cyclical(saved):
 @dataclass
 class Config:
     data: str = arg("synthetic", "dataset name (see data.py)")
-    preset: str = arg("", "synthetic | paper | cpu | tiny; default synthetic or cpu")
+    preset: str = arg("", "synthetic | paper | cpu | cpu-full | tiny; default synthetic (synthetic data), cpu "
+                          "(ptb, yahoo-small, omniglot) or cpu-full (any other corpus: nothing cut)")
     data_dir: str = arg("", "data root; default $LAGVAE_DATA or ./data", resume=True)
     subset: int = arg(0, "keep the first N examples of each split (0 = all)", NONNEG_INT)
     max_test: int = arg(0, "evaluate on the first N test examples (0 = all)", NONNEG_INT, resume=True)
@@ -157,23 +160,19 @@ class Config:
 
 PRESETS = {"text": {
     # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
-    # One thread: a step took 6.4 ms on one thread and 7.1 ms on two (2-core VM, commit 787a604).
+    # One thread: a model this small steps faster on one thread than on two (RESULTS.md).
     "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50, threads=1),
     # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
     "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
-    # Sized for 2 CPU cores (ptb, yahoo-small). Measured on the 2-core VM, one thread per run, two or
-    # three runs sharing the cores: ptb 9-14 s per basic epoch, an aggressive epoch 380-560 s (42-50
-    # inner steps per decoder step); yahoo-small 10-16 s per basic epoch, 420-660 s per aggressive
-    # one. The plain VAE collapses on both (KL 0.00-0.04, AU 0). 30 epochs, because at 10 the models
-    # were still far from converged (ptb's language model 94.4 against the VAE's 97.0, both dropping
-    # ~1 nat an epoch; 10 epochs = 1,360 steps); by epoch 30 the lr has decayed three times and both
-    # corpora's VAEs have levelled off (validation -ELBO within 0.4 nat over the last 3 epochs).
-    # A basic run takes ~7 min, an SA-VAE run 79 min on ptb (159 s an epoch) and ~2 h on yahoo-small
-    # (210-265 s). The first cpu preset (9,000 documents, 5,000 words, 40 tokens) cost 1000-1700 s
-    # per aggressive epoch, which priced the text grid out. KL warm-up of 3 epochs: the official 10
-    # epochs are a tenth of its 100-epoch budget (Table 9 scales the same way).
+    # Sized for 2 CPU cores (ptb, yahoo-small): small enough that the whole text grid runs there,
+    # large enough that the plain VAE collapses; 30 epochs because the models level off by then and
+    # not by 10; a 3-epoch KL warm-up, the official 10 epochs' share of its 100-epoch budget (Table 9
+    # scales the same way). Its run times and the sizes tried first are in RESULTS.md.
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, subset=4000,
                 max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3),
+    # The cpu model on a corpus the cpu sizing was not made for (a researcher's own, full Yahoo or
+    # Yelp): the whole corpus, vocabulary and documents, and the full IW-NLL; only the model is small.
+    "cpu-full": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, mi_samples=20, warm_up=3),
     # For tests: a few seconds per run.
     "tiny": dict(ni=16, enc_nh=16, dec_nh=16, nz=2, batch_size=8, epochs=2, subset=64,
                  iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10),
@@ -183,18 +182,17 @@ PRESETS = {"text": {
     # every 10 steps and ends aggressive training after 5 epochs without a new best MI.
     "paper": dict(nz=32, enc_nh=64, dec_nh=64, batch_size=50, optim="adam", lr=1e-3, epochs=1000,
                   decay_patience=20, inner_window=10, mi_patience=5),
-    # Sized for 2 CPU cores. Measured 2026-11-24 on the 2-core VM, one thread per run, 1-2 other
-    # runs beside: 16-27 s per basic epoch, 3.3-5.4 min per basic run plus the IW test; an
-    # aggressive epoch 340-610 s, a whole aggressive run 21-32 min (seeds 0, 1; RESULTS.md).
-    # mi_patience 2, not the official 5: with 5, a run this short would stay aggressive nearly to
-    # its end.
+    # Sized for 2 CPU cores (run times in RESULTS.md). mi_patience 2, not the official 5: with 5, a
+    # run this short would stay aggressive nearly to its end.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
                 epochs=12, decay_patience=2, inner_window=10, mi_patience=2, subset=3000, max_test=1000,
                 iw_samples=50),
     "tiny": dict(nz=4, enc_nh=8, dec_nh=8, dec_kernels="5,3", batch_size=10, optim="adam", lr=1e-3,
                  epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
 }}
-DEFAULT_PRESET = {"synthetic": "synthetic"}     # every other dataset: cpu
+# The datasets the cpu preset's cuts were sized for; every other text corpus defaults to cpu-full, so
+# that a researcher's own corpus is never silently shrunk.
+DEFAULT_PRESET = {"synthetic": "synthetic", "ptb": "cpu", "yahoo-small": "cpu", "omniglot": "cpu"}
 NUMBER_RULES = {f.name: f.metadata["rule"] for f in dataclasses.fields(Config) if f.metadata["rule"]}
 RESUMABLE = {f.name for f in dataclasses.fields(Config) if f.metadata["resume"]}
 
@@ -258,7 +256,7 @@ def resolve_config(overrides):
     check_types(overrides)
     data = overrides.get("data", Config.data)
     presets = PRESETS[datalib.kind(data)]
-    preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu")
+    preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu-full")
     if preset not in presets:
         raise UsageError(f"--preset: unknown preset {preset!r} for {data} (expected one of {', '.join(presets)})")
     implied = {}
@@ -363,7 +361,7 @@ class GaussianHead(nn.Module):
     normalized with the fixed scale gamma and a learned shift, so every dimension's batch mean of mu^2
     is at least gamma^2 * var / (var + eps) and E[KL] >= nz * gamma^2 / 2 while the variance var of the
     unnormalized means is well above eps. It is not a guarantee: an encoder can still collapse by
-    shrinking var below eps (yahoo-small, seeds 1 and 2: var 3e-10, KL 0.01; RESULTS.md). eps as BatchNorm's,
+    shrinking var below eps (it happens on yahoo-small: RESULTS.md). eps as BatchNorm's,
     as in Zhu et al.'s code."""
 
     def __init__(self, nh, nz, gamma=0.0, bias=False, eps=1e-5, momentum=0.1):
@@ -706,13 +704,13 @@ def svi_refine(model, x, mu, logvar, cfg, kl_weight=1.0, gen=None):
     finite-difference Hessian-vector products (r = 1e-5), which adds error and needs replayed noise
     and dropout masks. Like the original, the gradient flowing back into each iterate (mu_k,
     logvar_k) is clipped to norm 5: the unrolled steps' Jacobian can blow up where the decoder is
-    sharply curved, and unclipped the backward pass reached norms of 1e4-1e11 on yahoo-small, which
-    the joint clip turned into steps along the blow-up alone (RESULTS.md). Below the clip the
+    sharply curved, and unclipped the backward pass blew up on yahoo-small, which the joint clip
+    turned into steps along the blow-up alone (RESULTS.md). Below the clip the
     gradient is exact. Like the original, the objective is the batch mean, so each example's
     effective step is svi_lr / B. Outside training the steps are plain (no graph is kept)."""
     exact = torch.is_grad_enabled() and model.training
-    # oneDNN's LSTM double backward is assembled from many small ops: without it a training step took
-    # 23x a joint step instead of 27x (`bench`, synthetic preset, one thread; RESULTS.md).
+    # oneDNN's LSTM double backward is assembled from many small ops: a training step is cheaper
+    # without oneDNN (`bench`, RESULTS.md).
     # allow_tf32=None leaves that flag alone: flags() otherwise sets it and torch warns on CPU builds.
     with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact, allow_tf32=None):
         v_mu = v_lv = 0.0
@@ -768,6 +766,21 @@ def kl_weight_at(cfg, it, n_batches):
     else:
         ramp = 1.0
     return cfg.beta * ramp
+
+
+def in_eval_mode(fn):
+    """Run fn(model, ...) in eval mode (no dropout masks) and without a graph, then give the model
+    back in the mode it was in: evaluation, decoding and snapshots happen in the middle of training."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------------
@@ -903,6 +916,336 @@ class Plateau:
         return None
 
 
+STEP_KINDS = ("encoder", "decoder", "joint", "svi")     # gradient steps by kind (svi: SA-VAE refinements)
+
+
+@dataclass
+class EpochInProgress:
+    """The epoch being trained, as far as it has gone: what a checkpoint within it must carry."""
+    aggressive: bool                 # the switch at the epoch's start (its log row says so)
+    steps: dict                      # the run's step counts at the epoch's start
+    sums: torch.Tensor               # train rec and KL summed over the epoch's examples so far
+    batch: int = 0                   # batches done
+    seconds: float = 0.0
+    mi_checks: list = dataclasses.field(default_factory=list)      # validation MI checked within the epoch
+    rng: dict = None                 # the batch order's RNG state at the epoch's start
+    kl_weight: float = 1.0           # at the latest batch
+    n_train: int = 0                 # training examples of the epoch, once it has run
+
+
+@dataclass
+class TrainState:
+    """Everything of the training loop that a checkpoint must carry besides weights, optimizers and
+    RNGs. `epoch` is the latest epoch started; it has finished when `current` is None."""
+    lr: float
+    plateau: Plateau
+    switch: AggressiveSwitch
+    epoch: int = 0
+    it: int = 0                      # training iterations (minibatches) so far
+    decays: int = 0
+    train_seconds: float = 0.0
+    steps: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(STEP_KINDS, 0))
+    current: EpochInProgress = None
+
+    @classmethod
+    def new(cls, cfg):
+        return cls(cfg.lr, Plateau(cfg.decay_patience),
+                   AggressiveSwitch(cfg.aggressive, cfg.mi_patience, cfg.mi_tol, cfg.mi_floor))
+
+    def start_epoch(self, device):
+        self.epoch += 1
+        self.current = EpochInProgress(self.switch.on, dict(self.steps), torch.zeros(2, device=device))
+
+    def state_dict(self):
+        """Plain types only (the rules as dicts), so the file loads whichever module wrote it; the layout
+        is that of the checkpoints written before this class (the epoch in progress under "run")."""
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "current"}
+        return {**plain, "plateau": vars(self.plateau), "switch": vars(self.switch),
+                "run": vars(self.current) if self.current else None}
+
+    def load_state_dict(self, d):
+        for k, v in d.items():
+            if k in ("plateau", "switch"):
+                vars(getattr(self, k)).update(v)
+            elif k == "run":
+                self.current = EpochInProgress(**v) if v is not None else None
+            else:
+                setattr(self, k, v)
+
+
+DIVERGED = 50     # times the loss of a uniform guess, where every model starts
+
+
+def divergence(metrics, score, model, batches):
+    """Why the validation metrics say training diverged, or None: the loss `score` per example is
+    over DIVERGED times that of a uniform guess at every token or pixel (an exploded model whose
+    numbers are still finite), or a metric is NaN or infinite (a perplexity past float range too)."""
+    uniform = sum(model.uniform_nll(x) for x in batches) / metrics["n"]
+    if score > DIVERGED * uniform:
+        return f"validation loss {score:.4g} is over {DIVERGED} times that of a uniform guess ({uniform:.4g})"
+    broken = nonfinite(metrics)
+    return f"validation {', '.join(broken)}" if broken else None
+
+
+def pretrain_encoder(cfg, out, model, device):
+    """Li et al. 2019: an autoencoder (KL weight 0) first; its encoder is kept and the decoder stays
+    freshly initialized. Returns the autoencoder's result (its seconds and gradient steps count
+    towards the run's: they are part of what the method costs)."""
+    pre = out / "pretrain"
+    ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0, free_bits=0.0,
+                             iw_samples=0, out=str(pre), overwrite=False,
+                             resume=cfg.resume and (pre / "last.pt").is_file())
+    result = train(ae)
+    enc = load_best(pre / "model.pt", device)["model"]
+    model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
+    return result
+
+
+def train(cfg):
+    """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
+    result.json into the run directory. Returns the result dict."""
+    with run_directory(cfg) as out, stopping_on_signals():
+        return train_in(cfg, out)
+
+
+def train_in(cfg, out):
+    device = use_device(cfg)
+    seed_all(cfg.seed)
+    corpus = load_data(cfg)
+    model = build_model(cfg, corpus).to(device)
+    val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size)]
+    rng = np.random.default_rng(cfg.seed)
+    state = TrainState.new(cfg)
+    resuming = cfg.resume and (out / "last.pt").is_file()     # killed before its first checkpoint: start afresh
+    # First of the run's files, so that no file of it is ever without the settings that made it.
+    write_json(out / "config.json", {"config": asdict(cfg), "mode": mode_name(cfg), "device": str(device),
+                                     **environment()})
+    if cfg.pretrain_encoder and not resuming:
+        ae = pretrain_encoder(cfg, out, model, device)
+        state.train_seconds, state.steps = ae["train_seconds"], {k: ae[f"steps_{k}"] for k in STEP_KINDS}
+    opts = make_optimizers(model, cfg, cfg.lr)
+    if resuming:
+        check_resumed_data(out, corpus)
+        state, opts = load_last(out, model, cfg, rng, device)
+    else:
+        (out / "log.jsonl").write_text("")
+        (out / "model.pt").unlink(missing_ok=True)     # never reload a best model of an earlier run
+    hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
+    if not cfg.quiet:
+        print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None)), flush=True)
+
+    more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
+    if more():       # a finished run trained further is unfinished until its new result is written
+        (out / "result.json").unlink(missing_ok=True)
+    save = lambda: save_last(out / "last.pt", model, opts, state, rng, device)
+    while more():
+        train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save)
+        opts = end_epoch(model, opts, corpus, val, cfg, state, out, device)
+        save()
+        keep_good_epoch(out)
+        if more():
+            STOP.check(f"the end of epoch {state.epoch}")
+
+    best = load_best(out / "model.pt", device)
+    if not cfg.quiet:
+        why = (f"{cfg.max_decay} lr decays (--max-decay)" if state.decays >= cfg.max_decay else
+               f"the budget of {cfg.epochs} epochs (--epochs)")
+        print(f"training ended after {why}; testing the best model, of epoch {best['epoch']}", flush=True)
+    model.load_state_dict(best["model"])
+    hooks.finished()
+    test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
+    result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
+              "epochs": state.epoch, "train_seconds": state.train_seconds,
+              **{f"steps_{k}": v for k, v in state.steps.items()}, "steps": sum(state.steps.values()),
+              **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
+                          mi_samples=cfg.mi_samples)}
+    broken = nonfinite(result)
+    if broken:
+        raise UsageError(f"{out}: the test evaluation of the best model gave {', '.join(broken)}; no result.json "
+                         f"written")
+    write_json(out / "result.json", result)
+    if not cfg.quiet:
+        print("test | " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in result.items()))
+    return result
+
+
+class Hooks:
+    """What the batch loop does besides training: posterior-mean snapshots (Figure 2) after chosen
+    generator updates, and one example's trajectory (Figure 3) after every update. Both draw no
+    random numbers, so a run with them trains exactly as one without."""
+
+    def __init__(self, cfg, corpus, model, out, state, device, fresh):
+        self.cfg, self.model, self.out, self.state = cfg, model, out, state
+        self.snap_iters = {int(i) for i in cfg.snapshot_iters.split(",") if i}
+        self.snap_points = ([b.to(device) for b in corpus.batches("valid", 50, limit=500)]
+                            if self.snap_iters else [])
+        self.track_point = ([b.to(device) for b in corpus.batches("valid", 1, limit=1)]
+                            if cfg.trajectory_iters else [])
+        if self.snap_iters and fresh:
+            (out / "snapshots.jsonl").write_text("")
+            if 0 in self.snap_iters:
+                self.snapshot()
+        if self.track_point and fresh:
+            (out / "trajectory.jsonl").write_text("")
+            self.track("init")
+
+    def snapshot(self):
+        record_snapshot(self.model, self.snap_points, self.state.it, self.cfg, self.out / "snapshots.jsonl")
+
+    def track(self, step):
+        if self.track_point and self.state.it <= self.cfg.trajectory_iters:
+            record_snapshot(self.model, self.track_point, self.state.it, self.cfg,
+                            self.out / "trajectory.jsonl", step)
+
+    def encoder_step(self):
+        return (lambda: self.track("encoder")) if self.track_point else None
+
+    def after_batch(self, step):
+        self.track(step)
+        if self.state.it in self.snap_iters:
+            self.snapshot()
+
+    def finished(self):
+        if self.snap_iters:
+            self.snapshot()                           # "convergence": the best model
+
+
+@in_eval_mode
+def record_snapshot(model, batches, it, cfg, path, step=None):
+    """Append the true posterior means (grid) and inference means mu(x) of the snapshot points after
+    `it` generator updates to snapshots.jsonl (or, with `step`, to the trajectory file). Deterministic
+    and draws no random numbers, so a run with snapshots trains exactly as one without."""
+    true = torch.cat([posterior_mean_grid(model, x, stride=cfg.grid_stride) for x in batches])
+    mu = torch.cat([model.encode(x)[0][:, 0] for x in batches])
+    with open(path, "a") as f:
+        f.write(json.dumps({"iter": it, **({"step": step} if step else {}), "model_mean": true.tolist(),
+                            "inference_mean": mu.tolist()}) + "\n")
+
+
+def epoch_batches(corpus, cfg, rng, ep, device):
+    """This epoch's training batches in order. They are drawn from the run's RNG at the epoch start,
+    whose state is kept in `ep`, so a run resumed mid-epoch rebuilds exactly the same batches."""
+    if ep.batch == 0:
+        ep.rng = rng.bit_generator.state
+        order = rng
+    else:
+        order = np.random.default_rng()
+        order.bit_generator.state = ep.rng
+    return [b.to(device) for b in corpus.batches("train", cfg.batch_size, order)]
+
+
+def mi_check_points(cfg, n_batches):
+    """Batch counts after which validation MI is checked while aggressive; the last is the epoch end."""
+    return {round(k * n_batches / cfg.mi_checks) for k in range(1, cfg.mi_checks)}
+
+
+def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
+    """One epoch of Algorithm 1 (or of plain joint updates once the switch is off). A checkpoint is
+    written every `checkpoint_minutes`, so a killed run loses at most that much of an epoch."""
+    device = val[0].device
+    if state.current is None:
+        state.start_epoch(device)
+    ep, switch, steps = state.current, state.switch, state.steps
+    batches = epoch_batches(corpus, cfg, rng, ep, device)
+    random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
+    checks = mi_check_points(cfg, len(batches))
+    progress = Progress(cfg, state.epoch, batches, ep.batch)
+    t0 = last_save = time.time()
+    model.train()
+    # disable=None: progress bars only on a terminal, never in nohup logs.
+    bar = tqdm(total=len(batches), initial=ep.batch, desc=f"epoch {state.epoch}",
+               disable=cfg.quiet or None, leave=False)
+    while ep.batch < len(batches):
+        x = corpus.prepare(batches[ep.batch])
+        state.it += 1
+        ep.kl_weight = kl_weight = kl_weight_at(cfg, state.it, len(batches))
+        if switch.on:                                 # Algorithm 1, lines 4-12
+            steps["encoder"] += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight,
+                                                      hooks.encoder_step())
+            _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
+            steps["decoder"] += 1
+            hooks.after_batch("decoder")
+        else:
+            _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
+            steps["joint"] += 1
+            steps["svi"] += cfg.svi_steps if cfg.savae else 0
+            hooks.after_batch("joint")
+        ep.sums += torch.stack([rec.sum(), kl.sum()])
+        ep.batch += 1
+        bar.update()
+        progress.step(x.size(0), steps["encoder"] - ep.steps["encoder"], ep.sums)
+        if switch.on and ep.batch in checks:      # Sec. 4.2, checked within the epoch
+            ep.mi_checks.append(evaluate(model, val, cfg, desc="valid")["mi_full"])
+            switch.step(ep.mi_checks[-1], final=False)
+            if not cfg.quiet:
+                print(f"epoch {state.epoch:3d} | batch {ep.batch}/{len(batches)} | val mi_full "
+                      f"{ep.mi_checks[-1]:.3f} | aggressive {int(switch.on)}", flush=True)
+        if STOP.signum is not None or cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            ep.seconds += time.time() - t0
+            t0 = last_save = time.time()
+            save()
+            STOP.check(f"epoch {state.epoch} batch {ep.batch}")
+    bar.close()
+    ep.seconds += time.time() - t0
+    ep.n_train = sum(len(b) for b in batches)
+
+
+def end_epoch(model, opts, corpus, val, cfg, state, out, device):
+    """Validation, the aggressive switch (Sec. 4.2), the epoch's log row, model selection on
+    validation -ELBO and the lr decay (App. B). Returns the optimizers (new ones after a decay)."""
+    ep, t0 = state.current, time.time()
+    train_rec, train_kl = (ep.sums / ep.n_train).tolist()
+    metrics = evaluate(model, val, cfg, desc="valid")
+    state.switch.step(metrics["mi_full"])
+    ep.seconds += time.time() - t0
+    state.train_seconds += ep.seconds
+    epoch_steps = {k: state.steps[k] - ep.steps[k] for k in STEP_KINDS}
+    row = {"epoch": state.epoch, "train_elbo": train_rec + train_kl, "train_rec": train_rec,
+           "train_kl": train_kl, **{f"val_{k}": v for k, v in metrics.items()},
+           "lr": state.lr, "kl_weight": ep.kl_weight, "aggressive": ep.aggressive,
+           "inner_steps": epoch_steps["encoder"] / epoch_steps["decoder"] if epoch_steps["decoder"] else 0.0,
+           **{f"steps_{k}": v for k, v in epoch_steps.items()}, "mi_checks": ep.mi_checks,
+           "seconds": ep.seconds}
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    state.current = None
+    if not cfg.quiet:
+        print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
+              f"kl {metrics['kl']:.3f} mi {metrics['mi']:.3f} mi_full {metrics['mi_full']:.3f} "
+              f"au {metrics['au']} | lr {state.lr:g} kl_weight {row['kl_weight']:.3f} | "
+              f"aggressive {int(row['aggressive'])} inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
+
+    # Model selection on validation -ELBO (weight 1), except for the autoencoder of
+    # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
+    score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
+    why = divergence(metrics, score, model, val)
+    if why:
+        kept = (f"last.pt holds the end of epoch {state.epoch - 1}" if (out / "epoch.pt").is_file() else
+                "no epoch had finished, --resume starts afresh")
+        if (out / "epoch.pt").is_file():
+            os.replace(out / "epoch.pt", out / "last.pt")
+        else:
+            (out / "last.pt").unlink(missing_ok=True)
+        raise UsageError(f"{out}: epoch {state.epoch}: {why}; training diverged ({kept}; try a smaller --lr "
+                         f"or --clip-grad)")
+    verdict = state.plateau.step(score)
+    if verdict == "best":
+        atomic_save({"config": asdict(cfg), "model": model.state_dict(),
+                     "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state.epoch,
+                     **data_identity(corpus)}, out / "model.pt")
+    elif verdict == "decay":                      # halve the lr and restart from the best model
+        state.lr *= cfg.lr_decay
+        state.decays += 1
+        model.load_state_dict(load_best(out / "model.pt", device)["model"])
+        opts = make_optimizers(model, cfg, state.lr)
+    return opts
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Runs: the run directory and its files, checkpoints and --resume, locks, signals, the start banner.
+# Every file of a run is written atomically or counted in last.pt, so after any crash they agree.
+
 class Progress:
     """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
     CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
@@ -931,59 +1274,10 @@ class Progress:
               f"ETA {mmss(eta)}", flush=True)
 
 
-def in_eval_mode(fn):
-    """Run fn(model, ...) in eval mode (no dropout masks) and without a graph, then give the model
-    back in the mode it was in: evaluation, decoding and snapshots happen in the middle of training."""
-    @functools.wraps(fn)
-    def wrapper(model, *args, **kwargs):
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return fn(model, *args, **kwargs)
-        finally:
-            model.train(was_training)
-    return wrapper
-
-
-@in_eval_mode
-def record_snapshot(model, batches, it, cfg, path, step=None):
-    """Append the true posterior means (grid) and inference means mu(x) of the snapshot points after
-    `it` generator updates to snapshots.jsonl (or, with `step`, to the trajectory file). Deterministic
-    and draws no random numbers, so a run with snapshots trains exactly as one without."""
-    true = torch.cat([posterior_mean_grid(model, x, stride=cfg.grid_stride) for x in batches])
-    mu = torch.cat([model.encode(x)[0][:, 0] for x in batches])
-    with open(path, "a") as f:
-        f.write(json.dumps({"iter": it, **({"step": step} if step else {}), "model_mean": true.tolist(),
-                            "inference_mean": mu.tolist()}) + "\n")
-
-
 def seed_all(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def atomic_save(obj, path, write=None):
-    """Write to a temporary file, flush it to disk and rename, so that a kill or a power cut leaves the
-    old file or the new one, never half of one. A full disk is one line naming the file."""
-    tmp = Path(str(path) + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            (write or torch.save)(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
-    except RuntimeError as e:        # torch.save reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({' '.join(str(e).split())[:200]})") from None
-
-
-def write_json(path, obj):
-    atomic_save(obj, path, lambda o, f: f.write(json.dumps(o, indent=2).encode()))
 
 
 def run_dir(cfg):
@@ -1016,30 +1310,20 @@ def processor():
     return name + (f" ({', '.join(detail)})" if detail else "")
 
 
-def load_data(cfg):
+def load_data(cfg, generate=True):
+    """cfg's dataset; generate=False: synthetic data must already be there (a checkpoint's data is found,
+    not made anew under whatever --data-dir says)."""
     try:
-        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len)
+        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len, generate)
     except datalib.DataError as e:
         raise UsageError(str(e)) from None
 
 
 RUN_FILES = ("result.json", "last.pt", "epoch.pt", "model.pt", "log.jsonl", "snapshots.jsonl", "trajectory.jsonl",
              "samples.png", "samples.txt", "config.json")     # removed in this order: config.json goes last
+
+
 APPENDED = ("log.jsonl", "snapshots.jsonl", "trajectory.jsonl")      # the run files that grow by rows
-
-
-DIVERGED = 50     # times the loss of a uniform guess, where every model starts
-
-
-def divergence(metrics, score, model, batches):
-    """Why the validation metrics say training diverged, or None: the loss `score` per example is
-    over DIVERGED times that of a uniform guess at every token or pixel (an exploded model whose
-    numbers are still finite), or a metric is NaN or infinite (a perplexity past float range too)."""
-    uniform = sum(model.uniform_nll(x) for x in batches) / metrics["n"]
-    if score > DIVERGED * uniform:
-        return f"validation loss {score:.4g} is over {DIVERGED} times that of a uniform guess ({uniform:.4g})"
-    broken = nonfinite(metrics)
-    return f"validation {', '.join(broken)}" if broken else None
 
 
 @contextmanager
@@ -1061,7 +1345,7 @@ def run_directory(cfg):
         if old and cfg.resume:
             check_resume_config(out, cfg, old)
         elif old and cfg.overwrite:
-            for f in [*RUN_FILES[:-1], *(f.name for f in out.glob("*.tmp")), RUN_FILES[-1]]:
+            for f in [*RUN_FILES[:-1], *(f.name for p in ("*.tmp", "latents.*.npz") for f in out.glob(p)), RUN_FILES[-1]]:
                 (out / f).unlink(missing_ok=True)
             shutil.rmtree(out / "pretrain", ignore_errors=True)
         elif old and not cfg.resume:
@@ -1090,25 +1374,51 @@ def check_resume_config(out, cfg, old):
                          + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
 
 
-def new_state(cfg):
-    """Everything of the training loop that a checkpoint must carry besides weights and RNGs. `epoch`
-    counts finished epochs; `run` is the epoch in progress (None between epochs)."""
-    return dict(epoch=0, it=0, lr=cfg.lr, decays=0, train_seconds=0.0, plateau=Plateau(cfg.decay_patience),
-                switch=AggressiveSwitch(cfg.aggressive, cfg.mi_patience, cfg.mi_tol, cfg.mi_floor),
-                steps=dict.fromkeys(STEP_KINDS, 0), run=None)
+def atomic_save(obj, path, write=None):
+    """Write to a temporary file, flush it to disk and rename, so that a kill or a power cut leaves the
+    old file or the new one, never half of one. A full disk is one line naming the file."""
+    tmp = Path(str(path) + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            (write or torch.save)(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
+    except RuntimeError as e:        # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({' '.join(str(e).split())[:200]})") from None
 
 
-STEP_KINDS = ("encoder", "decoder", "joint", "svi")     # gradient steps by kind (svi: SA-VAE refinements)
+def write_json(path, obj):
+    atomic_save(obj, path, lambda o, f: f.write(json.dumps(o, indent=2).encode()))
+
+
+def fingerprint(examples):
+    """sha256 of a split as the model sees it (token ids or pixels, in order)."""
+    h = hashlib.sha256()
+    for x in ([examples] if torch.is_tensor(examples) else examples):
+        h.update(np.int64(x.numel()).tobytes())
+        h.update(x.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_identity(corpus):
+    """What a model needs to stand alone: the words of its ids (text), the special tokens, and
+    fingerprints of the data it was trained and tested on, to tell later data apart."""
+    return {"vocab": getattr(corpus, "vocab", None), "specials": datalib.SPECIALS if corpus.kind == "text" else None,
+            "fingerprints": {split: fingerprint(corpus.splits[split]) for split in ("train", "test")}}
 
 
 def save_last(path, model, opts, state, rng, device):
     """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not).
     `rows`: how many rows of each appended file belong to this state, so a resume cuts each to exactly
     those, whatever was appended between this checkpoint and a crash."""
-    plain = {k: vars(v) if isinstance(v, (Plateau, AggressiveSwitch)) else v for k, v in state.items()}
     rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
     atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-                 "state": plain, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "state": state.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "rows": rows}, path)
 
@@ -1148,13 +1458,9 @@ def load_last(out, model, cfg, rng, device):
     try:
         ck = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
-        state = new_state(cfg)
-        for k, v in ck["state"].items():
-            if isinstance(state.get(k), (Plateau, AggressiveSwitch)):
-                vars(state[k]).update(v)
-            else:
-                state[k] = v
-        opts = make_optimizers(model, cfg, state["lr"])
+        state = TrainState.new(cfg)
+        state.load_state_dict(ck["state"])
+        opts = make_optimizers(model, cfg, state.lr)
         for name, opt in opts.items():
             opt.load_state_dict(ck["opts"][name])
     except Exception as e:      # a truncated file or one from other flags: say which and why
@@ -1168,29 +1474,71 @@ def load_last(out, model, cfg, rng, device):
         for name, n in ck["rows"].items():
             keep_rows(out / name, n, last)
     else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
-        keep_rows(out / "log.jsonl", state["epoch"] - (state["run"] is not None), last)
+        keep_rows(out / "log.jsonl", state.epoch - (state.current is not None), last)
         for name in ("snapshots.jsonl", "trajectory.jsonl"):
             if (out / name).is_file():
                 try:
-                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state["it"]]
+                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
                 except (ValueError, KeyError, TypeError) as e:
                     raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
                 (out / name).write_text("".join(r + "\n" for r in keep))
     return state, opts
 
 
-def pretrain_encoder(cfg, out, model, device):
-    """Li et al. 2019: an autoencoder (KL weight 0) first; its encoder is kept and the decoder stays
-    freshly initialized. Returns the autoencoder's result (its seconds and gradient steps count
-    towards the run's: they are part of what the method costs)."""
-    pre = out / "pretrain"
-    ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0, free_bits=0.0,
-                             iw_samples=0, out=str(pre), overwrite=False,
-                             resume=cfg.resume and (pre / "last.pt").is_file())
-    result = train(ae)
-    enc = torch.load(pre / "model.pt", map_location=device)["model"]
-    model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
-    return result
+def load_best(path, device):
+    """A checkpoint the run wrote (model.pt), or one line naming it when it cannot be read."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:          # truncated, garbage, another format: unpickling fails in many ways
+        raise UsageError(f"{path}: not readable as a lagvae checkpoint ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:150]}); the run's best model is lost, retrain with --overwrite") from None
+
+
+def check_resumed_data(out, corpus):
+    """A resumed run must train on the data it started on (its best model says which)."""
+    best = load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
+    if "fingerprints" not in best:
+        return
+    now = data_identity(corpus)
+    what = ("vocabulary" if best["vocab"] != now["vocab"] else
+            "training data" if best["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
+    if what:
+        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
+                         f"--data-dir?); resume it on its own data")
+
+
+def banner(cfg, out, device, corpus, model, resumed=None):
+    """What a run is about to do, before its first batch: where, on what, and every cut of the data."""
+    n = {split: len(corpus.splits[split]) for split in ("train", "valid", "test")}
+    unit = "documents" if corpus.kind == "text" else "images"
+    lines = [f"run {out} | {device}, {torch.get_num_threads()} thread(s) | --preset {cfg.preset} | mode "
+             f"{mode_name(cfg)} | seed {cfg.seed}",
+             f"data {cfg.data}: train {n['train']:,} / valid {n['valid']:,} / test {n['test']:,} {unit}"
+             + (f" | vocabulary {corpus.vocab_size:,} | documents "
+                + (f"up to {cfg.max_len} tokens" if cfg.max_len else "of any length") if corpus.kind == "text" else "")
+             + f" | {sum(p.numel() for p in model.parameters()):,} parameters"]
+    preset = PRESETS[datalib.kind(cfg.data)][cfg.preset]
+    via = lambda f: f"--{f.replace('_', '-')} {getattr(cfg, f)}" + (f" from --preset {cfg.preset}"
+                                                                      if preset.get(f) == getattr(cfg, f) else "")
+    stats = getattr(corpus, "stats", {})
+    cuts = [f"{split} {n[split]:,} of {stats[split]['documents']:,} {unit} ({via('subset')})"
+            for split in ("train", "valid", "test") if stats.get(split, {}).get("documents", 0) > n[split]]
+    if stats.get("train", {}).get("words", 0) > getattr(corpus, "vocab_size", 0):
+        cuts.append(f"vocabulary {corpus.vocab_size:,} of {stats['train']['words']:,} words ({via('max_vocab')})")
+    cut_docs = {split: stats.get(split, {}).get("truncated", 0) for split in n}
+    if any(cut_docs.values()):
+        counts = ", ".join(f"{k:,} {split}" for split, k in cut_docs.items())
+        cuts.append(f"{counts} {unit} cut to {cfg.max_len} tokens ({via('max_len')})")
+    if cfg.max_test and cfg.max_test < n["test"]:
+        cuts.append(f"test evaluated on its first {cfg.max_test:,} {unit} ({via('max_test')})")
+    if cfg.iw_samples and cfg.iw_samples < 500 and not cfg.lm:
+        cuts.append(f"IW-NLL with {cfg.iw_samples} samples, the paper 500 ({via('iw_samples')})")
+    lines.append("cut: " + "; ".join(cuts) if cuts else "cut: nothing (whole corpus, vocabulary and documents)")
+    if resumed:
+        where = (f"epoch {resumed.epoch} batch {resumed.current.batch}" if resumed.current is not None
+                 else f"the end of epoch {resumed.epoch}")
+        lines.append(f"resuming from {where}")
+    return lines
 
 
 class Interrupted(Exception):
@@ -1237,231 +1585,8 @@ def stopping_on_signals():
         STOP.signum = None
 
 
-def train(cfg):
-    """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
-    result.json into the run directory. Returns the result dict."""
-    with run_directory(cfg) as out, stopping_on_signals():
-        return train_in(cfg, out)
-
-
-def train_in(cfg, out):
-    device = use_device(cfg)
-    seed_all(cfg.seed)
-    corpus = load_data(cfg)
-    model = build_model(cfg, corpus).to(device)
-    val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size)]
-    rng = np.random.default_rng(cfg.seed)
-    state = new_state(cfg)
-    resuming = cfg.resume and (out / "last.pt").is_file()     # killed before its first checkpoint: start afresh
-    # First of the run's files, so that no file of it is ever without the settings that made it.
-    write_json(out / "config.json", {"config": asdict(cfg), "mode": mode_name(cfg), "device": str(device),
-                                     **environment()})
-    if cfg.pretrain_encoder and not resuming:
-        ae = pretrain_encoder(cfg, out, model, device)
-        state["train_seconds"], state["steps"] = ae["train_seconds"], {k: ae[f"steps_{k}"] for k in STEP_KINDS}
-    opts = make_optimizers(model, cfg, cfg.lr)
-    if resuming:
-        state, opts = load_last(out, model, cfg, rng, device)
-    else:
-        (out / "log.jsonl").write_text("")
-        (out / "model.pt").unlink(missing_ok=True)     # never reload a best model of an earlier run
-    hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
-
-    more = lambda: state["run"] is not None or state["epoch"] < cfg.epochs and state["decays"] < cfg.max_decay
-    if more():       # a finished run trained further is unfinished until its new result is written
-        (out / "result.json").unlink(missing_ok=True)
-    save = lambda: save_last(out / "last.pt", model, opts, state, rng, device)
-    while more():
-        train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save)
-        opts = end_epoch(model, opts, corpus, val, cfg, state, out, device)
-        save()
-        keep_good_epoch(out)
-        if more():
-            STOP.check(f"the end of epoch {state['epoch']}")
-
-    model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
-    hooks.finished()
-    test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
-    result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
-              "epochs": state["epoch"], "train_seconds": state["train_seconds"],
-              **{f"steps_{k}": v for k, v in state["steps"].items()}, "steps": sum(state["steps"].values()),
-              **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
-                          mi_samples=cfg.mi_samples)}
-    broken = nonfinite(result)
-    if broken:
-        raise UsageError(f"{out}: the test evaluation of the best model gave {', '.join(broken)}; no result.json "
-                         f"written")
-    write_json(out / "result.json", result)
-    if not cfg.quiet:
-        print("test | " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in result.items()))
-    return result
-
-
-class Hooks:
-    """What the batch loop does besides training: posterior-mean snapshots (Figure 2) after chosen
-    generator updates, and one example's trajectory (Figure 3) after every update. Both draw no
-    random numbers, so a run with them trains exactly as one without."""
-
-    def __init__(self, cfg, corpus, model, out, state, device, fresh):
-        self.cfg, self.model, self.out, self.state = cfg, model, out, state
-        self.snap_iters = {int(i) for i in cfg.snapshot_iters.split(",") if i}
-        self.snap_points = ([b.to(device) for b in corpus.batches("valid", 50, limit=500)]
-                            if self.snap_iters else [])
-        self.track_point = ([b.to(device) for b in corpus.batches("valid", 1, limit=1)]
-                            if cfg.trajectory_iters else [])
-        if self.snap_iters and fresh:
-            (out / "snapshots.jsonl").write_text("")
-            if 0 in self.snap_iters:
-                self.snapshot()
-        if self.track_point and fresh:
-            (out / "trajectory.jsonl").write_text("")
-            self.track("init")
-
-    def snapshot(self):
-        record_snapshot(self.model, self.snap_points, self.state["it"], self.cfg, self.out / "snapshots.jsonl")
-
-    def track(self, step):
-        if self.track_point and self.state["it"] <= self.cfg.trajectory_iters:
-            record_snapshot(self.model, self.track_point, self.state["it"], self.cfg,
-                            self.out / "trajectory.jsonl", step)
-
-    def encoder_step(self):
-        return (lambda: self.track("encoder")) if self.track_point else None
-
-    def after_batch(self, step):
-        self.track(step)
-        if self.state["it"] in self.snap_iters:
-            self.snapshot()
-
-    def finished(self):
-        if self.snap_iters:
-            self.snapshot()                           # "convergence": the best model
-
-
-def epoch_batches(corpus, cfg, rng, run, device):
-    """This epoch's training batches in order. They are drawn from the run's RNG at the epoch start,
-    whose state is kept in `run`, so a run resumed mid-epoch rebuilds exactly the same batches."""
-    if run["batch"] == 0:
-        run["rng"] = rng.bit_generator.state
-        order = rng
-    else:
-        order = np.random.default_rng()
-        order.bit_generator.state = run["rng"]
-    return [b.to(device) for b in corpus.batches("train", cfg.batch_size, order)]
-
-
-def mi_check_points(cfg, n_batches):
-    """Batch counts after which validation MI is checked while aggressive; the last is the epoch end."""
-    return {round(k * n_batches / cfg.mi_checks) for k in range(1, cfg.mi_checks)}
-
-
-def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
-    """One epoch of Algorithm 1 (or of plain joint updates once the switch is off). A checkpoint is
-    written every `checkpoint_minutes`, so a killed run loses at most that much of an epoch."""
-    device = val[0].device
-    if state["run"] is None:
-        state["epoch"] += 1
-        state["run"] = dict(batch=0, sums=torch.zeros(2, device=device), seconds=0.0, mi_checks=[],
-                            aggressive=state["switch"].on, steps=dict(state["steps"]))
-    run, switch, steps = state["run"], state["switch"], state["steps"]
-    batches = epoch_batches(corpus, cfg, rng, run, device)
-    random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
-    checks = mi_check_points(cfg, len(batches))
-    progress = Progress(cfg, state["epoch"], batches, run["batch"])
-    t0 = last_save = time.time()
-    model.train()
-    # disable=None: progress bars only on a terminal, never in nohup logs.
-    bar = tqdm(total=len(batches), initial=run["batch"], desc=f"epoch {state['epoch']}",
-               disable=cfg.quiet or None, leave=False)
-    while run["batch"] < len(batches):
-        x = corpus.prepare(batches[run["batch"]])
-        state["it"] += 1
-        run["kl_weight"] = kl_weight = kl_weight_at(cfg, state["it"], len(batches))
-        if switch.on:                                 # Algorithm 1, lines 4-12
-            steps["encoder"] += aggressive_inner_loop(model, opts, x, random_batch, cfg, kl_weight,
-                                                      hooks.encoder_step())
-            _, rec, kl = update(model, opts, x, cfg, "decoder", kl_weight)
-            steps["decoder"] += 1
-            hooks.after_batch("decoder")
-        else:
-            _, rec, kl = update(model, opts, x, cfg, "all", kl_weight)
-            steps["joint"] += 1
-            steps["svi"] += cfg.svi_steps if cfg.savae else 0
-            hooks.after_batch("joint")
-        run["sums"] += torch.stack([rec.sum(), kl.sum()])
-        run["batch"] += 1
-        bar.update()
-        progress.step(x.size(0), steps["encoder"] - run["steps"]["encoder"], run["sums"])
-        if switch.on and run["batch"] in checks:      # Sec. 4.2, checked within the epoch
-            run["mi_checks"].append(evaluate(model, val, cfg, desc="valid")["mi_full"])
-            switch.step(run["mi_checks"][-1], final=False)
-            if not cfg.quiet:
-                print(f"epoch {state['epoch']:3d} | batch {run['batch']}/{len(batches)} | val mi_full "
-                      f"{run['mi_checks'][-1]:.3f} | aggressive {int(switch.on)}", flush=True)
-        if STOP.signum is not None or cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
-            run["seconds"] += time.time() - t0
-            t0 = last_save = time.time()
-            save()
-            STOP.check(f"epoch {state['epoch']} batch {run['batch']}")
-    bar.close()
-    run["seconds"] += time.time() - t0
-    run["n_train"] = sum(len(b) for b in batches)
-
-
-def end_epoch(model, opts, corpus, val, cfg, state, out, device):
-    """Validation, the aggressive switch (Sec. 4.2), the epoch's log row, model selection on
-    validation -ELBO and the lr decay (App. B). Returns the optimizers (new ones after a decay)."""
-    run, t0 = state["run"], time.time()
-    train_rec, train_kl = (run["sums"] / run["n_train"]).tolist()
-    metrics = evaluate(model, val, cfg, desc="valid")
-    state["switch"].step(metrics["mi_full"])
-    run["seconds"] += time.time() - t0
-    state["train_seconds"] += run["seconds"]
-    epoch_steps = {k: state["steps"][k] - run["steps"][k] for k in STEP_KINDS}
-    row = {"epoch": state["epoch"], "train_elbo": train_rec + train_kl, "train_rec": train_rec,
-           "train_kl": train_kl, **{f"val_{k}": v for k, v in metrics.items()},
-           "lr": state["lr"], "kl_weight": run["kl_weight"], "aggressive": run["aggressive"],
-           "inner_steps": epoch_steps["encoder"] / epoch_steps["decoder"] if epoch_steps["decoder"] else 0.0,
-           **{f"steps_{k}": v for k, v in epoch_steps.items()}, "mi_checks": run["mi_checks"],
-           "seconds": run["seconds"]}
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    state["run"] = None
-    if not cfg.quiet:
-        print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
-              f"kl {metrics['kl']:.3f} mi {metrics['mi']:.3f} mi_full {metrics['mi_full']:.3f} "
-              f"au {metrics['au']} | lr {state['lr']:g} kl_weight {row['kl_weight']:.3f} | "
-              f"aggressive {int(row['aggressive'])} inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
-
-    # Model selection on validation -ELBO (weight 1), except for the autoencoder of
-    # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
-    score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
-    why = divergence(metrics, score, model, val)
-    if why:
-        kept = (f"last.pt holds the end of epoch {state['epoch'] - 1}" if (out / "epoch.pt").is_file() else
-                "no epoch had finished, --resume starts afresh")
-        if (out / "epoch.pt").is_file():
-            os.replace(out / "epoch.pt", out / "last.pt")
-        else:
-            (out / "last.pt").unlink(missing_ok=True)
-        raise UsageError(f"{out}: epoch {state['epoch']}: {why}; training diverged ({kept}; try a smaller --lr "
-                         f"or --clip-grad)")
-    verdict = state["plateau"].step(score)
-    if verdict == "best":
-        atomic_save({"config": asdict(cfg), "model": model.state_dict(),
-                     "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state["epoch"]},
-                    out / "model.pt")
-    elif verdict == "decay":                      # halve the lr and restart from the best model
-        state["lr"] *= cfg.lr_decay
-        state["decays"] += 1
-        model.load_state_dict(torch.load(out / "model.pt", map_location=device)["model"])
-        opts = make_optimizers(model, cfg, state["lr"])
-    return opts
-
-
 # ------------------------------------------------------------------------------------------------
-# 5. Evaluation: the same code for every mode and dataset; decoding text from z; latents.
+# 6. Evaluation: the same code for every mode and dataset; decoding text from z; latents.
 
 PAD, BOS, EOS = (datalib.SPECIALS.index(t) for t in (datalib.PAD, datalib.BOS, datalib.EOS))
 
@@ -1538,8 +1663,8 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_s
     is the part of the score z is responsible for, whatever the language model's own greedy sentence
     happens to match; with iw_samples > 0 also `iw_nll` and `ppl` from it. Noise comes from a
     generator seeded with cfg.seed, so every call sees the same noise (common random numbers make
-    epoch-to-epoch MI comparisons meaningful). One draw per example, as in the official code, leaves
-    ~0.15 nat of noise on 500 documents with nz 32, enough to move a run across the `escaped` line;
+    epoch-to-epoch MI comparisons meaningful). One draw per example, as in the official code, is
+    noisy on a few hundred documents, enough to move a run across the `escaped` line (RESULTS.md);
     mi_samples > 1 averages over more draws of the same Eq. 5 estimate, taken from a second generator
     so that every other number is the same as with one. Validation keeps one draw: it drives the
     paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
@@ -1589,9 +1714,10 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_s
 CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
 
 
-def load_checkpoint(ckpt, data_dir=None, device="auto", **overrides):
+def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overrides):
     """(model, cfg, corpus) rebuilt from a model.pt and its dataset; refused when the file lacks a
-    field, its config is invalid, its weights are not finite or do not fit its config."""
+    field, its config is invalid, its weights are not finite or do not fit its config. need_data=False:
+    a text model's own vocabulary suffices (the corpus then has no splits) and no data file is read."""
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
     try:
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -1615,15 +1741,31 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", **overrides):
     except UsageError as e:
         raise bad(f"its saved config is invalid ({e})") from None
     cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
-    corpus = load_data(cfg)
+    if not need_data and ck.get("vocab") is not None:
+        corpus = datalib.TextCorpus(cfg.data, ck["vocab"], {})
+    elif not need_data and datalib.kind(cfg.data) == "text":
+        raise bad("stores no vocabulary (an older checkpoint): new text needs the run's data files, "
+                  "use encode or samples without --input / --reconstruct")
+    else:
+        corpus = load_data(cfg, generate=False)
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
         raise bad(f"trained with vocabulary {ck['vocab_size']}, "
                   f"but {cfg.data} now has {getattr(corpus, 'vocab_size', None)}")
+    if not corpus.splits:
+        pass
+    elif "fingerprints" not in ck:
+        print(f"lagvae: warning: --ckpt {ckpt} stores no vocabulary or data fingerprint (an older checkpoint): "
+              f"ids are rebuilt from {cfg.data}'s files, which must be the ones it was trained on", file=sys.stderr)
+    elif ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
+        first = next(i for i, (a, b) in enumerate(zip(ck["vocab"], corpus.vocab)) if a != b)
+        raise bad(f"its vocabulary is not the one {cfg.data} gives now (id {first}: {ck['vocab'][first]!r} when "
+                  f"trained, {corpus.vocab[first]!r} now): its numbers on this data would be wrong")
     model = build_model(cfg, corpus).to(get_device(cfg))
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:       # missing, unexpected or differently shaped tensors
         raise bad(f"its weights do not fit its config ({e})") from None
+    model.fingerprints = ck.get("fingerprints")
     return model, cfg, corpus
 
 
@@ -1644,8 +1786,20 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     broken = nonfinite(result)
     if broken:
         raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
-    result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result}
+    result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result,
+              **test_set_note(model.fingerprints, corpus, ckpt)}
     return update_result(Path(ckpt).parent / "result.json", {**result, "mi_samples": cfg.mi_samples}) if update else result
+
+
+def test_set_note(fingerprints, corpus, ckpt):
+    """{"test_data": "as trained" | "other than at training"}, and a line on stderr when it is other:
+    the same model on another test set is a fair evaluation, but not the run's own number."""
+    if fingerprints is None:
+        return {}
+    if fingerprints["test"] == fingerprint(corpus.splits["test"]):
+        return {"test_data": "as trained"}
+    print(f"lagvae: note: the test set is not the one {ckpt} was tested on at the end of training", file=sys.stderr)
+    return {"test_data": "other than at training"}
 
 
 def update_result(path, new):
@@ -1676,38 +1830,64 @@ def encode_examples(model, examples, batch_size, prepare=lambda x: x):
     return torch.cat(mus)[inverse], torch.cat(logvars)[inverse]
 
 
-def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto"):
+def read_new_text(source, vocab, cfg, flag):
+    """Sentences from a file or `-` (stdin), tokenized as the training data was; says on stderr how many
+    tokens were outside the vocabulary."""
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"{flag} {source}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{flag} {source}: not UTF-8 text (byte {e.start})") from None
+    examples, tokens, unknown = datalib.encode_new_text(text, vocab, cfg.max_len)
+    if not examples:
+        raise UsageError(f"{flag} {source}: no sentences (expected one a line)")
+    print(f"lagvae: {flag} {source}: {len(examples)} sentences, {tokens} tokens, {unknown} outside the "
+          f"vocabulary (read as <unk>)", file=sys.stderr)
+    return examples
+
+
+def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", input=None):
     """An .npz of q(z|x) for every example of `split` as the run loaded it (--subset applies), in
-    file order: `mu` and `logvar` (N, nz) from the encoder (SA-VAE's refinement depends on the batch,
+    file order, or of every line of `input` (a file or - for stdin, raw sentences; no data files
+    needed): `mu` and `logvar` (N, nz) from the encoder (SA-VAE's refinement depends on the batch,
     so it is left out), and `labels` (N,) for a labelled corpus (Yelp). Returns the path."""
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
+    name = "input" if input else split
+    path = output_file(out, None) if out else Path(ckpt).with_name(f"latents.{name}.npz")
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not input)
+    if input and corpus.kind != "text":
+        raise UsageError(f"--input: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)                       # grey training images are binarized afresh: repeatably
-    mu, logvar = encode_examples(model, corpus.splits[split], cfg.batch_size, corpus.prepare)
-    labels = getattr(corpus, "labels", {}).get(split)
-    path = Path(out) if out else Path(ckpt).with_name(f"latents.{split}.npz")
-    with open(path, "wb") as f:              # a file object: np.savez would append .npz to a name
-        np.savez(f, mu=mu.cpu().numpy(), logvar=logvar.cpu().numpy(),
-                 **({"labels": np.array(labels)} if labels else {}))
+    examples = read_new_text(input, corpus.vocab, cfg, "--input") if input else corpus.splits[split]
+    mu, logvar = encode_examples(model, examples, cfg.batch_size, corpus.prepare)
+    labels = None if input else getattr(corpus, "labels", {}).get(split)
+    # A file object: np.savez would append .npz to a name.
+    atomic_save({"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(), **({"labels": np.array(labels)} if labels else {})},
+                path, lambda arrays, f: np.savez(f, **arrays))
     return path
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Analysis: tables and figures from run directories.
+# 7. Analysis: tables and figures from run directories.
 
 TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds",
                  "steps", "agg_epochs", "agg_epoch_s", "epoch_s"]
-PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio"]
+PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio", "hours"]
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset it is compared with
 
 
-def paper_results(path=PAPER_CSV):
-    """(dataset, mode) -> the paper's row (typed in from its tables; the first row of a key wins)."""
+def paper_results(path=PAPER_CSV, table=None):
+    """(dataset, mode) -> the paper's row, typed in from its tables. A mode can have a row in several
+    tables (Ours: Table 1, Table 4's convergence row, Table 9's reference row): `table` picks that
+    table's row, else the first row of the key wins (Tables 1-3)."""
     import csv
     rows = {}
     with open(path, encoding="utf-8") as f:
         for r in csv.DictReader(f):
-            rows.setdefault((r["dataset"], r["mode"]), r)
+            if table is None or table in r["table"].split("+"):
+                rows.setdefault((r["dataset"], r["mode"]), r)
     return rows
 
 
@@ -1773,13 +1953,14 @@ def load_results(run_dirs, required=RESULT_FIELDS):
     return results
 
 
-def summarize(results, by_run=False, paper_data=None):
+def summarize(results, by_run=False, paper_data=None, paper_table=None):
     """Group by (data, mode), or one row per run: mean and std over seeds of TABLE_COLUMNS, collapse
     counts, and training time and gradient steps relative to basic VAE in the same dataset (by run:
     the one basic run of the same seed; none if there are several, e.g. two schedules). Step counts
     are deterministic, so step_ratio compares across machines and loads; time_ratio does not. Each
     row is set beside the paper's row of the same mode on `paper_data` (default: PAPER_DATA's
-    stand-in, e.g. Yahoo for yahoo-small), the rule of the aggressive phase aside."""
+    stand-in, e.g. Yahoo for yahoo-small), the rule of the aggressive phase aside; `paper_table` picks
+    the paper's table where a mode has rows in several."""
     groups = {}
     for r in results:
         groups.setdefault((r["data"], r["mode"], r["run"] if by_run else None), []).append(r)
@@ -1794,7 +1975,7 @@ def summarize(results, by_run=False, paper_data=None):
         states = [collapse_state(r) for r in rs]
         row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
         rows.append(row)
-    paper = paper_results()
+    paper = paper_results(table=paper_table)
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
                 and (not by_run or b["seeds"] == row["seeds"])]
@@ -1913,9 +2094,14 @@ def read_jsonl(path, required=None):
     """The records of a JSON-lines file, each checked by check_record (path:line names a bad one)."""
     try:
         lines = Path(path).read_text().splitlines()
-        records = [(n, json.loads(line)) for n, line in enumerate(lines, 1) if line]
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: not readable as JSON lines ({e})") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            records += [(n, json.loads(line))] if line else []
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
     return [check_record(r, f"{path}:{n}", required or {}) for n, r in records]
 
 
@@ -2050,13 +2236,13 @@ def sample_pixels(model, z):
 
 def output_file(path, formats):
     """An --out path checked before any work is done: a file name (not a folder) in an existing
-    folder, with a suffix among `formats`."""
+    folder, with a suffix among `formats` (any when None)."""
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"--out {path}: is a folder; expected a file name")
     if not p.parent.is_dir():
         raise UsageError(f"--out {path}: there is no folder {p.parent}")
-    if p.suffix.lower().lstrip(".") not in formats:
+    if formats is not None and p.suffix.lower().lstrip(".") not in formats:
         raise UsageError(f"--out {path}: expected a file name ending in "
                          f"{', '.join('.' + f for f in sorted(formats))}")
     return p
@@ -2066,21 +2252,26 @@ MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: mor
 
 
 def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
-                  temperature=None, max_len=None, interpolate=None):
+                  temperature=None, max_len=None, interpolate=None, reconstruct=None):
     """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
-    text model a text file, also printed (write_text_samples). Returns the path."""
+    text model a text file, also printed (write_text_samples). reconstruct: a file of sentences (or -
+    for stdin) to reconstruct instead of the test documents; then no data file is read. Returns the path."""
     path = output_file(out, {"png", "txt"}) if out else None      # checked before any work
     if n is not None and n > MAX_SAMPLES:
         raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device)
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct)
+    if reconstruct and corpus.kind != "text":
+        raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)
     suffix = {"text": ".txt", "image": ".png"}[corpus.kind]
     if path and path.suffix.lower() != suffix:
         raise UsageError(f"--out {out}: the samples of a {corpus.kind} model go to a {suffix} file")
     path = path or Path(ckpt).with_name("samples" + suffix)
     if corpus.kind == "text":
-        return write_text_samples(model, cfg, corpus, path, 10 if n is None else n, method or "greedy",
-                                  beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate)
+        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits["test"]
+        return write_text_samples(model, cfg, corpus.vocab, docs, path, 10 if n is None else n, method or "greedy",
+                                  beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate,
+                                  "your sentences" if reconstruct else "test documents")
     text_only = [flag for flag, v in (("--decode", method), ("--beam-size", beam_size), ("--max-len", max_len),
                                       ("--temperature", temperature), ("--interpolate", interpolate)) if v is not None]
     if text_only:
@@ -2104,20 +2295,21 @@ def write_image_samples(model, cfg, corpus, path, n):
     return path
 
 
-def write_text_samples(model, cfg, corpus, path, n, method, beam_size, temperature, max_len, interpolate):
-    """n sentences decoded from the prior; the first n test documents, each followed by its decoding
-    from the posterior mean and from a posterior sample; with interpolate = [I, J], 7 evenly spaced
-    points on the line between the posterior means of test documents I and J, ends included (Bowman
-    et al. 2016's homotopy). max_len defaults to the longest test document."""
-    test = corpus.splits["test"]
+def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temperature, max_len, interpolate,
+                       what="test documents"):
+    """n sentences decoded from the prior; the first n documents of `test` (the test split, or the
+    user's sentences), each followed by its decoding from the posterior mean and from a posterior
+    sample; with interpolate = [I, J], 7 evenly spaced points on the line between the posterior means
+    of documents I and J, ends included (Bowman et al. 2016's homotopy). max_len defaults to the
+    longest document."""
     if interpolate and not all(0 <= i < len(test) for i in interpolate):
-        raise UsageError(f"--interpolate: expected two test document indices below {len(test)}, got {interpolate}")
+        raise UsageError(f"--interpolate: expected two indices of {what} below {len(test)}, got {interpolate}")
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
 
     def words(ids):                          # a decoding ends at </s> or is cut at max_len ("...")
-        text = " ".join(corpus.vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
+        text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
         return text if EOS in ids else text + " ..."
 
     generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
@@ -2127,13 +2319,13 @@ def write_text_samples(model, cfg, corpus, path, n, method, beam_size, temperatu
     mu, logvar = encode_examples(model, docs, cfg.batch_size)
     lines = [f"# {cfg.data}, {mode_name(cfg)}: {how} decoding, at most {max_len} tokens", "",
              "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen)), "",
-             "## test documents: the original, then decoded from the posterior mean and from a posterior sample"]
+             f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
     for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
         lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
     if interpolate:
         ends = encode_examples(model, [test[i] for i in interpolate], cfg.batch_size)[0]
         t = torch.linspace(0, 1, 7, device=dev)[:, None]
-        lines += ["", f"## between the posterior means of test documents {interpolate[0]} and {interpolate[1]}"]
+        lines += ["", f"## between the posterior means of {what} {interpolate[0]} and {interpolate[1]}"]
         lines += [f"{float(a):.2f}  {s}" for a, s in zip(t, generate((1 - t) * ends[0] + t * ends[1]))]
     text = "\n".join(lines) + "\n"
     print(text, end="")
@@ -2142,7 +2334,7 @@ def write_text_samples(model, cfg, corpus, path, n, method, beam_size, temperatu
 
 
 # ------------------------------------------------------------------------------------------------
-# Benchmark: what a step of each kind costs, in one process, so the ratios hold whatever the load.
+# 8. Benchmark: what a step of each kind costs, in one process, so the ratios hold whatever the load.
 
 BENCH_KINDS = ("joint", "encoder", "decoder", "savae", "eval", "iw_nll")
 
@@ -2265,7 +2457,7 @@ def format_bench(result):
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. CLI
+# 9. CLI
 
 def config_help():
     """Field -> its help (declared with the field), and field -> its group: the `# -- group` comment
@@ -2358,12 +2550,18 @@ def main(argv=None):
                     help="text: most tokens per sentence, </s> included (default: the longest test document)")
     sp.add_argument("--interpolate", type=int, nargs=2, default=None, metavar=("I", "J"),
                     help="text: also decode 7 points between the posterior means of test documents I and J")
+    sp.add_argument("--reconstruct", default=None, metavar="FILE",
+                    help="text: reconstruct these sentences (one a line; - reads stdin) instead of test documents; "
+                         "no data files are needed")
     en = sub.add_parser("encode", help="posterior means, log-variances (and labels) of a split to an .npz")
     en.add_argument("--ckpt", **ckpt)
     en.add_argument("--split", choices=list(datalib.SPLITS), default="test", help="default: test")
     en.add_argument("--out", default=None, help=".npz path (default: latents.SPLIT.npz beside the checkpoint)")
     en.add_argument("--data-dir", **data_dir)
     en.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    en.add_argument("--input", default=None, metavar="FILE",
+                    help="text: encode these sentences (one a line; - reads stdin) instead of a split; no data files "
+                         "are needed (default out: latents.input.npz)")
     fg = sub.add_parser("figure", help="the paper's figures from run directories (PNG)")
     fg.add_argument("kind", choices=list(FIGURES))
     fg.add_argument("run_dirs", nargs="+")
@@ -2382,6 +2580,9 @@ def main(argv=None):
     tb.add_argument("--by-run", action="store_true", help="one row per run instead of mean (std) over seeds")
     tb.add_argument("--paper-data", choices=sorted({d for d, _ in paper_results()}), default=None,
                     help="set every row beside the paper's numbers for this dataset (e.g. yelp for Tables 4 and 10)")
+    tb.add_argument("--paper-table", choices=sorted({t for r in paper_results().values() for t in r["table"].split("+")},
+                                                    key=int), default=None,
+                    help="where a mode has rows in several of the paper's tables, take this table's (e.g. 4, 9, 10)")
     tb.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
                     help="per-seed differences B - A of two modes (e.g. basic aggressive): mean, sd, 95%% t-interval, "
                          "sign counts and the paper's B - A")
@@ -2413,7 +2614,8 @@ def main(argv=None):
                 raise UsageError("--paired: pairs runs by seed already; drop --by-run")
             print(format_paired(paired(load_results(args["run_dirs"]), *args["paired"], args["paper_data"]), args["format"]))
         else:
-            print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"], args["paper_data"]), args["format"]))
+            print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"], args["paper_data"],
+                                         args["paper_table"]), args["format"]))
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:

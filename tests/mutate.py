@@ -4,8 +4,8 @@
     .venv/bin/python tests/mutate.py            # mutate, run the fast lane per mutant, print the survivors
     .venv/bin/python tests/mutate.py --list     # only the mutmut name patterns it would run
 
-It mutates the functions of lagvae.py's sections 3-5 (objectives and estimators, training modes,
-evaluation) and data.py's split logic, one small change at a time (mutmut's operators: a number, an
+It mutates the functions of lagvae.py's sections on objectives and estimators, training modes and
+evaluation and data.py's split logic, one small change at a time (mutmut's operators: a number, an
 operator, a comparison, a string, an argument...), and runs for each mutant the tests that reach the
 mutated function, with `-m "not slow"`. A mutant no test kills is a line whose bug would go unnoticed.
 mutmut writes its copy and results under mutants/ (git-ignored); `mutmut show NAME` prints a survivor's
@@ -18,15 +18,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("3", "4", "5")                   # lagvae.py: "# 3. Objectives & estimators", ...
+SECTIONS = ("Objectives", "Training modes", "Evaluation")     # lagvae.py's "# N. Title" headers
 DATA_SPLITS = ("text_spec", "text_corpus", "load_omniglot", "split_drawers", "length_buckets")
 
 
 def section_of_lines(source):
-    """line number -> the section number of the `# N. Title` header above it."""
+    """line number -> the title's first words of the `# N. Title` header above it."""
     sections, current = {}, None
     for n, line in enumerate(source.splitlines(), 1):
-        m = re.match(r"# (\d+)\. ", line)
+        m = re.match(r"# \d+\. (\w+(?: modes)?)", line)
         if m:
             current = m.group(1)
         sections[n] = current

@@ -1,4 +1,4 @@
-"""Section 7: the command line, run directories, resume and error messages."""
+"""Section 9: the command line, run directories, resume and error messages."""
 import dataclasses
 import json
 import math
@@ -716,7 +716,8 @@ def test_eval_update_rewrites_only_what_the_new_evaluation_changes(trained, tmp_
     after = json.loads((run / "result.json").read_text())
     assert after["mi_samples"] == 7 and after["train_seconds"] == before["train_seconds"]
     changed = {k for k in after if before.get(k) != after[k]}
-    assert changed <= {"mi", "mi_full", "mi_samples"} and "mi_samples" in changed
+    assert changed <= {"mi", "mi_full", "mi_samples", "test_data"} and "mi_samples" in changed
+    assert after["test_data"] == "as trained"                  # the run's own test set
     err = capsys.readouterr().err
     assert all(f"result.json: {k} " in err for k in changed)
     (run / "result.json").unlink()                    # not a finished run: refused, nothing written

@@ -1,4 +1,4 @@
-"""Section 5: decoding text from z, the reconstruction score, encoding examples in order."""
+"""Section 6: decoding text from z, the reconstruction score, encoding examples in order."""
 import itertools
 
 import pytest

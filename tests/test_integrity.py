@@ -1,4 +1,4 @@
-"""Section 4, the run's files after a crash: every file of a run tells the same story (issue 27)."""
+"""Section 5, the run's files after a crash: every file of a run tells the same story (issue 27)."""
 import json
 import os
 import signal
@@ -105,8 +105,8 @@ def test_a_divergence_leaves_last_pt_at_the_last_validated_epoch(data_env, tmp_p
     out, real_save, saves = tmp_path / "run", lagvae.save_last, []
 
     def save_last(path, model, opts, state, rng, device):
-        saves.append(state["epoch"])
-        if state["run"] is not None and state["epoch"] == 3 and saves.count(3) >= 2:
+        saves.append(state.epoch)
+        if state.current is not None and state.epoch == 3 and saves.count(3) >= 2:
             model.decoder.pred.weight.data.mul_(1e4)
         return real_save(path, model, opts, state, rng, device)
     monkeypatch.setattr(lagvae, "save_last", save_last)
@@ -167,6 +167,7 @@ def test_a_test_evaluation_that_is_not_finite_writes_no_result(data_env, tmp_pat
     assert not (out / "result.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(data_env, tmp_path, sig):
     """A scheduler's SIGTERM (or Ctrl-C) mid-run: one line, exit 128 + signal, last.pt at a batch
@@ -192,3 +193,71 @@ def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(data_env,
     assert results[0] == results[1]
     wa, wb = (torch.load(d / "model.pt", weights_only=False)["model"] for d in (straight, stopped))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+SNAP = ["--nz", "1", "--snapshot-iters", "0,2,5", "--trajectory-iters", "6", "--grid-stride", "0.5"]
+KILL_POINTS = [("save_last", 1), ("save_last", 4), ("save_last", 9), ("end_epoch", 1), ("record_snapshot", 3),
+               ("record_snapshot", 9)]
+
+
+@pytest.mark.slow
+def test_kill_at_every_kind_of_write_then_resume_gives_every_file_of_the_uninterrupted_run(data_env, tmp_path,
+                                                                                           monkeypatch):
+    """Kill points after a batch checkpoint, after an epoch's log row and after a snapshot or trajectory
+    row (before the checkpoint that owns it): the resumed run's log, snapshots, trajectory and result
+    are those of the run never killed, row for row."""
+    flags = BASE + ["--epochs", "2", "--aggressive", "--checkpoint-minutes", "1e-9"] + SNAP
+    straight = tmp_path / "straight"
+    assert lagvae.main(flags + ["--out", str(straight)]) == 0
+    files = ("log.jsonl", "snapshots.jsonl", "trajectory.jsonl")
+    for name, calls in KILL_POINTS:
+        out = tmp_path / f"{name}-{calls}"
+        with monkeypatch.context() as m:
+            kill_after(m, name, calls)
+            with pytest.raises(Killed):
+                lagvae.main(flags + ["--out", str(out)])
+        with open(out / "snapshots.jsonl", "a") as f:          # and a row torn by the kill
+            f.write('{"iter": 3, "model_mean": [0.1')
+        assert lagvae.main(flags + ["--out", str(out), "--resume"]) == 0, (name, calls)
+        for f in files:
+            rows = [untimed(lagvae.read_jsonl(d / f)) for d in (straight, out)]
+            assert rows[0] == rows[1], (name, calls, f)
+        results = untimed(json.loads((d / "result.json").read_text()) for d in (straight, out))
+        assert results[0] == results[1], (name, calls)
+
+
+def test_a_corrupt_best_model_is_one_line_naming_it(tmp_path):
+    for content in (b"", b"\x80\x02garbage", b"PK\x03\x04"):
+        (tmp_path / "model.pt").write_bytes(content)
+        with pytest.raises(lagvae.UsageError, match=r"model.pt: not readable as a lagvae checkpoint"):
+            lagvae.load_best(tmp_path / "model.pt", torch.device("cpu"))
+
+
+def test_a_bad_row_of_a_log_is_named_by_its_own_line_and_column(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2,, }\n')
+    with pytest.raises(lagvae.UsageError, match=r"log.jsonl:2: not JSON \(.* at column 13\)"):
+        lagvae.read_jsonl(tmp_path / "log.jsonl")
+
+
+def test_encode_checks_its_output_first_and_overwrite_removes_latents(data_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out)]) == 0
+    assert lagvae.main(["encode", "--ckpt", str(out / "model.pt"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder" in err[0]
+    assert lagvae.main(["encode", "--ckpt", str(out / "model.pt")]) == 0
+    assert (out / "latents.test.npz").exists()
+    assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "latents.test.npz").exists()
+
+
+def test_a_synthetic_checkpoint_does_not_generate_data_under_a_new_data_dir(data_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    assert lagvae.main(["eval", "--ckpt", str(out / "model.pt"), "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "synthetic" in err[0] and "prepare synthetic" in err[0]
+    assert not any(empty.iterdir())

@@ -1,0 +1,162 @@
+"""Sections 5 and 6: a model that stands alone (issue 28): its vocabulary travels with it, other data is
+refused or named, a researcher's own corpus is not cut, and a run says what it does."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import lagvae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def corpus(root, name, train, valid=None, test=None):
+    """A text:PREFIX corpus under root; returns its --data value."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, lines in (("train", train), ("valid", valid or train[:20]), ("test", test or train[20:40])):
+        (root / f"{name}.{split}.txt").write_text("\n".join(lines) + "\n")
+    return f"text:{root / name}"
+
+
+def sentences(n, seed=0, words=30):
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(f"w{int(i)}" for i in torch.randint(0, words, (int(torch.randint(3, 9, (1,), generator=g)),),
+                                                         generator=g)) for _ in range(n)]
+
+
+def train(data, out, *flags):
+    assert lagvae.main(["train", "--data", data, "--preset", "tiny", "--epochs", "1", "--quiet", "--iw-samples", "5",
+                        "--out", str(out), *flags]) == 0
+
+
+def test_eval_refuses_a_corpus_whose_words_have_other_ids(tmp_path, capsys):
+    """The same words in another order of first use get other ids: evaluating on them once gave a
+    confident, wrong IW-NLL."""
+    lines = sentences(200)
+    data = corpus(tmp_path / "a", "c", lines)
+    train(data, tmp_path / "run")
+    reordered = corpus(tmp_path / "b", "c", lines[::-1], valid=lines[:20], test=lines[20:40])
+    ck = str(tmp_path / "run" / "model.pt")
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", ck, "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_data"] == "as trained"
+    # the run's config names corpus a; point it at b by moving b into a's place
+    (tmp_path / "a" / "c.train.txt").write_text((tmp_path / "b" / "c.train.txt").read_text())
+    assert reordered.endswith("/c")
+    assert lagvae.main(["eval", "--ckpt", ck, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its vocabulary is not the one" in err[0] and "id " in err[0]
+
+
+def test_eval_on_another_test_set_says_so_in_the_output_and_result(tmp_path, capsys):
+    lines = sentences(200)
+    data = corpus(tmp_path / "a", "c", lines)
+    train(data, tmp_path / "run")
+    (tmp_path / "a" / "c.test.txt").write_text("\n".join(lines[100:120]) + "\n")     # same words, other documents
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "run" / "model.pt"), "--quiet", "--update"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["test_data"] == "other than at training"
+    assert "the test set is not the one" in err
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["test_data"] == "other than at training"
+
+
+def test_resume_refuses_other_training_data(tmp_path, capsys):
+    lines = sentences(200)
+    data = corpus(tmp_path / "a", "c", lines)
+    train(data, tmp_path / "run", "--subset", "200")
+    other = lines[:150] + lines[:50]                 # the same first uses of every word: only the data differs
+    (tmp_path / "a" / "c.train.txt").write_text("\n".join(other) + "\n")
+    assert lagvae.main(["train", "--data", data, "--preset", "tiny", "--epochs", "2", "--quiet", "--iw-samples", "5",
+                        "--subset", "200", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the training data is not the one" in err[0]
+
+
+def test_an_older_checkpoint_without_vocabulary_loads_with_a_warning(tmp_path, capsys):
+    data = corpus(tmp_path / "a", "c", sentences(200))
+    train(data, tmp_path / "run")
+    ck = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    for k in ("vocab", "specials", "fingerprints"):
+        del ck[k]
+    torch.save(ck, tmp_path / "run" / "model.pt")
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "run" / "model.pt"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "test_data" not in json.loads(out) and "warning" in err and "stores no vocabulary" in err
+
+
+def test_an_own_corpus_is_kept_whole_by_default_and_the_banner_says_so(tmp_path):
+    """text:PREFIX has no cpu sizing of its own: the cpu-full preset keeps every document, word and
+    token; the banner and the stop reason are in a non-TTY log."""
+    lines = [s + " " + " ".join(["pad"] * 40) for s in sentences(300, words=3000)]
+    data = corpus(tmp_path / "a", "c", lines)
+    cfg = lagvae.resolve_config({"data": data})
+    assert cfg.preset == "cpu-full" and (cfg.subset, cfg.max_vocab, cfg.max_len, cfg.max_test) == (0, 0, 0, 0)
+    assert cfg.iw_samples == 500 and cfg.nz == 32
+    assert lagvae.resolve_config({"data": "ptb"}).subset == 4000          # the corpora it was sized for
+    r = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), "train", "--data", data, "--epochs", "1",
+                        "--ni", "8", "--enc-nh", "8", "--dec-nh", "8", "--nz", "2", "--iw-samples", "2",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines_out = r.stdout.splitlines()
+    assert lines_out[0].startswith(f"run {tmp_path / 'run'} | cpu") and "--preset cpu-full" in lines_out[0]
+    assert lines_out[1].startswith(f"data {data}: train 300 / valid 20 / test 20 documents")
+    assert "documents of any length" in lines_out[1]
+    assert lines_out[2] == "cut: IW-NLL with 2 samples, the paper 500 (--iw-samples 2)"
+    assert any(line.startswith("training ended after the budget of 1 epochs (--epochs)") for line in lines_out)
+
+
+def test_the_banner_names_each_cut_and_the_flag_or_preset_behind_it(data_env, tmp_path, capsys):
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--max-len", "5", "--max-vocab", "20",
+                        "--iw-samples", "5", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    cut = next(line for line in out if line.startswith("cut: "))
+    assert "train 64 of 16,000 documents (--subset 64 from --preset tiny)" in cut
+    assert "vocabulary 20 of " in cut and "(--max-vocab 20)" in cut
+    assert "cut to 5 tokens (--max-len 5)" in cut
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "2", "--iw-samples", "5", "--max-len", "5",
+                        "--max-vocab", "20", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert "resuming from the end of epoch 1" in capsys.readouterr().out
+
+
+def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_data(tmp_path):
+    """The issue's acceptance: a model trained on text:PREFIX in one directory, its run directory
+    copied alone to another place where the corpus is gone; samples, samples --reconstruct and
+    encode --input work there. Literal control tokens and a byte-order mark are text, not control."""
+    import shutil
+    lines = sentences(200)
+    data = corpus(tmp_path / "a", "c", lines)
+    train(data, tmp_path / "run")
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(tmp_path / "run", moved)
+    shutil.rmtree(tmp_path / "a")                              # the corpus is gone
+    new = tmp_path / "new.txt"
+    new.write_bytes("\ufeffw1 w2 w3\nw4 zzz <s> </s> <pad>\n\nw5\n".encode())
+    env = {"cwd": tmp_path / "elsewhere", "capture_output": True, "text": True, "timeout": 300}
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *a], **env)
+    r = run("encode", "--ckpt", "run/model.pt", "--input", str(new))
+    assert r.returncode == 0, r.stderr
+    assert "4 sentences, 9 tokens, 4 outside the vocabulary" in r.stderr
+    z = __import__("numpy").load(moved / "latents.input.npz")
+    assert z["mu"].shape == (4, 2)
+    r = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), "encode", "--ckpt", "run/model.pt", "--input", "-",
+                        "--out", "stdin.npz"], input="w1 w2 w3\n", **env)
+    assert r.returncode == 0, r.stderr
+    again = __import__("numpy").load(tmp_path / "elsewhere" / "stdin.npz")
+    assert (again["mu"][0] == z["mu"][0]).all()                # the BOM was not a word
+    r = run("samples", "--ckpt", "run/model.pt", "--reconstruct", str(new), "--n", "3")
+    assert r.returncode == 0, r.stderr
+    assert "## your sentences" in r.stdout and "original  w1 w2 w3" in r.stdout
+    assert "original  w4 <unk> <unk> <unk> <unk>" in r.stdout
+    r = run("samples", "--ckpt", "run/model.pt")               # the test documents need the corpus
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr
+
+
+def test_new_text_is_tokenized_as_the_training_data_was():
+    vocab = lagvae.datalib.SPECIALS + ["a", "b"]
+    ex, tokens, unknown = lagvae.datalib.encode_new_text("\ufeffa b c\r\n<unk> <s>\n", vocab, max_len=2)
+    assert [e.tolist() for e in ex] == [[1, 4, 5, 2], [1, 3, 3, 2]]
+    assert (tokens, unknown) == (4, 2)
