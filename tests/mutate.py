@@ -3,6 +3,7 @@
     .venv/bin/pip install -r requirements-dev.txt
     .venv/bin/python tests/mutate.py            # mutate, run the fast lane per mutant, print the survivors
     .venv/bin/python tests/mutate.py --list     # only the mutmut name patterns it would run
+    .venv/bin/python tests/mutate.py Objectives data    # some of: Objectives, Training modes, Evaluation, data
 
 It mutates the functions of lagvae.py's sections on objectives and estimators, training modes and
 evaluation and data.py's split logic, one small change at a time (mutmut's operators: a number, an
@@ -33,24 +34,29 @@ def section_of_lines(source):
     return sections
 
 
-def patterns():
+def patterns(sections=SECTIONS + ("data",)):
     """mutmut's names for the mutants of the chosen functions: module.x_function__mutmut_N and
-    module.xǁClassǁmethod__mutmut_N."""
+    module.xǁClassǁmethod__mutmut_N. sections: lagvae.py's by title, and "data" for data.py's splits."""
     source = (ROOT / "lagvae.py").read_text()
     section = section_of_lines(source)
     out = []
     for node in ast.parse(source).body:
-        if section[node.lineno] not in SECTIONS:
+        if section[node.lineno] not in sections:
             continue
         if isinstance(node, ast.FunctionDef):
             out.append(f"lagvae.x_{node.name}__mutmut_*")
         elif isinstance(node, ast.ClassDef):
             out += [f"lagvae.xǁ{node.name}ǁ{f.name}__mutmut_*" for f in node.body if isinstance(f, ast.FunctionDef)]
-    return out + [f"data.x_{name}__mutmut_*" for name in DATA_SPLITS]
+    return out + [f"data.x_{name}__mutmut_*" for name in DATA_SPLITS] * ("data" in sections)
 
 
 def main(argv):
-    names = patterns()
+    chosen = tuple(a for a in argv if not a.startswith("--"))
+    unknown = set(chosen) - set(SECTIONS + ("data",))
+    if unknown:
+        print(f"mutate.py: unknown section {sorted(unknown)} (expected some of {SECTIONS + ('data',)})", file=sys.stderr)
+        return 2
+    names = patterns(chosen or SECTIONS + ("data",))
     if "--list" in argv:
         print("\n".join(names))
         return 0

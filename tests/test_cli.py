@@ -26,6 +26,7 @@ RESULT_KEYS = {"iw_nll", "elbo", "rec", "kl", "mi", "mi_full", "au", "ppl", "tra
 
 @pytest.mark.parametrize("flags,mode", [([], "basic"), (["--aggressive"], "aggressive"),
                                         (["--aggressive", "--inner-steps", "3"], "aggressive-inner3")])
+@pytest.mark.slow
 def test_each_mode_writes_a_complete_run(data_env, tmp_path, flags, mode):
     out = tmp_path / "run"
     assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--out", str(out), *flags]) == 0
@@ -76,6 +77,7 @@ def test_resume_continues_exactly(data_env, tmp_path):
     (["train", "--no-such-flag"], "--no-such-flag"),
     (["eval", "--ckpt", "/nonexistent/model.pt"], "--ckpt"),
 ])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_exit_2(data_env, tmp_path, argv, needle):
     proc = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *argv, "--quiet"] if argv[0] == "train"
                           else [sys.executable, str(ROOT / "lagvae.py"), *argv],
@@ -143,6 +145,7 @@ def test_a_second_writer_is_refused(data_env, tmp_path, capsys):
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
 
 
+@pytest.mark.slow
 def test_kill_mid_epoch_then_resume_is_exact(data_env, tmp_path):
     """SIGKILL a subprocess inside an aggressive epoch, after a timed checkpoint; the resumed run ends
     with the same log, result and weights as one that was never interrupted."""
@@ -184,6 +187,7 @@ def test_kill_mid_epoch_then_resume_is_exact(data_env, tmp_path):
     (["--bn-gamma", "0.6"], "basic+bn0.6"),
     (["--pretrain-encoder"], "pretrain+anneal+fb0.5"),
 ])
+@pytest.mark.slow
 def test_every_mode_trains_through_the_cli(data_env, tmp_path, flags, mode):
     out = tmp_path / "run"
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out), *flags]) == 0
@@ -221,6 +225,7 @@ def omni_env(omni_root, monkeypatch):
                                    ["--savae", "--svi-steps", "2"], ["--lm"], ["--free-bits", "0.1"],
                                    ["--cyclical", "2"], ["--bn-gamma", "0.6"], ["--pretrain-encoder"],
                                    ["--encoder-lr-mult", "0.5"]])
+@pytest.mark.slow
 def test_every_mode_trains_on_images(omni_env, tmp_path, flags):
     out = tmp_path / "run"
     assert lagvae.main(["train", "--data", "omniglot", "--preset", "tiny", "--epochs", "1", "--quiet",
@@ -230,6 +235,7 @@ def test_every_mode_trains_on_images(omni_env, tmp_path, flags):
     assert result["iw_nll"] <= result["elbo"] + 1.0
 
 
+@pytest.mark.slow
 def test_samples_grid_png(omni_env, tmp_path):
     from PIL import Image
     out = tmp_path / "run"
@@ -280,6 +286,7 @@ SHARED = os.environ.get("LAGVAE_DATA")
 @pytest.mark.parametrize("flags", [[], ["--aggressive", "--anneal"], ["--savae", "--svi-steps", "2"], ["--lm"],
                                    ["--beta", "0.4"], ["--free-bits", "0.1"], ["--cyclical", "2"],
                                    ["--bn-gamma", "0.6"], ["--pretrain-encoder"], ["--encoder-lr-mult", "2"]])
+@pytest.mark.slow
 def test_every_mode_on_real_text(tmp_path, flags):
     """The modes on Penn Treebank (variable lengths, so length buckets of every size, singletons too)."""
     out = tmp_path / "run"
@@ -444,6 +451,7 @@ def test_bench_times_every_kind_and_a_baseline(data_env, tmp_path, capsys):
     one_line_error(capsys, "--baseline")
 
 
+@pytest.mark.slow
 def test_bench_profile_lists_the_costliest_ops_of_each_kind(data_env, capsys):
     assert lagvae.main(["bench", "--preset", "tiny", "--steps", "1", "--rounds", "1", "--profile", "10000"]) == 0
     printed = capsys.readouterr().out
@@ -536,6 +544,7 @@ def test_resume_of_a_cyclical_run_refuses_another_epoch_budget(data_env, tmp_pat
     (["--warm-up-iters", "30"], "--warm-up-iters: a warm-up length needs --anneal"),
     (["--max-vocab", "3"], "every training token would be <unk>"),
 ])
+@pytest.mark.slow
 def test_bad_numbers_are_refused(data_env, tmp_path, capsys, flags, needle):
     assert lagvae.main(["train", "--preset", "tiny", "--quiet", "--out", str(tmp_path / "run"), *flags]) == 2
     assert needle in one_error_line(capsys)
@@ -592,6 +601,7 @@ def with_weight(name, value):
     (with_weight("decoder.pred.weight", "not a tensor"), "not a state dict of named tensors"),
     (lambda ck: {**ck, "vocab_size": 7}, "trained with vocabulary 7"),
 ])
+@pytest.mark.slow
 def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, capsys, edit, needle):
     ck = torch.load(trained / "model.pt", weights_only=False)
     bad = tmp_path / "model.pt"
@@ -695,6 +705,7 @@ FUZZ_FIELDS = [f for f in dataclasses.fields(lagvae.Config) if f.name not in PIN
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(FUZZ_FIELDS), min_size=1, max_size=4, unique_by=lambda f: f.name)
        .flatmap(lambda fs: st.tuples(*map(flag_values, fs))))
+@pytest.mark.slow
 def test_fuzzed_flags_never_escape_as_exceptions(synth_root, tmp_path, capsys, pairs):
     argv = ["train", *(a for pair in pairs for a in pair), *PINNED, "--data-dir", str(synth_root),
             "--out", tempfile.mkdtemp(dir=tmp_path) + "/run"]

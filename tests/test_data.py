@@ -240,6 +240,7 @@ def test_binarization_fixed_for_eval_dynamic_for_train(tmp_path):
 
 
 @pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
+@pytest.mark.slow
 def test_shared_omniglot_matches_the_derived_stand_in():
     root = Path(os.environ["LAGVAE_DATA"])
     derived = root / "omniglot" / "derived" / "omniglot28_area_split15-5.npz"
@@ -254,6 +255,7 @@ def test_shared_omniglot_matches_the_derived_stand_in():
 
 
 @pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
+@pytest.mark.slow
 def test_info_lists_what_is_here_and_what_is_missing(capsys):
     assert datalib.main(["info"]) == 0
     out = capsys.readouterr().out

@@ -202,6 +202,7 @@ def test_mi_over_several_draws_is_the_mean_of_single_draw_estimates():
     assert float(mutual_info_draws(mu, logvar, z)) == pytest.approx(np.mean(single), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_more_mi_draws_shrink_the_noise_of_a_collapsed_posterior():
     """Identical posteriors have MI 0; one draw per row on 500 rows of nz 32 scatters by ~0.15 nat
     (what flipped text runs between "escaped" and "between"), 20 draws by far less."""

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import lagvae
@@ -122,6 +123,7 @@ def test_the_banner_names_each_cut_and_the_flag_or_preset_behind_it(data_env, tm
     assert "resuming from the end of epoch 1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_data(tmp_path):
     """The issue's acceptance: a model trained on text:PREFIX in one directory, its run directory
     copied alone to another place where the corpus is gone; samples, samples --reconstruct and
