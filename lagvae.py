@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import random
+import re
 import reprlib
 import resource
 import shutil
@@ -88,7 +89,7 @@ class Config:
     out: str = arg("", "run directory; default runs/<data>-<mode>-s<seed>", resume=True)
     # numpy's seeding range
     seed: int = arg(0, "seed of initialization, batch order and noise", (0, 2 ** 32 - 1, "[]"))
-    device: str = arg("auto", "auto | cpu | cuda", resume=True)
+    device: str = arg("auto", "auto | cpu | cuda | cuda:N", resume=True)
     quiet: bool = arg(False, "print nothing but errors", resume=True)
     progress_every: float = arg(30.0, "seconds between progress lines when stdout is not a terminal (0 = none)",
                                 NONNEG, resume=True)
@@ -305,10 +306,13 @@ def resolve_config(overrides):
         raise UsageError("--snapshot-iters/--trajectory-iters: posterior means need a scalar latent (--nz 1)")
     if cfg.optim not in ("sgd", "adam"):
         raise UsageError(f"--optim: expected sgd or adam, got {cfg.optim!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device: expected auto, cpu or cuda, got {cfg.device!r}")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {cfg.device}: no CUDA device is available")
+    if cfg.device.startswith("cuda:") and int(cfg.device[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {cfg.device}: there are {torch.cuda.device_count()} CUDA devices (0 to "
+                         f"{torch.cuda.device_count() - 1})")
     return cfg
 
 
@@ -2494,6 +2498,18 @@ def add_config_flags(parser):
             group.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
+def forked_config(path):
+    """The fields of a run's config.json, less where it ran and how it was started."""
+    try:
+        saved = json.loads(Path(path).read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--config {path}: not a lagvae run config ({e})") from None
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in saved.items() if k in fields and k not in ("out", "resume", "overwrite")}
+
+
 def positive(typ):
     """An argparse type: a number of type typ above 0."""
     def parse(text):
@@ -2519,10 +2535,14 @@ def main(argv=None):
     ap = Parser(prog="lagvae", description=f"{intro}\n\nexamples:\n{examples}",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-    add_config_flags(sub.add_parser(
+    tr = sub.add_parser(
         "train", help="train a VAE (flags map onto Config fields)",
         description="Train a VAE. A preset (--preset) fills the fields first and explicit flags override it; "
-                    "[brackets] give the default and each preset that differs from it."))
+                    "[brackets] give the default and each preset that differs from it.")
+    tr.add_argument("--config", default=argparse.SUPPRESS, metavar="RUN/config.json",
+                    help="start from a run's saved config (a fork); the flags given override it, and the run "
+                         "directory is new (--out, or the default name)")
+    add_config_flags(tr)
     ckpt = dict(required=True, help="a model.pt of a run directory")
     data_dir = dict(default=None, help="data root (default: the run's, else $LAGVAE_DATA, else ./data)")
     ev = sub.add_parser("eval", help="evaluate a saved model on its test split")
@@ -2532,7 +2552,7 @@ def main(argv=None):
     ev.add_argument("--update", action="store_true",
                     help="write the evaluation into the run's result.json, printing each number that changes")
     ev.add_argument("--data-dir", **data_dir)
-    ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
     sp.add_argument("--ckpt", **ckpt)
@@ -2540,7 +2560,7 @@ def main(argv=None):
     sp.add_argument("--n", type=positive(int), default=None,
                     help="prior samples and test reconstructions (default: 32 images, a multiple of 8, or 10 texts)")
     sp.add_argument("--data-dir", **data_dir)
-    sp.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sp.add_argument("--decode", dest="method", choices=["greedy", "sample", "beam"], default=None,
                     help="text: how to generate from p(x|z) (default: greedy)")
     sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
@@ -2558,7 +2578,7 @@ def main(argv=None):
     en.add_argument("--split", choices=list(datalib.SPLITS), default="test", help="default: test")
     en.add_argument("--out", default=None, help=".npz path (default: latents.SPLIT.npz beside the checkpoint)")
     en.add_argument("--data-dir", **data_dir)
-    en.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    en.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     en.add_argument("--input", default=None, metavar="FILE",
                     help="text: encode these sentences (one a line; - reads stdin) instead of a split; no data files "
                          "are needed (default out: latents.input.npz)")
@@ -2590,7 +2610,8 @@ def main(argv=None):
     try:
         cmd = args.pop("cmd")
         if cmd == "train":
-            train(resolve_config(args))
+            base = forked_config(args.pop("config")) if "config" in args else {}
+            train(resolve_config({**base, **args}))
         elif cmd == "eval":
             print(json.dumps(evaluate_checkpoint(**args), indent=2))
         elif cmd == "samples":

@@ -69,7 +69,7 @@ if want paired; then
   if section_done; then
     for pair in "basic aggressive" "basic+anneal aggressive+anneal" "lm aggressive" "lm aggressive+anneal"; do
       set -- $pair
-      $PY lagvae.py table --paired $1 $2 $T/ptb-cpu-{lm,basic,basic-anneal,aggressive,aggressive-anneal}-s*/
+      $PY lagvae.py table --paired $1 $2 --paper-data yahoo $T/ptb-cpu-{lm,basic,basic-anneal,aggressive,aggressive-anneal}-s*/
     done | tee $T/table_paired_ptb.md
   fi
 fi

@@ -806,3 +806,24 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
     (tmp_path / outs[1] / "result.json").write_text("{}")
     subprocess.run(["bash", "-c", second], cwd=tmp_path, check=True, timeout=60, env=env)
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 1
+
+
+def test_train_forks_a_saved_config_with_flags_over_it(data_env, tmp_path):
+    first = tmp_path / "first"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--nz", "3", "--lr", "0.5", "--quiet",
+                        "--iw-samples", "5", "--out", str(first)]) == 0
+    fork = tmp_path / "fork"
+    assert lagvae.main(["train", "--config", str(first / "config.json"), "--seed", "7", "--quiet",
+                        "--out", str(fork)]) == 0
+    a, b = (json.loads((d / "config.json").read_text())["config"] for d in (first, fork))
+    assert {k for k in a if a[k] != b[k]} == {"seed", "out"} and b["seed"] == 7 and b["nz"] == 3
+
+
+@pytest.mark.parametrize("device,needle", [("cuda:x", "expected auto, cpu, cuda or cuda:N"),
+                                           ("gpu", "expected auto, cpu, cuda or cuda:N")])
+def test_device_strings(device, needle):
+    with pytest.raises(lagvae.UsageError, match=needle):
+        lagvae.resolve_config({"device": device})
+    if not torch.cuda.is_available():
+        with pytest.raises(lagvae.UsageError, match="no CUDA device is available"):
+            lagvae.resolve_config({"device": "cuda:1"})
