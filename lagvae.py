@@ -1388,6 +1388,11 @@ def atomic_save(obj, path, write=None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(Path(path).parent, os.O_RDONLY)      # the rename itself reaches the disk too
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
@@ -1440,7 +1445,7 @@ def keep_rows(path, n, last):
     if len(lines) < n:
         raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; the run's "
                          f"files disagree (restore {path.name} or start again with --overwrite)")
-    path.write_bytes(b"".join(line + b"\n" for line in lines[:n]))
+    atomic_save(b"".join(line + b"\n" for line in lines[:n]), path, lambda rows, f: f.write(rows))
 
 
 def keep_good_epoch(out):
@@ -1485,7 +1490,7 @@ def load_last(out, model, cfg, rng, device):
                     keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
                 except (ValueError, KeyError, TypeError) as e:
                     raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
-                (out / name).write_text("".join(r + "\n" for r in keep))
+                atomic_save("".join(r + "\n" for r in keep).encode(), out / name, lambda rows, f: f.write(rows))
     return state, opts
 
 
@@ -1816,7 +1821,7 @@ def update_result(path, new):
     for k, v in merged.items():
         if old.get(k) != v:
             print(f"{path}: {k} {old.get(k)} -> {v}", file=sys.stderr)
-    path.write_text(json.dumps(merged, indent=2))
+    write_json(path, merged)
     return merged
 
 
@@ -2333,7 +2338,7 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
         lines += [f"{float(a):.2f}  {s}" for a, s in zip(t, generate((1 - t) * ends[0] + t * ends[1]))]
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    path.write_text(text)
+    atomic_save(text, path, lambda t, f: f.write(t.encode()))
     return path
 
 
