@@ -460,6 +460,8 @@ class VAE(nn.Module):
 
 
 class TextVAE(VAE):
+    kind = "text"
+
     def __init__(self, vocab_size, cfg):
         super().__init__()
         self.nz, self.vocab_size = cfg.nz, vocab_size
@@ -563,6 +565,8 @@ class PixelCNNDecoder(nn.Module):
 
 
 class ImageVAE(VAE):
+    kind = "image"
+
     def __init__(self, cfg):
         super().__init__()
         self.nz = cfg.nz
@@ -1678,46 +1682,82 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_s
     so that every other number is the same as with one. Validation keeps one draw: it drives the
     paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
     refinement lowers the -ELBO."""
+    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc)
+    out = {**elbo_metrics(seen), **mi_metrics(seen), "au": active_units(seen.mu), "n": seen.n}
+    if model.kind == "text":
+        out.update(elbo_ppl=perplexity(seen.rec + seen.kl, seen.tokens))
+        if rec_acc:
+            out.update(reconstruction_metrics(model, batches, seen))
+    if cfg.savae:
+        out["svi_gap"] = (seen.amortized - seen.rec - seen.kl) / seen.n
+    if iw_samples:
+        out.update(iw_nll=seen.nll / seen.n, iw_samples=iw_samples,
+                   **({"ppl": perplexity(seen.nll, seen.tokens)} if model.kind == "text" else {}))
+    return out
+
+
+@dataclass
+class Seen:
+    """What one pass over the evaluation batches gathers for every metric: sums over the examples
+    (in batch order) and the encodings."""
+    n: int
+    tokens: int
+    rec: float
+    kl: float
+    mi: float                 # the per-batch MI estimate times the batch size
+    nll: float                # IW-NLL (when asked)
+    amortized: float          # SA-VAE: the -ELBO before refinement
+    hits: int                 # text: tokens that greedy decoding from mu reproduces
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    z_mi: torch.Tensor        # the draws of z behind the MI estimates
+
+
+def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc):
+    """One pass. Noise comes from generators seeded with cfg.seed (the extra MI draws from a second
+    one), drawn in the same order whatever is asked, so that every number is the same with or
+    without the others."""
     dev = batches[0].device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     mi_gen = torch.Generator(dev).manual_seed(cfg.seed + 1)
-    text = not batches[0].is_floating_point()
+    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
     n = tokens = hits = 0
-    rec_sum = kl_sum = mi_sum = nll_sum = amortized_sum = 0.0
     mus, logvars, zs = [], [], []
     for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
         mu0, logvar0 = model.encode(x)
         mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
         if cfg.savae:
-            amortized_sum += float(gaussian_kl(mu0, logvar0).sum()
-                                   - model.log_px_given_z(x, sample_z(mu0, logvar0, 1, gen)).sum())
+            sums["amortized"] += float(gaussian_kl(mu0, logvar0).sum()
+                                       - model.log_px_given_z(x, sample_z(mu0, logvar0, 1, gen)).sum())
         z = sample_z(mu, logvar, 1, gen)
-        rec_sum += float(-model.log_px_given_z(x, z).sum())
-        kl_sum += float(gaussian_kl(mu, logvar).sum())
+        sums["rec"] += float(-model.log_px_given_z(x, z).sum())
+        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
         z_mi = z if mi_samples == 1 else sample_z(mu, logvar, mi_samples, mi_gen)
-        mi_sum += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)
+        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)
         if iw_samples:
-            nll_sum += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
-        if text and rec_acc:
+            sums["nll"] += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
+        if model.kind == "text" and rec_acc:
             hits += reconstruction_hits(model, x, mu)
         mus.append(mu), logvars.append(logvar), zs.append(z_mi)
         n += x.size(0)
         tokens += model.n_targets(x)
-    mu_all, logvar_all = torch.cat(mus), torch.cat(logvars)
-    out = {"elbo": (rec_sum + kl_sum) / n, "rec": rec_sum / n, "kl": kl_sum / n, "mi": mi_sum / n,
-           "mi_full": float(mutual_info_draws(mu_all, logvar_all, torch.cat(zs))),
-           "au": active_units(mu_all), "n": n}
-    if text:
-        out.update(elbo_ppl=perplexity(rec_sum + kl_sum, tokens))
-        if rec_acc:
-            others = mu_all.roll(1, 0).split([len(x) for x in batches])
-            other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
-            out.update(rec_acc=hits / tokens, rec_acc_other=other_hits / tokens)
-    if cfg.savae:
-        out["svi_gap"] = (amortized_sum - rec_sum - kl_sum) / n
-    if iw_samples:
-        out.update(iw_nll=nll_sum / n, iw_samples=iw_samples, **({"ppl": perplexity(nll_sum, tokens)} if text else {}))
-    return out
+    return Seen(n, tokens, **sums, hits=hits, mu=torch.cat(mus), logvar=torch.cat(logvars), z_mi=torch.cat(zs))
+
+
+def elbo_metrics(seen):
+    return {"elbo": (seen.rec + seen.kl) / seen.n, "rec": seen.rec / seen.n, "kl": seen.kl / seen.n}
+
+
+def mi_metrics(seen):
+    """Eq. 5 two ways: each minibatch as the mixture (as the paper), and the whole set as one."""
+    return {"mi": seen.mi / seen.n, "mi_full": float(mutual_info_draws(seen.mu, seen.logvar, seen.z_mi))}
+
+
+def reconstruction_metrics(model, batches, seen):
+    """rec_acc, and rec_acc_other: the same decoding from another document's mean (rolled by one)."""
+    others = seen.mu.roll(1, 0).split([len(x) for x in batches])
+    other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
+    return {"rec_acc": seen.hits / seen.tokens, "rec_acc_other": other_hits / seen.tokens}
 
 
 CHECKPOINT_FIELDS = ("config", "model", "vocab_size")

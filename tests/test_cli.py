@@ -151,7 +151,7 @@ def test_kill_mid_epoch_then_resume_is_exact(data_env, tmp_path):
     with the same log, result and weights as one that was never interrupted."""
     import signal
     import time
-    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "2000", "--epochs", "2",
+    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "800", "--epochs", "2",
             "--aggressive", "--iw-samples", "5", "--quiet", "--checkpoint-minutes", "0.002"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -173,7 +173,7 @@ def test_a_test_evaluation_that_is_not_finite_writes_no_result(data_env, tmp_pat
 def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(data_env, tmp_path, sig):
     """A scheduler's SIGTERM (or Ctrl-C) mid-run: one line, exit 128 + signal, last.pt at a batch
     boundary; the resumed run's log, result and weights are those of a run never stopped."""
-    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "2000", "--epochs", "2",
+    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "800", "--epochs", "2",
             "--aggressive", "--iw-samples", "5", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -302,7 +302,7 @@ def fuzz_values(tmp):
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fuzzed_subcommands_never_escape_as_exceptions(data_env, tmp_path, capsys, data):
