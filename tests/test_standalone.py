@@ -162,3 +162,15 @@ def test_new_text_is_tokenized_as_the_training_data_was():
     ex, tokens, unknown = lagvae.datalib.encode_new_text("\ufeffa b c\r\n<unk> <s>\n", vocab, max_len=2)
     assert [e.tolist() for e in ex] == [[1, 4, 5, 2], [1, 3, 3, 2]]
     assert (tokens, unknown) == (4, 2)
+
+
+def test_the_readmes_python_example_runs(data_env, tmp_path, monkeypatch, capsys):
+    """README "From Python": its code block, executed as written (in a scratch directory)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## From Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("torch.Size([2, 2]) tensor([")
+    assert (tmp_path / "runs" / "api-demo" / "model.pt").exists()
