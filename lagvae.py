@@ -1819,11 +1819,16 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, device="auto", quiet=False,
-                        update=False):
+                        update=False, eval_seeds=None):
     """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
     infinite result is an error, never a number in the report. update: write the evaluation into the
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
-    fields, and report each number that changed."""
+    fields, and report each number that changed. eval_seeds N: the evaluation's own uncertainty (App. D,
+    Tables 7 and 8): the same model evaluated with the noise of seeds 0..N-1, mean and variance."""
+    if eval_seeds:
+        if update:
+            raise UsageError("--eval-seeds: reports the spread of N evaluations; it does not --update result.json")
+        return evaluation_spread(ckpt, eval_seeds, iw_samples, mi_samples, data_dir, device, quiet)
     given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
                                          **{k: v for k, v in given.items() if v is not None})
@@ -1838,6 +1843,28 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result,
               **test_set_note(model.fingerprints, corpus, ckpt)}
     return update_result(Path(ckpt).parent / "result.json", {**result, "mi_samples": cfg.mi_samples}) if update else result
+
+
+SPREAD_METRICS = ("iw_nll", "elbo", "kl", "mi", "au")      # the columns of the paper's Tables 7 and 8
+
+
+def evaluation_spread(ckpt, n, iw_samples, mi_samples, data_dir, device, quiet):
+    given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
+                                         **{k: v for k, v in given.items() if v is not None})
+    test = [b.to(next(model.parameters()).device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
+    runs = []
+    for seed in range(n):
+        r = evaluate(model, test, dataclasses.replace(cfg, seed=seed), iw_samples=cfg.iw_samples, desc=f"seed {seed}",
+                     mi_samples=cfg.mi_samples)
+        if nonfinite(r):
+            raise UsageError(f"--ckpt {ckpt}: evaluation seed {seed} gave {', '.join(nonfinite(r))}")
+        runs.append({k: r[k] for k in SPREAD_METRICS if k in r})
+    keys = [k for k in SPREAD_METRICS if k in runs[0]]
+    values = {k: np.array([r[k] for r in runs], dtype=float) for k in keys}
+    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, "eval_seeds": n,
+            "iw_samples": cfg.iw_samples, "mean": {k: float(v.mean()) for k, v in values.items()},
+            "var": {k: float(v.var(ddof=1)) if n > 1 else 0.0 for k, v in values.items()}, "per_seed": runs}
 
 
 def test_set_note(fingerprints, corpus, ckpt):
@@ -2599,6 +2626,9 @@ def main(argv=None):
     ev.add_argument("--data-dir", **data_dir)
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
+                    help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
+                         "(the paper's Tables 7 and 8)")
     sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
     sp.add_argument("--ckpt", **ckpt)
     sp.add_argument("--out", default=None, help="default: samples.png or samples.txt beside the checkpoint")

@@ -154,3 +154,23 @@ def test_more_mi_draws_change_only_the_mi_estimates():
     many = lagvae.evaluate(model, batches, cfg, iw_samples=5, rec_acc=True, mi_samples=8)
     assert {k for k in one if one[k] != many[k]} == {"mi", "mi_full"}
     assert lagvae.evaluate(model, batches, cfg, iw_samples=5, rec_acc=True, mi_samples=1) == one
+
+
+def test_eval_seeds_report_the_spread_of_the_evaluation_itself(synth_root, tmp_path, capsys):
+    """App. D: one model, N evaluation seeds; the mean and variance of each number, and seed k's
+    numbers are those of an evaluation whose noise is seeded with k."""
+    import json
+    run = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--data-dir", str(synth_root),
+                        "--iw-samples", "5", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--eval-seeds", "3", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["eval_seeds"] == 3 and len(out["per_seed"]) == 3 and set(out["mean"]) == {"iw_nll", "elbo", "kl", "mi", "au"}
+    nll = [r["iw_nll"] for r in out["per_seed"]]
+    assert out["mean"]["iw_nll"] == pytest.approx(sum(nll) / 3) and out["var"]["iw_nll"] > 0     # the noise moves it
+    model, cfg, corpus = lagvae.load_checkpoint(run / "model.pt")
+    test = corpus.batches("test", cfg.batch_size, limit=cfg.max_test)
+    again = lagvae.evaluate(model.eval(), test, lagvae.dataclasses.replace(cfg, seed=2), iw_samples=5)
+    assert again["iw_nll"] == out["per_seed"][2]["iw_nll"]
+    assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--eval-seeds", "2", "--update"]) == 2
