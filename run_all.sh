@@ -7,6 +7,8 @@
 #   bash run_all.sh paired            # only the named sections (see SECTIONS), with their tables
 #   bash run_all.sh --list [SECTION]  # print the unfinished training jobs, one command per line, and stop
 #   RUNS=/scratch/rerun bash run_all.sh   # rerun everything into another directory (runs/ untouched)
+#   SCALE=paper bash run_all.sh --list    # the paper's own grid (preset paper, 5 seeds; needs a GPU and
+#                                         # the full Yahoo and Yelp files), each job with its GPU-hours
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
@@ -15,13 +17,18 @@ SEEDS=${SEEDS:-"0 1 2 3 4"}
 PAIRED_SEEDS=${PAIRED_SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
 DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
 RUNS=${RUNS:-runs}
-SECTIONS="paired synthetic text modes omniglot trajectory"
+SCALE=${SCALE:-cpu}
+case $SCALE in
+  cpu) SECTIONS="paired synthetic text modes omniglot trajectory" ;;
+  paper) SECTIONS="paper" ;;
+  *) echo "run_all.sh: SCALE=$SCALE: expected cpu or paper" >&2; exit 2 ;;
+esac
 LIST=0; [ "${1:-}" = "--list" ] && { LIST=1; shift; }
 ONLY="$*"
 for s in $ONLY; do
   [[ " $SECTIONS " == *" $s "* ]] || { echo "run_all.sh: unknown section '$s' (expected some of: $SECTIONS)" >&2; exit 2; }
 done
-want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+want() { [[ " $SECTIONS " == *" $1 "* ]] && { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
 mkdir -p "$RUNS" figures
 
 # run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out $RUNS/NAME --resume` unless it has
@@ -33,13 +40,14 @@ mkdir -p "$RUNS" figures
 # every run of it has finished.
 queue=()
 failed=0
+HOURS=""      # with SCALE=paper, --list ends each job with its estimated GPU-hours (set per job)
 declare -A listed     # a run named by two sections (ptb seeds 0-2: paired and text) is queued once
 run() {
   local out=$RUNS/$1; shift
   [ -f "$out/result.json" ] || [ -n "${listed[$out]:-}" ] && return 0
   listed[$out]=1
   local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
-  if [ $LIST = 1 ]; then echo "$cmd"; else
+  if [ $LIST = 1 ]; then echo "$cmd${HOURS:+   # ~$HOURS GPU-h}"; else
     queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")
   fi
 }
@@ -54,6 +62,62 @@ section_done() {     # runs the queue; true when the section's tables can be mad
 FIGS=${FIGS:-$([ "$RUNS" = runs ] && echo figures || echo "$RUNS/figures")}
 mkdir -p "$FIGS"
 T=$RUNS     # shorthand for the table and figure commands
+
+# SCALE=paper: the paper's own grid. Yahoo and Yelp: Tables 1, 3 and 5 (every row), Table 9's warm-ups
+# from 0.0 (App. E; its starred rows are Table 1's annealing), Tables 4 and 10 on Yelp (single runs, as
+# the paper's); OMNIGLOT: Tables 2 and 6 and its Table 9 column; Tables 7 and 8 by `eval --eval-seeds
+# 10` on seed 0 of Ours and the VAE. 5 seeds, --preset paper, the device from $DEVICE (default auto).
+# GPU-hours are estimates from the H200 bench of the paper presets (RESULTS.md: a joint step 11.2 ms
+# on Yahoo's documents, 10.8 ms on OMNIGLOT's, an SA-VAE step 93x and 64x that, 42-50 encoder steps per
+# decoder step while aggressive, 4-9 aggressive epochs): 100 epochs of 3,125 Yahoo or Yelp batches are
+# ~1 h, an aggressive run ~4 h, SA-VAE ~90 h; OMNIGLOT's runs (487 batches an epoch, until the fifth lr
+# decay) are taken to be of the same order.
+if want paper; then
+  if [ $LIST = 0 ]; then
+    missing=$($PY data.py --data-dir "$DATA" info | grep -E '^(yahoo|yelp|omniglot): MISSING' || true)
+    [ -z "$missing" ] || { echo "run_all.sh: SCALE=paper needs data that is missing:" >&2; echo "$missing" >&2; exit 2; }
+  fi
+  DEV=${DEVICE:-auto}
+  ROWS="lm:--lm:1 basic::1 basic-anneal:--anneal:1 beta0.2:--beta_0.2:1 beta0.4:--beta_0.4:1 beta0.6:--beta_0.6:1
+        beta0.8:--beta_0.8:1 savae:--savae:90 savae-anneal:--savae_--anneal:90 aggressive:--aggressive:4
+        aggressive-anneal:--aggressive_--anneal:4"
+  for seed in $SEEDS; do
+    for corpus in yahoo yelp omniglot; do
+      for job in $ROWS; do
+        IFS=: read -r name flags HOURS <<< "$job"
+        run $corpus-paper-$name-s$seed --data $corpus --data-dir "$DATA" --preset paper --device $DEV \
+          ${flags//_/ } --seed $seed
+      done
+      for n in 30000 50000 100000 120000; do
+        HOURS=1
+        run $corpus-paper-anneal$n-from0-s$seed --data $corpus --data-dir "$DATA" --preset paper --device $DEV \
+          --anneal --kl-start 0 --warm-up-iters $n --seed $seed
+      done
+    done
+  done
+  for n in 10 30 50 70; do
+    HOURS=$(( 1 + n / 20 ))
+    run yelp-paper-inner$n-s0 --data yelp --data-dir "$DATA" --preset paper --device $DEV --aggressive --inner-steps $n --seed 0
+  done
+  for m in 2 4 6; do
+    HOURS=1
+    run yelp-paper-enclr$m-s0 --data yelp --data-dir "$DATA" --preset paper --device $DEV --encoder-lr-mult $m --seed 0
+  done
+  HOURS=""
+  if section_done; then
+    for corpus in yahoo yelp omniglot; do
+      $PY lagvae.py table $T/$corpus-paper-{lm,basic,basic-anneal,beta0.?,savae,savae-anneal,aggressive,aggressive-anneal}-s*/ \
+        | tee $T/table_paper_$corpus.md
+      $PY lagvae.py table --paper-table 9 $T/$corpus-paper-anneal*-from0-s*/ $T/$corpus-paper-{basic-anneal,aggressive-anneal,aggressive}-s*/ \
+        | tee $T/table_paper_${corpus}_warmup.md
+      for m in aggressive basic; do
+        $PY lagvae.py eval --ckpt $T/$corpus-paper-$m-s0/model.pt --eval-seeds 10 --quiet > $T/evalseeds-$corpus-paper-$m-s0.json
+      done
+    done
+    $PY lagvae.py table --by-run --paper-table 4 $T/yelp-paper-inner*-s0/ $T/yelp-paper-aggressive-s0 | tee $T/table_paper_inner.md
+    $PY lagvae.py table --by-run --paper-table 10 $T/yelp-paper-enclr*-s0/ $T/yelp-paper-basic-s0 | tee $T/table_paper_enclr.md
+  fi
+fi
 
 # Issue 24: the likelihood claims decided by paired seeds. ptb at the cpu scale, seeds 0-9, the
 # paper's central rows; runs of one seed share the initialization and batch order, so B - A per seed

@@ -827,3 +827,24 @@ def test_device_strings(device, needle):
     if not torch.cuda.is_available():
         with pytest.raises(lagvae.UsageError, match="no CUDA device is available"):
             lagvae.resolve_config({"device": "cuda:1"})
+
+
+def test_run_all_lists_the_papers_grid_with_gpu_hours_and_checks_its_data(tmp_path):
+    """SCALE=paper: Yahoo, Yelp and OMNIGLOT at --preset paper, 5 seeds, Tables 4 and 10 on Yelp; each
+    listed job ends with its estimated GPU-hours; without the data it stops before any run."""
+    shutil.copy(ROOT / "run_all.sh", tmp_path)
+    r = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SCALE": "paper", "PY": "true"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 232 and all("--preset paper" in line and line.rstrip().endswith("GPU-h") for line in lines)
+    outs = {line.split("--out ")[1].split()[0] for line in lines}
+    assert {"runs/yahoo-paper-aggressive-s4", "runs/omniglot-paper-savae-anneal-s0", "runs/yelp-paper-inner10-s0",
+            "runs/yelp-paper-enclr6-s0", "runs/yelp-paper-anneal120000-from0-s2"} <= outs
+    assert not any("ptb" in o or "-cpu-" in o for o in outs)
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    shutil.copy(ROOT / "data.py", tmp_path)
+    r = subprocess.run(["bash", "run_all.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SCALE": "paper", "LAGVAE_DATA": str(empty), "PY": sys.executable})
+    assert r.returncode == 2 and "SCALE=paper needs data that is missing" in r.stderr and "yahoo: MISSING" in r.stderr
