@@ -1254,15 +1254,22 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
 # 5. Runs: the run directory and its files, checkpoints and --resume, locks, signals, the start banner.
 # Every file of a run is written atomically or counted in last.pt, so after any crash they agree.
 
+def mmss(seconds):
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+
+
 class Progress:
     """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
     CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
-    batch, inner steps so far, the epoch's train -ELBO so far and the time left in the epoch at its pace."""
+    batch, inner steps so far, the epoch's train -ELBO so far, the time left in the epoch at its pace,
+    and in the run if every epoch left took as long (an upper bound while aggressive: plain epochs
+    are shorter)."""
 
     def __init__(self, cfg, epoch, batches, done=0):
         """batches: the epoch's; done: how many of them ran before a resume."""
         self.on = cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
         self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
+        self.epochs_left = max(0, cfg.epochs - epoch)
         self.batch = self.done = done
         self.examples = sum(len(b) for b in batches[:done])
         self.start = self.last = time.time()
@@ -1275,11 +1282,11 @@ class Progress:
         if not self.on or now - self.last < self.every:
             return
         self.last = now
-        mmss = lambda s: f"{int(s) // 60}m{int(s) % 60:02d}s"
-        eta = (now - self.start) / (self.batch - self.done) * (self.n_batches - self.batch)
+        per_batch = (now - self.start) / (self.batch - self.done)
+        eta = per_batch * (self.n_batches - self.batch)
         print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
               f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
-              f"ETA {mmss(eta)}", flush=True)
+              f"ETA {mmss(eta)}, run {mmss(eta + self.epochs_left * per_batch * self.n_batches)}", flush=True)
 
 
 def seed_all(seed):
@@ -1723,7 +1730,13 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc):
     sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
     n = tokens = hits = 0
     mus, logvars, zs = [], [], []
-    for x in tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False):
+    lines = cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()    # as Progress, for IW-NLL's minutes
+    start = last = time.time()
+    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
+        if lines and i and time.time() - last >= cfg.progress_every:
+            last = time.time()
+            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
+                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
         mu0, logvar0 = model.encode(x)
         mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
         if cfg.savae:

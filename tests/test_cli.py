@@ -1,6 +1,7 @@
 """Section 9: the command line, run directories, resume and error messages."""
 import dataclasses
 import json
+import re
 import math
 import os
 import shutil
@@ -428,12 +429,17 @@ def test_help_explains_every_train_flag(capsys):
 def test_progress_lines_when_stdout_is_not_a_terminal(data_env, tmp_path, capsys, quiet):
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--progress-every", "1e-9",
                         "--out", str(tmp_path / "run"), *(["--quiet"] if quiet else [])]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "ETA" in line]
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if "ETA" in line and line.startswith("epoch")]
+    evals = [line for line in out if "ETA" in line and not line.startswith("epoch")]
     if quiet:
-        assert lines == []
+        assert lines == evals == []
     else:
         assert len(lines) == 8                                  # one per batch at this interval
         assert lines[-1].startswith("epoch   1 | batch 8/8 | inner steps 0 | train -elbo ")
+        assert re.search(r", run 0m\d\ds$", lines[-1])         # the run's ETA too: this was its last epoch
+        assert any(line.startswith("test | batch ") for line in evals)    # and the test evaluation's progress
+        assert any(line.startswith("valid | batch ") for line in evals)
 
 
 def test_bench_times_every_kind_and_a_baseline(data_env, tmp_path, capsys):
