@@ -2214,12 +2214,15 @@ def load_snapshots(run):
 
 
 def run_mode(run):
+    """'dataset: mode' of a run directory, for a figure's titles."""
     path = Path(run) / "config.json"
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"{run}: not a run directory with a config.json ({e})") from None
-    return check_record(config, path, {"mode": TEXT})["mode"]
+    mode = check_record(config, path, {"mode": TEXT})["mode"]
+    data = config.get("config", {}).get("data") if isinstance(config.get("config"), dict) else None
+    return f"{data}: {mode}" if isinstance(data, str) else mode
 
 
 def pyplot():
@@ -2277,7 +2280,7 @@ def plot_nll_au(runs, out):
     for k, mode in enumerate(modes):        # modes 20 apart share a colour, never a marker too
         pts = [(r["au"], r["iw_nll"]) for r in results if r["mode"] == mode]
         ax.scatter(*zip(*pts), marker="os^vD<>px*"[(k + k // 20) % 10], color=plt.cm.tab20(k % 20), label=mode)
-    ax.set(xlabel="AU", ylabel="NLL")
+    ax.set(xlabel="AU", ylabel="NLL", title=", ".join(sorted({r["data"] for r in results})))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -327,3 +327,10 @@ def test_paper_table_picks_the_row_of_that_table_where_a_mode_has_several(tmp_pa
     assert t10["basic"]["paper_nll"] == 358.2 and t10["aggressive"]["paper_nll"] is None
     assert lagvae.main(["table", "--paper-data", "yelp", "--paper-table", "4", *map(str, dirs)]) == 0
     assert "21.44" in capsys.readouterr().out
+
+
+def test_figure_titles_name_the_dataset(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"config": {"data": "ptb"}, "mode": "aggressive+anneal"}))
+    assert lagvae.run_mode(d) == "ptb: aggressive+anneal"
