@@ -2155,6 +2155,10 @@ def format_paired(rows, fmt="md"):
     return "\n".join(lines)
 
 
+INTEGER_COLUMNS = {"au", "steps", "agg_epochs", "paper_au"}      # counts: no decimals where they are whole
+COMPACT_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "au", "steps"]       # the table's default; --all for the rest
+
+
 def format_cell(row, c, fmt="md"):
     v = row[c]
     if v is None or isinstance(v, float) and np.isnan(v):          # no paper number, no aggressive epoch
@@ -2163,12 +2167,21 @@ def format_cell(row, c, fmt="md"):
         return " ".join(map(str, v))
     if not isinstance(v, float):
         return str(v)
-    return f"{v:.2f} ({row[c + '_std']:.2f})" if fmt == "md" and c in TABLE_COLUMNS and row["runs"] > 1 else f"{v:.2f}"
+    std = row.get(c + "_std")
+    whole = c in INTEGER_COLUMNS and v == int(v) and (not std or std == int(std))
+    num = (lambda x: f"{x:.0f}") if whole else (lambda x: f"{x:.2f}")
+    return f"{num(v)} ({num(std)})" if fmt == "md" and c in TABLE_COLUMNS and row["runs"] > 1 else num(v)
 
 
-def format_table(rows, fmt="md"):
-    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode", "seeds", "collapsed", "escaped",
-            *TABLE_COLUMNS, "time_ratio", "step_ratio", "paper_table", *("paper_" + c for c in PAPER_COLUMNS)]
+def format_table(rows, fmt="md", columns=None):
+    """Markdown (mean (std) over seeds) or CSV (every column, stds apart). columns: the metric columns
+    of a Markdown table (default COMPACT_COLUMNS with the step ratio and the paper's NLL, KL, MI and AU;
+    TABLE_COLUMNS: every one, the time ratio and the paper's time and hours too)."""
+    full = fmt == "csv" or columns == TABLE_COLUMNS
+    columns = TABLE_COLUMNS if full else columns or COMPACT_COLUMNS
+    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode", "seeds", "runs", "collapsed", "escaped",
+            *columns, *(["time_ratio"] if full else []), "step_ratio", "paper_table",
+            *("paper_" + c for c in (PAPER_COLUMNS if full else ["nll", "kl", "mi", "au"]))]
     if fmt == "csv":
         lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
         lines += [",".join([format_cell(r, c, fmt) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
@@ -2689,6 +2702,10 @@ def main(argv=None):
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
     tb.add_argument("--by-run", action="store_true", help="one row per run instead of mean (std) over seeds")
+    tb.add_argument("--columns", type=lambda v: v.split(","), default=None, metavar="A,B,...",
+                    help=f"the metric columns of a Markdown table (default {','.join(COMPACT_COLUMNS)}; "
+                         f"any of {','.join(TABLE_COLUMNS)})")
+    tb.add_argument("--all", action="store_true", help="every column (as CSV always has)")
     tb.add_argument("--paper-data", choices=sorted({d for d, _ in paper_results()}), default=None,
                     help="set every row beside the paper's numbers for this dataset (e.g. yelp for Tables 4 and 10)")
     tb.add_argument("--paper-table", choices=sorted({t for r in paper_results().values() for t in r["table"].split("+")},
@@ -2726,8 +2743,12 @@ def main(argv=None):
                 raise UsageError("--paired: pairs runs by seed already; drop --by-run")
             print(format_paired(paired(load_results(args["run_dirs"]), *args["paired"], args["paper_data"]), args["format"]))
         else:
+            bad = sorted(set(args["columns"] or []) - set(TABLE_COLUMNS))
+            if bad:
+                raise UsageError(f"--columns: unknown {', '.join(bad)} (expected some of {', '.join(TABLE_COLUMNS)})")
             print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"], args["paper_data"],
-                                         args["paper_table"]), args["format"]))
+                                         args["paper_table"]), args["format"],
+                               TABLE_COLUMNS if args["all"] else args["columns"]))
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:

@@ -106,16 +106,16 @@ if want paper; then
   HOURS=""
   if section_done; then
     for corpus in yahoo yelp omniglot; do
-      $PY lagvae.py table $T/$corpus-paper-{lm,basic,basic-anneal,beta0.?,savae,savae-anneal,aggressive,aggressive-anneal}-s*/ \
+      $PY lagvae.py table --all $T/$corpus-paper-{lm,basic,basic-anneal,beta0.?,savae,savae-anneal,aggressive,aggressive-anneal}-s*/ \
         | tee $T/table_paper_$corpus.md
-      $PY lagvae.py table --paper-table 9 $T/$corpus-paper-anneal*-from0-s*/ $T/$corpus-paper-{basic-anneal,aggressive-anneal,aggressive}-s*/ \
+      $PY lagvae.py table --all --paper-table 9 $T/$corpus-paper-anneal*-from0-s*/ $T/$corpus-paper-{basic-anneal,aggressive-anneal,aggressive}-s*/ \
         | tee $T/table_paper_${corpus}_warmup.md
       for m in aggressive basic; do
         $PY lagvae.py eval --ckpt $T/$corpus-paper-$m-s0/model.pt --eval-seeds 10 --quiet > $T/evalseeds-$corpus-paper-$m-s0.json
       done
     done
-    $PY lagvae.py table --by-run --paper-table 4 $T/yelp-paper-inner*-s0/ $T/yelp-paper-aggressive-s0 | tee $T/table_paper_inner.md
-    $PY lagvae.py table --by-run --paper-table 10 $T/yelp-paper-enclr*-s0/ $T/yelp-paper-basic-s0 | tee $T/table_paper_enclr.md
+    $PY lagvae.py table --all --by-run --paper-table 4 $T/yelp-paper-inner*-s0/ $T/yelp-paper-aggressive-s0 | tee $T/table_paper_inner.md
+    $PY lagvae.py table --all --by-run --paper-table 10 $T/yelp-paper-enclr*-s0/ $T/yelp-paper-basic-s0 | tee $T/table_paper_enclr.md
   fi
 fi
 
@@ -152,7 +152,7 @@ if want synthetic; then
   run checks8-synthetic-nz1-adaptive-s0 --data synthetic --data-dir data --preset synthetic --nz 1 --aggressive \
     --rule adaptive --mi-checks 8 --seed 0
   if section_done; then
-    $PY lagvae.py table $T/synthetic-nz1-*/ | tee $T/table_synthetic_nz1.md
+    $PY lagvae.py table --all $T/synthetic-nz1-*/ | tee $T/table_synthetic_nz1.md
     $PY lagvae.py figure posterior $T/synthetic-nz1-basic-s0 $T/synthetic-nz1-aggressive-s0 --out $FIGS/posterior_means.png
     $PY lagvae.py figure dynamics $T/synthetic-nz1-basic-s0 $T/synthetic-nz1-aggressive-s0 --out $FIGS/dynamics_synthetic.png
     $PY lagvae.py figure nll-au $T/synthetic-nz1-*/ --out $FIGS/nll_au_synthetic.png
@@ -214,13 +214,13 @@ if want text; then
   if section_done; then
     T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive
         aggressive-anneal fb0.125 cyclical4 bn0.6 pretrain"
-    $PY lagvae.py table $(for c in ptb yahoo-small; do for r in $T1; do ls -d $T/$c-cpu-$r-s[012]/ 2>/dev/null; done; done) \
+    $PY lagvae.py table --all $(for c in ptb yahoo-small; do for r in $T1; do ls -d $T/$c-cpu-$r-s[012]/ 2>/dev/null; done; done) \
       | tee $T/table_text.md
-    $PY lagvae.py table --by-run --paper-data yelp --paper-table 4 $T/ptb-cpu-inner*-s0/ $T/ptb-cpu-aggressive-s0 \
+    $PY lagvae.py table --all --by-run --paper-data yelp --paper-table 4 $T/ptb-cpu-inner*-s0/ $T/ptb-cpu-aggressive-s0 \
       $T/ptb-cpu-basic-s0 | tee $T/table_text_inner.md
-    $PY lagvae.py table --paper-data yahoo --paper-table 9 $T/ptb-cpu-anneal*-from0-s[012]/ \
+    $PY lagvae.py table --all --paper-data yahoo --paper-table 9 $T/ptb-cpu-anneal*-from0-s[012]/ \
       $T/ptb-cpu-{basic-anneal,aggressive-anneal,aggressive}-s[012]/ | tee $T/table_text_warmup.md
-    $PY lagvae.py table --by-run --paper-data yelp --paper-table 10 $T/ptb-cpu-enclr*-s0/ $T/ptb-cpu-basic-s0 \
+    $PY lagvae.py table --all --by-run --paper-data yelp --paper-table 10 $T/ptb-cpu-enclr*-s0/ $T/ptb-cpu-basic-s0 \
       | tee $T/table_text_enclr.md
     $PY lagvae.py figure nll-au $T/ptb-cpu-*-s[012]/ --out $FIGS/nll_au_ptb.png
     $PY lagvae.py figure nll-au $T/yahoo-small-cpu-*-s[012]/ --out $FIGS/nll_au_yahoo.png
@@ -239,7 +239,7 @@ if want modes; then
       --iw-samples 100 --max-test 500 --seed 0 $flags
   done
   if section_done; then
-    $PY lagvae.py table $T/modes*/ | tee $T/table_modes.md
+    $PY lagvae.py table --all $T/modes*/ | tee $T/table_modes.md
     $PY lagvae.py figure dynamics $T/modes $T/modes-aggressive $T/modes-beta0.4 --out $FIGS/dynamics_modes.png
     $PY lagvae.py figure nll-au $T/modes*/ --out $FIGS/nll_au_modes.png
   fi
@@ -256,9 +256,9 @@ if want omniglot; then
   run omniglot-cpu30-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --seed 0
   run omniglot-cpu30-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --aggressive --seed 0
   if section_done; then
-    $PY lagvae.py table $T/omniglot-cpu-*/ | tee $T/table_omniglot.md
-    $PY lagvae.py table --by-run $T/omniglot-cpu-*/ | tee $T/table_omniglot_by_run.md
-    $PY lagvae.py table $T/omniglot-cpu30-*/ | tee $T/table_omniglot_30.md
+    $PY lagvae.py table --all $T/omniglot-cpu-*/ | tee $T/table_omniglot.md
+    $PY lagvae.py table --all --by-run $T/omniglot-cpu-*/ | tee $T/table_omniglot_by_run.md
+    $PY lagvae.py table --all $T/omniglot-cpu30-*/ | tee $T/table_omniglot_30.md
     $PY lagvae.py figure dynamics $T/omniglot-cpu-basic-s0 $T/omniglot-cpu-aggressive-s0 --out $FIGS/dynamics_omniglot.png
     for mode in basic aggressive; do     # needs the checkpoints: only where the runs were trained
       [ -f $T/omniglot-cpu-$mode-s0/model.pt ] && $PY lagvae.py samples --ckpt $T/omniglot-cpu-$mode-s0/model.pt \

@@ -29,7 +29,7 @@ def test_summary_means_stds_counts_and_time_ratio(tmp_path):
     assert (rows["aggressive"]["collapsed"], rows["aggressive"]["escaped"]) == (1, 1)
     assert rows["aggressive"]["time_ratio"] == pytest.approx(48 / 12)
     md = lagvae.format_table(list(rows.values()))
-    assert "| synthetic | aggressive | 0 1 | 1 | 1 | 38.50 (0.71) |" in md
+    assert "| synthetic | aggressive | 0 1 | 2 | 1 | 1 | 38.50 (0.71) |" in md      # seeds, then how many
     csv = lagvae.format_table(list(rows.values()), "csv").splitlines()
     assert len(csv) == 3 and csv[0].startswith("data,mode,seeds")
 
@@ -153,7 +153,9 @@ def test_epoch_columns_come_from_the_log(tmp_path):
     (d / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
     row = lagvae.summarize(lagvae.load_results([d, fake_run(tmp_path, "b")]), by_run=True)[0]
     assert (row["agg_epochs"], row["agg_epoch_s"], row["epoch_s"]) == (2, 400.0, 5.0)
-    assert "| synthetic | aggressive | 0 | 1 | 0 | 40.00 | " in lagvae.format_table([row])
+    full = lagvae.format_table([row], columns=lagvae.TABLE_COLUMNS)
+    assert "| synthetic | aggressive | 0 | 1 | 1 | 0 | 40.00 | " in full
+    assert "| 2 | 400.00 | 5.00 |" in full                  # agg_epochs a count, the seconds with decimals
 
 
 def test_by_run_keeps_runs_of_one_seed_apart(tmp_path):
@@ -325,7 +327,7 @@ def test_paper_table_picks_the_row_of_that_table_where_a_mode_has_several(tmp_pa
         (357.0, 21.44, "4")
     t10 = {r["mode"]: r for r in lagvae.summarize(lagvae.load_results(dirs), paper_data="yelp", paper_table="10")}
     assert t10["basic"]["paper_nll"] == 358.2 and t10["aggressive"]["paper_nll"] is None
-    assert lagvae.main(["table", "--paper-data", "yelp", "--paper-table", "4", *map(str, dirs)]) == 0
+    assert lagvae.main(["table", "--paper-data", "yelp", "--paper-table", "4", "--all", *map(str, dirs)]) == 0
     assert "21.44" in capsys.readouterr().out
 
 
@@ -334,3 +336,18 @@ def test_figure_titles_name_the_dataset(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"config": {"data": "ptb"}, "mode": "aggressive+anneal"}))
     assert lagvae.run_mode(d) == "ptb: aggressive+anneal"
+
+
+def test_tables_are_compact_by_default_with_counts_as_integers(tmp_path, capsys):
+    dirs = [fake_run(tmp_path, f"a{s}", mode="aggressive", seed=s, au=3, steps=1000 + s, kl=1.0, mi=0.6) for s in (0, 1)]
+    assert lagvae.main(["table", *map(str, dirs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("| data | mode | seeds | runs | collapsed | escaped | iw_nll | elbo | kl | mi | au | steps | "
+                      "step_ratio | paper_table | paper_nll | paper_kl | paper_mi | paper_au |")
+    assert "| 3 (0) | 1000.50 (0.71) |" in out[2]             # AU whole in every seed: no decimals
+    assert lagvae.main(["table", "--columns", "iw_nll,au", *map(str, dirs)]) == 0
+    assert "| escaped | iw_nll | au | step_ratio |" in capsys.readouterr().out
+    assert lagvae.main(["table", "--columns", "nll", *map(str, dirs)]) == 2
+    assert "--columns: unknown nll" in capsys.readouterr().err
+    assert lagvae.main(["table", "--all", *map(str, dirs)]) == 0
+    assert "| train_seconds |" in capsys.readouterr().out

@@ -758,8 +758,8 @@ def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
     assert "run_all.sh: runs/synthetic-nz1-basic-s1 failed (exit 2), see runs/synthetic-nz1-basic-s1.log" in r.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert any("--out runs/trajectory-aggressive " in c for c in calls)     # the last run was still tried
-    assert not any(c.startswith("lagvae.py table runs/synthetic-nz1-") for c in calls)   # its section's table
-    assert any(c.startswith("lagvae.py table runs/modes") for c in calls)         # another section's
+    assert not any(c.startswith("lagvae.py table --all runs/synthetic-nz1-") for c in calls)   # its section's table
+    assert any(c.startswith("lagvae.py table --all runs/modes") for c in calls)         # another section's
 
 
 def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_path):
