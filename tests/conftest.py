@@ -66,3 +66,21 @@ def tiny_image_model(seed=0, dtype=torch.float32, **over):
 
 def random_images(batch=4, seed=0):
     return torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+def subprocess_train(root):
+    """A tiny aggressive run long enough (800 sentences, 2 epochs) to be stopped within an epoch."""
+    return [sys.executable, str(Path(__file__).resolve().parents[1] / "lagvae.py"), "train", "--preset", "tiny",
+            "--subset", "800", "--epochs", "2", "--aggressive", "--iw-samples", "5", "--quiet", "--data-dir", str(root)]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(synth_root, tmp_path_factory):
+    """subprocess_train never stopped (one thread, as the stopped runs it is compared with), once for
+    the kill and signal tests."""
+    import os
+    import subprocess
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(subprocess_train(synth_root) + ["--out", str(out)], check=True, timeout=600,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return out

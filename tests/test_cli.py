@@ -1,9 +1,9 @@
 """Section 9: the command line, run directories, resume and error messages."""
 import dataclasses
 import json
-import re
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import lagvae
+from conftest import subprocess_train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.json", "log.jsonl", "model.pt", "result.json"}
@@ -147,16 +148,14 @@ def test_a_second_writer_is_refused(data_env, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_kill_mid_epoch_then_resume_is_exact(data_env, tmp_path):
+def test_kill_mid_epoch_then_resume_is_exact(synth_root, uninterrupted_run, tmp_path):
     """SIGKILL a subprocess inside an aggressive epoch, after a timed checkpoint; the resumed run ends
     with the same log, result and weights as one that was never interrupted."""
     import signal
     import time
-    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "800", "--epochs", "2",
-            "--aggressive", "--iw-samples", "5", "--quiet", "--checkpoint-minutes", "0.002"]
+    base = subprocess_train(synth_root) + ["--checkpoint-minutes", "0.002"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(base + ["--out", str(straight)], check=True, env=env, timeout=600)
+    straight, killed = uninterrupted_run, tmp_path / "killed"
     proc = subprocess.Popen(base + ["--out", str(killed)], env=env)
     while not (killed / "last.pt").exists():
         assert proc.poll() is None, "the run ended before its first timed checkpoint"
@@ -248,6 +247,7 @@ def test_samples_grid_png(omni_env, tmp_path):
     assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--decode", "beam"]) == 2    # text only
 
 
+@pytest.mark.slow
 def test_snapshots_are_recorded_and_do_not_change_training(data_env, tmp_path):
     base = ["train", "--preset", "tiny", "--nz", "1", "--aggressive", "--quiet", "--grid-stride", "0.5"]
     lagvae.main(base + ["--out", str(tmp_path / "plain")])
@@ -442,6 +442,7 @@ def test_progress_lines_when_stdout_is_not_a_terminal(data_env, tmp_path, capsys
         assert any(line.startswith("valid | batch ") for line in evals)
 
 
+@pytest.mark.slow
 def test_bench_times_every_kind_and_a_baseline(data_env, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert lagvae.main(["bench", "--preset", "tiny", "--steps", "2", "--rounds", "1", "--baseline", str(ROOT),
@@ -475,6 +476,7 @@ def test_bench_profile_lists_the_costliest_ops_of_each_kind(data_env, capsys):
     assert e.value.code == 2 and "--profile" in one_line_error(capsys, "positive")
 
 
+@pytest.mark.slow
 def test_bench_times_an_image_model(omni_env, capsys):
     assert lagvae.main(["bench", "--data", "omniglot", "--preset", "tiny", "--steps", "1", "--rounds", "1"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -707,7 +709,7 @@ def flag_values(f):
 FUZZ_FIELDS = [f for f in dataclasses.fields(lagvae.Config) if f.name not in PINNED_FIELDS]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(FUZZ_FIELDS), min_size=1, max_size=4, unique_by=lambda f: f.name)
        .flatmap(lambda fs: st.tuples(*map(flag_values, fs))))
@@ -744,6 +746,7 @@ def test_eval_update_rewrites_only_what_the_new_evaluation_changes(trained, tmp_
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.slow
 def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
     """A failed run (diverged, killed, bad flag) must not stop a grid of days: the rest still run,
     the failure is named, and no table is made from an incomplete grid. Python is faked (PY)."""

@@ -12,6 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import lagvae
+from conftest import subprocess_train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["train", "--preset", "tiny", "--quiet", "--iw-samples", "5"]
@@ -88,6 +89,7 @@ def test_a_log_with_fewer_rows_than_the_checkpoint_is_refused(data_env, tmp_path
     assert len(err) == 1 and "log.jsonl" in err[0] and "expects 2 rows" in err[0]
 
 
+@pytest.mark.slow
 def test_a_finished_run_trained_further_is_unfinished_until_its_new_result(data_env, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out)]) == 0
@@ -120,6 +122,7 @@ def test_a_divergence_leaves_last_pt_at_the_last_validated_epoch(data_env, tmp_p
     assert not (out / "epoch.pt").exists() and not (out / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_needs_the_runs_config(data_env, tmp_path, capsys):
     """Without config.json nothing says which settings made the files: --resume with another seed
     would relabel the run. An overwrite removes config.json last, so a kill during it cannot get here."""
@@ -170,14 +173,12 @@ def test_a_test_evaluation_that_is_not_finite_writes_no_result(data_env, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(data_env, tmp_path, sig):
+def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(synth_root, uninterrupted_run, tmp_path, sig):
     """A scheduler's SIGTERM (or Ctrl-C) mid-run: one line, exit 128 + signal, last.pt at a batch
     boundary; the resumed run's log, result and weights are those of a run never stopped."""
-    base = [sys.executable, str(ROOT / "lagvae.py"), "train", "--preset", "tiny", "--subset", "800", "--epochs", "2",
-            "--aggressive", "--iw-samples", "5", "--quiet"]
+    base = subprocess_train(synth_root)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    subprocess.run(base + ["--out", str(straight)], check=True, env=env, timeout=600)
+    straight, stopped = uninterrupted_run, tmp_path / "stopped"
     proc = subprocess.Popen(base + ["--out", str(stopped)], env=env, stderr=subprocess.PIPE, text=True)
     while not (stopped / "config.json").exists():
         assert proc.poll() is None

@@ -89,6 +89,7 @@ def test_an_older_checkpoint_without_vocabulary_loads_with_a_warning(tmp_path, c
     assert "test_data" not in json.loads(out) and "warning" in err and "stores no vocabulary" in err
 
 
+@pytest.mark.slow
 def test_an_own_corpus_is_kept_whole_by_default_and_the_banner_says_so(tmp_path):
     """text:PREFIX has no cpu sizing of its own: the cpu-full preset keeps every document, word and
     token; the banner and the stop reason are in a non-TTY log."""
