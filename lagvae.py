@@ -1606,7 +1606,7 @@ def stopping_on_signals():
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Evaluation: the same code for every mode and dataset; decoding text from z; latents.
+# 6. Evaluation: the same code for every mode and dataset; decoding text from z; latents; samples.
 
 PAD, BOS, EOS = (datalib.SPECIALS.index(t) for t in (datalib.PAD, datalib.BOS, datalib.EOS))
 
@@ -1954,6 +1954,116 @@ def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", i
     # A file object: np.savez would append .npz to a name.
     atomic_save({"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(), **({"labels": np.array(labels)} if labels else {})},
                 path, lambda arrays, f: np.savez(f, **arrays))
+    return path
+
+
+@in_eval_mode
+def sample_pixels(model, z):
+    """Draw images from p(x|z) pixel by pixel (the PixelCNN is autoregressive in raster order)."""
+    x = torch.zeros(z.size(0), 1, 28, 28, device=z.device)
+    for r in range(28):
+        for c in range(28):
+            p = torch.sigmoid(model.decoder.logits(x, z)[:, :, r, c])
+            x[:, :, r, c] = torch.bernoulli(p)
+    return x
+
+
+def output_file(path, formats):
+    """An --out path checked before any work is done: a file name (not a folder) in an existing
+    folder, with a suffix among `formats` (any when None)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--out {path}: is a folder; expected a file name")
+    if not p.parent.is_dir():
+        raise UsageError(f"--out {path}: there is no folder {p.parent}")
+    if formats is not None and p.suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"--out {path}: expected a file name ending in "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return p
+
+
+MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: more is no longer a figure
+
+
+def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
+                  temperature=None, max_len=None, interpolate=None, reconstruct=None):
+    """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
+    text model a text file, also printed (write_text_samples). reconstruct: a file of sentences (or -
+    for stdin) to reconstruct instead of the test documents; then no data file is read. Returns the path."""
+    path = output_file(out, {"png", "txt"}) if out else None      # checked before any work
+    if n is not None and n > MAX_SAMPLES:
+        raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct)
+    if reconstruct and corpus.kind != "text":
+        raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
+    seed_all(cfg.seed)
+    suffix = {"text": ".txt", "image": ".png"}[corpus.kind]
+    if path and path.suffix.lower() != suffix:
+        raise UsageError(f"--out {out}: the samples of a {corpus.kind} model go to a {suffix} file")
+    path = path or Path(ckpt).with_name("samples" + suffix)
+    if corpus.kind == "text":
+        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits["test"]
+        return write_text_samples(model, cfg, corpus.vocab, docs, path, 10 if n is None else n, method or "greedy",
+                                  beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate,
+                                  "your sentences" if reconstruct else "test documents")
+    text_only = [flag for flag, v in (("--decode", method), ("--beam-size", beam_size), ("--max-len", max_len),
+                                      ("--temperature", temperature), ("--interpolate", interpolate)) if v is not None]
+    if text_only:
+        raise UsageError(f"{text_only[0]}: a decoding option of text models; {ckpt} is an image model")
+    return write_image_samples(model, cfg, corpus, path, 32 if n is None else n)
+
+
+@in_eval_mode
+def write_image_samples(model, cfg, corpus, path, n):
+    """A PNG grid: prior samples on top; below, test images and their reconstructions from z = mu,
+    alternating rows."""
+    from torchvision.utils import save_image
+    if n < 8 or n % 8:
+        raise UsageError(f"--n: expected a multiple of 8 (grid rows of 8) from 8 to {MAX_SAMPLES}, got {n}")
+    dev = next(model.parameters()).device
+    prior = sample_pixels(model, torch.randn(n, cfg.nz, device=dev))
+    test = corpus.splits["test"][:n].to(dev)
+    recon = sample_pixels(model, model.encode(test)[0])
+    rows = [prior] + [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
+    save_image(torch.cat(rows), path, nrow=8, padding=2, pad_value=0.5)
+    return path
+
+
+def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temperature, max_len, interpolate,
+                       what="test documents"):
+    """n sentences decoded from the prior; the first n documents of `test` (the test split, or the
+    user's sentences), each followed by its decoding from the posterior mean and from a posterior
+    sample; with interpolate = [I, J], 7 evenly spaced points on the line between the posterior means
+    of documents I and J, ends included (Bowman et al. 2016's homotopy). max_len defaults to the
+    longest document."""
+    if interpolate and not all(0 <= i < len(test) for i in interpolate):
+        raise UsageError(f"--interpolate: expected two indices of {what} below {len(test)}, got {interpolate}")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
+
+    def words(ids):                          # a decoding ends at </s> or is cut at max_len ("...")
+        text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
+        return text if EOS in ids else text + " ..."
+
+    generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
+    how = method + (f" (beam size {beam_size})" if method == "beam" else
+                    f" (temperature {temperature:g})" if method == "sample" else "")
+    docs = test[:n]
+    mu, logvar = encode_examples(model, docs, cfg.batch_size)
+    lines = [f"# {cfg.data}, {mode_name(cfg)}: {how} decoding, at most {max_len} tokens", "",
+             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen)), "",
+             f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
+    for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
+        lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
+    if interpolate:
+        ends = encode_examples(model, [test[i] for i in interpolate], cfg.batch_size)[0]
+        t = torch.linspace(0, 1, 7, device=dev)[:, None]
+        lines += ["", f"## between the posterior means of {what} {interpolate[0]} and {interpolate[1]}"]
+        lines += [f"{float(a):.2f}  {s}" for a, s in zip(t, generate((1 - t) * ends[0] + t * ends[1]))]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    atomic_save(text, path, lambda t, f: f.write(t.encode()))
     return path
 
 
@@ -2326,116 +2436,6 @@ def plot_trajectory(runs, out, lim=3.0):
 
 FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au": plot_nll_au,
            "trajectory": plot_trajectory}
-
-
-@in_eval_mode
-def sample_pixels(model, z):
-    """Draw images from p(x|z) pixel by pixel (the PixelCNN is autoregressive in raster order)."""
-    x = torch.zeros(z.size(0), 1, 28, 28, device=z.device)
-    for r in range(28):
-        for c in range(28):
-            p = torch.sigmoid(model.decoder.logits(x, z)[:, :, r, c])
-            x[:, :, r, c] = torch.bernoulli(p)
-    return x
-
-
-def output_file(path, formats):
-    """An --out path checked before any work is done: a file name (not a folder) in an existing
-    folder, with a suffix among `formats` (any when None)."""
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"--out {path}: is a folder; expected a file name")
-    if not p.parent.is_dir():
-        raise UsageError(f"--out {path}: there is no folder {p.parent}")
-    if formats is not None and p.suffix.lower().lstrip(".") not in formats:
-        raise UsageError(f"--out {path}: expected a file name ending in "
-                         f"{', '.join('.' + f for f in sorted(formats))}")
-    return p
-
-
-MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: more is no longer a figure
-
-
-def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
-                  temperature=None, max_len=None, interpolate=None, reconstruct=None):
-    """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
-    text model a text file, also printed (write_text_samples). reconstruct: a file of sentences (or -
-    for stdin) to reconstruct instead of the test documents; then no data file is read. Returns the path."""
-    path = output_file(out, {"png", "txt"}) if out else None      # checked before any work
-    if n is not None and n > MAX_SAMPLES:
-        raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct)
-    if reconstruct and corpus.kind != "text":
-        raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
-    seed_all(cfg.seed)
-    suffix = {"text": ".txt", "image": ".png"}[corpus.kind]
-    if path and path.suffix.lower() != suffix:
-        raise UsageError(f"--out {out}: the samples of a {corpus.kind} model go to a {suffix} file")
-    path = path or Path(ckpt).with_name("samples" + suffix)
-    if corpus.kind == "text":
-        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits["test"]
-        return write_text_samples(model, cfg, corpus.vocab, docs, path, 10 if n is None else n, method or "greedy",
-                                  beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate,
-                                  "your sentences" if reconstruct else "test documents")
-    text_only = [flag for flag, v in (("--decode", method), ("--beam-size", beam_size), ("--max-len", max_len),
-                                      ("--temperature", temperature), ("--interpolate", interpolate)) if v is not None]
-    if text_only:
-        raise UsageError(f"{text_only[0]}: a decoding option of text models; {ckpt} is an image model")
-    return write_image_samples(model, cfg, corpus, path, 32 if n is None else n)
-
-
-@in_eval_mode
-def write_image_samples(model, cfg, corpus, path, n):
-    """A PNG grid: prior samples on top; below, test images and their reconstructions from z = mu,
-    alternating rows."""
-    from torchvision.utils import save_image
-    if n < 8 or n % 8:
-        raise UsageError(f"--n: expected a multiple of 8 (grid rows of 8) from 8 to {MAX_SAMPLES}, got {n}")
-    dev = next(model.parameters()).device
-    prior = sample_pixels(model, torch.randn(n, cfg.nz, device=dev))
-    test = corpus.splits["test"][:n].to(dev)
-    recon = sample_pixels(model, model.encode(test)[0])
-    rows = [prior] + [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
-    save_image(torch.cat(rows), path, nrow=8, padding=2, pad_value=0.5)
-    return path
-
-
-def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temperature, max_len, interpolate,
-                       what="test documents"):
-    """n sentences decoded from the prior; the first n documents of `test` (the test split, or the
-    user's sentences), each followed by its decoding from the posterior mean and from a posterior
-    sample; with interpolate = [I, J], 7 evenly spaced points on the line between the posterior means
-    of documents I and J, ends included (Bowman et al. 2016's homotopy). max_len defaults to the
-    longest document."""
-    if interpolate and not all(0 <= i < len(test) for i in interpolate):
-        raise UsageError(f"--interpolate: expected two indices of {what} below {len(test)}, got {interpolate}")
-    dev = next(model.parameters()).device
-    gen = torch.Generator(dev).manual_seed(cfg.seed)
-    max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
-
-    def words(ids):                          # a decoding ends at </s> or is cut at max_len ("...")
-        text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
-        return text if EOS in ids else text + " ..."
-
-    generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
-    how = method + (f" (beam size {beam_size})" if method == "beam" else
-                    f" (temperature {temperature:g})" if method == "sample" else "")
-    docs = test[:n]
-    mu, logvar = encode_examples(model, docs, cfg.batch_size)
-    lines = [f"# {cfg.data}, {mode_name(cfg)}: {how} decoding, at most {max_len} tokens", "",
-             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen)), "",
-             f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
-    for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
-        lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
-    if interpolate:
-        ends = encode_examples(model, [test[i] for i in interpolate], cfg.batch_size)[0]
-        t = torch.linspace(0, 1, 7, device=dev)[:, None]
-        lines += ["", f"## between the posterior means of {what} {interpolate[0]} and {interpolate[1]}"]
-        lines += [f"{float(a):.2f}  {s}" for a, s in zip(t, generate((1 - t) * ends[0] + t * ends[1]))]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    atomic_save(text, path, lambda t, f: f.write(t.encode()))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
