@@ -198,18 +198,10 @@ def encode_new_text(text, vocab, max_len=0):
     max_len, <s> ... </s> around. A byte-order mark is dropped; a word outside the vocabulary, or a
     literal special token (<s>, </s>, <pad>: text, not control), becomes <unk>. Every line is one
     example, an empty one too, so outputs line up with inputs. Returns (examples, tokens, unknown)."""
-    w2i = {w: i for i, w in enumerate(vocab)}
-    unk, bos, eos = w2i[UNK], w2i[BOS], w2i[EOS]
     lines = text.removeprefix("\ufeff").removesuffix("\n").split("\n") if text.strip() else []
-    examples, tokens, unknown = [], 0, 0
-    for line in lines:
-        toks = line.removesuffix("\r").split()
-        toks = toks[:max_len] if max_len else toks
-        ids = [unk if w in SPECIALS else w2i.get(w, unk) for w in toks]
-        tokens += len(ids)
-        unknown += sum(w in SPECIALS or w not in w2i for w in toks)
-        examples.append(torch.tensor([bos] + ids + [eos]))
-    return examples, tokens, unknown
+    docs = [[UNK if w in SPECIALS else w for w in line.removesuffix("\r").split()[:max_len or None]] for line in lines]
+    known = set(vocab) - set(SPECIALS)
+    return encode(docs, vocab), sum(map(len, docs)), sum(w not in known for d in docs for w in d)
 
 
 def length_buckets(examples, batch_size, rng=None):

@@ -1229,12 +1229,12 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
     score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
     why = divergence(metrics, score, model, val)
     if why:
-        kept = (f"last.pt holds the end of epoch {state.epoch - 1}" if (out / "epoch.pt").is_file() else
-                "no epoch had finished, --resume starts afresh")
         if (out / "epoch.pt").is_file():
             os.replace(out / "epoch.pt", out / "last.pt")
+            kept = f"last.pt holds the end of epoch {state.epoch - 1}"
         else:
             (out / "last.pt").unlink(missing_ok=True)
+            kept = "no epoch had finished, --resume starts afresh"
         raise UsageError(f"{out}: epoch {state.epoch}: {why}; training diverged ({kept}; try a smaller --lr "
                          f"or --clip-grad)")
     verdict = state.plateau.step(score)
@@ -1258,6 +1258,11 @@ def mmss(seconds):
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 
+def progress_lines(cfg):
+    """Progress as lines (nohup logs, CI) where no tqdm bar shows: stdout is not a terminal."""
+    return cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
+
+
 class Progress:
     """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
     CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
@@ -1267,7 +1272,7 @@ class Progress:
 
     def __init__(self, cfg, epoch, batches, done=0):
         """batches: the epoch's; done: how many of them ran before a resume."""
-        self.on = cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
+        self.on = progress_lines(cfg)
         self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
         self.epochs_left = max(0, cfg.epochs - epoch)
         self.batch = self.done = done
@@ -1412,8 +1417,13 @@ def atomic_save(obj, path, write=None):
         raise UsageError(f"cannot write {path} ({' '.join(str(e).split())[:200]})") from None
 
 
+def write_atomic(path, data):
+    """Bytes to `path` through atomic_save."""
+    atomic_save(data, path, lambda d, f: f.write(d))
+
+
 def write_json(path, obj):
-    atomic_save(obj, path, lambda o, f: f.write(json.dumps(o, indent=2).encode()))
+    write_atomic(path, json.dumps(obj, indent=2).encode())
 
 
 def fingerprint(examples):
@@ -1427,9 +1437,13 @@ def fingerprint(examples):
 
 def data_identity(corpus):
     """What a model needs to stand alone: the words of its ids (text), the special tokens, and
-    fingerprints of the data it was trained and tested on, to tell later data apart."""
-    return {"vocab": getattr(corpus, "vocab", None), "specials": datalib.SPECIALS if corpus.kind == "text" else None,
-            "fingerprints": {split: fingerprint(corpus.splits[split]) for split in ("train", "test")}}
+    fingerprints of the data it was trained and tested on, to tell later data apart. Hashed once per
+    corpus (a full corpus takes a while), not at every new best epoch."""
+    if not hasattr(corpus, "identity"):
+        corpus.identity = {"vocab": getattr(corpus, "vocab", None),
+                           "specials": datalib.SPECIALS if corpus.kind == "text" else None,
+                           "fingerprints": {split: fingerprint(corpus.splits[split]) for split in ("train", "test")}}
+    return corpus.identity
 
 
 def save_last(path, model, opts, state, rng, device):
@@ -1456,7 +1470,7 @@ def keep_rows(path, n, last):
     if len(lines) < n:
         raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; the run's "
                          f"files disagree (restore {path.name} or start again with --overwrite)")
-    atomic_save(b"".join(line + b"\n" for line in lines[:n]), path, lambda rows, f: f.write(rows))
+    write_atomic(path, b"".join(line + b"\n" for line in lines[:n]))
 
 
 def keep_good_epoch(out):
@@ -1501,7 +1515,7 @@ def load_last(out, model, cfg, rng, device):
                     keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
                 except (ValueError, KeyError, TypeError) as e:
                     raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
-                atomic_save("".join(r + "\n" for r in keep).encode(), out / name, lambda rows, f: f.write(rows))
+                write_atomic(out / name, "".join(r + "\n" for r in keep).encode())
     return state, opts
 
 
@@ -1721,16 +1735,16 @@ class Seen:
 
 
 def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc):
-    """One pass. Noise comes from generators seeded with cfg.seed (the extra MI draws from a second
-    one), drawn in the same order whatever is asked, so that every number is the same with or
-    without the others."""
+    """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
+    the extra MI draws come from a second one, so that asking for them leaves every other number as
+    it was."""
     dev = batches[0].device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     mi_gen = torch.Generator(dev).manual_seed(cfg.seed + 1)
     sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
     n = tokens = hits = 0
     mus, logvars, zs = [], [], []
-    lines = cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()    # as Progress, for IW-NLL's minutes
+    lines = progress_lines(cfg)         # IW-NLL takes minutes
     start = last = time.time()
     for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
         if lines and i and time.time() - last >= cfg.progress_every:
@@ -1813,12 +1827,10 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
         raise bad(f"trained with vocabulary {ck['vocab_size']}, "
                   f"but {cfg.data} now has {getattr(corpus, 'vocab_size', None)}")
-    if not corpus.splits:
-        pass
-    elif "fingerprints" not in ck:
+    if corpus.splits and "fingerprints" not in ck:
         print(f"lagvae: warning: --ckpt {ckpt} stores no vocabulary or data fingerprint (an older checkpoint): "
               f"ids are rebuilt from {cfg.data}'s files, which must be the ones it was trained on", file=sys.stderr)
-    elif ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
+    elif corpus.splits and ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
         first = next(i for i, (a, b) in enumerate(zip(ck["vocab"], corpus.vocab)) if a != b)
         raise bad(f"its vocabulary is not the one {cfg.data} gives now (id {first}: {ck['vocab'][first]!r} when "
                   f"trained, {corpus.vocab[first]!r} now): its numbers on this data would be wrong")
@@ -1838,16 +1850,16 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
     fields, and report each number that changed. eval_seeds N: the evaluation's own uncertainty (App. D,
     Tables 7 and 8): the same model evaluated with the noise of seeds 0..N-1, mean and variance."""
-    if eval_seeds:
-        if update:
-            raise UsageError("--eval-seeds: reports the spread of N evaluations; it does not --update result.json")
-        return evaluation_spread(ckpt, eval_seeds, iw_samples, mi_samples, data_dir, device, quiet)
+    if eval_seeds and update:
+        raise UsageError("--eval-seeds: reports the spread of N evaluations; it does not --update result.json")
     given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
                                          **{k: v for k, v in given.items() if v is not None})
     device = next(model.parameters()).device
     seed_all(cfg.seed)
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
+    if eval_seeds:
+        return evaluation_spread(ckpt, model, cfg, test, eval_seeds)
     result = evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
                       mi_samples=cfg.mi_samples)
     broken = nonfinite(result)
@@ -1861,11 +1873,8 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
 SPREAD_METRICS = ("iw_nll", "elbo", "kl", "mi", "au")      # the columns of the paper's Tables 7 and 8
 
 
-def evaluation_spread(ckpt, n, iw_samples, mi_samples, data_dir, device, quiet):
-    given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
-                                         **{k: v for k, v in given.items() if v is not None})
-    test = [b.to(next(model.parameters()).device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
+def evaluation_spread(ckpt, model, cfg, test, n):
+    """The same model on the same test batches, with the noise of seeds 0..n-1."""
     runs = []
     for seed in range(n):
         r = evaluate(model, test, dataclasses.replace(cfg, seed=seed), iw_samples=cfg.iw_samples, desc=f"seed {seed}",
@@ -2063,7 +2072,7 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
         lines += [f"{float(a):.2f}  {s}" for a, s in zip(t, generate((1 - t) * ends[0] + t * ends[1]))]
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    atomic_save(text, path, lambda t, f: f.write(t.encode()))
+    write_atomic(path, text.encode())
     return path
 
 

@@ -29,7 +29,7 @@ for s in $ONLY; do
   [[ " $SECTIONS " == *" $s "* ]] || { echo "run_all.sh: unknown section '$s' (expected some of: $SECTIONS)" >&2; exit 2; }
 done
 want() { [[ " $SECTIONS " == *" $1 "* ]] && { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
-mkdir -p "$RUNS" figures
+mkdir -p "$RUNS"
 
 # run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out $RUNS/NAME --resume` unless it has
 # finished. The command checks again when it starts, because a queue or a job list can outlive the
