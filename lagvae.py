@@ -2124,6 +2124,7 @@ NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v
 INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
 TEXT = ("a string", lambda v: isinstance(v, str))
 NUMBERS = ("a non-empty list of numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
+SPREAD = ("an object of numbers", lambda v: isinstance(v, dict) and all(NUMBER[1](x) for x in v.values()))
 RESULT_FIELDS = {"data": TEXT, "mode": TEXT, "seed": INTEGER, "au": NUMBER, "mi": NUMBER}
 
 
@@ -2271,6 +2272,43 @@ def format_paired(rows, fmt="md"):
         lines.append(f"| {r['data']} | {r['b']} − {r['a']} | {r['metric']} | {r['n']} | "
                      f"{' '.join(f'{x:+.2f}' for x in r['diffs'])} | {r['mean']:+.2f} | {f(r['sd'])} | {ci} | "
                      f"{r['b_lower']} | {r['b_higher']} | {paper} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+SPREAD_TABLE = {"aggressive": ("7", "Ours"), "basic": ("8", "VAE")}    # App. D: the mode -> its table
+
+
+def load_spreads(paths):
+    """The JSON written by `eval --eval-seeds N` (one per file), checked: Tables 7 and 8 are made of these."""
+    spreads = []
+    for p in map(Path, paths):
+        try:
+            s = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{p}: no readable JSON of `eval --eval-seeds N` ({e})") from None
+        check_record(s, p, {"data": TEXT, "mode": TEXT, "eval_seeds": INTEGER, "mean": SPREAD, "var": SPREAD})
+        spreads.append(s)
+    return spreads
+
+
+def format_spread(spreads, paper_data=None):
+    """Tables 7 and 8 (App. D): one model evaluated with N seeds, mean (variance) of each metric, each
+    row followed by the paper's row of the same table on `paper_data` (default: the stand-in)."""
+    import csv
+    with open(PAPER_CSV, encoding="utf-8") as f:
+        paper = {(r["table"], r["dataset"], r["row"].rsplit("(", 1)[1].rstrip(")")): r for r in csv.DictReader(f)
+                 if r["table"] in ("7", "8")}
+    cell = lambda m, v: f"{m:.0f} ({v:.0f})" if m == int(m) and v == 0 else f"{m:.3f} ({v:.1e})"
+    lines = ["| data | model (table) | evaluation seeds | IW-NLL | −ELBO | KL | MI | AU |", "|" + "---|" * 8]
+    for s in spreads:
+        table, who = SPREAD_TABLE.get(s["mode"], ("", s["mode"]))
+        lines.append(f"| {s['data']} | {who}{f' (Table {table})' if table else ''} | {s['eval_seeds']} | " +
+                     " | ".join(cell(s["mean"][k], s["var"][k]) if k in s["mean"] else "" for k in SPREAD_METRICS) + " |")
+        ref = paper_data or PAPER_DATA.get(s["data"], s["data"])
+        mean, var = paper.get((table, ref, "mean")), paper.get((table, ref, "variance"))
+        if mean and var:
+            lines.append(f"| {ref} (paper) | {who} (Table {table}) | 10 | " +
+                         " | ".join(f"{mean[c]} ({var[c]})" for c in ("nll", "elbo", "kl", "mi", "au")) + " |")
     return "\n".join(lines)
 
 
@@ -2723,6 +2761,8 @@ def main(argv=None):
     tb.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
                     help="per-seed differences B - A of two modes (e.g. basic aggressive): mean, sd, 95%% t-interval, "
                          "sign counts and the paper's B - A")
+    tb.add_argument("--spread", action="store_true",
+                    help="Tables 7 and 8: the arguments are JSON files of `eval --eval-seeds N`, not run directories")
     args = vars(ap.parse_args(argv))
     try:
         cmd = args.pop("cmd")
@@ -2747,6 +2787,8 @@ def main(argv=None):
             output_file(args["out"], FigureCanvasBase.get_supported_filetypes())
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])
+        elif args["spread"]:
+            print(format_spread(load_spreads(args["run_dirs"]), args["paper_data"]))
         elif args["paired"]:
             if args["by_run"]:
                 raise UsageError("--paired: pairs runs by seed already; drop --by-run")

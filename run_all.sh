@@ -9,20 +9,32 @@
 #   RUNS=/scratch/rerun bash run_all.sh   # rerun everything into another directory (runs/ untouched)
 #   SCALE=paper bash run_all.sh --list    # the paper's own grid (preset paper, 5 seeds; needs a GPU and
 #                                         # the full Yahoo and Yelp files), each job with its GPU-hours
+#   SCALE=tiny bash run_all.sh            # every job of the cpu grid at --preset tiny, one seed (two for
+#                                         # the pairs), into runs-tiny/: checks that every job's flags
+#                                         # parse and that every table and figure step works (CI, ~2 min)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
-SEEDS=${SEEDS:-"0 1 2 3 4"}
-PAIRED_SEEDS=${PAIRED_SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
 DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
-RUNS=${RUNS:-runs}
 SCALE=${SCALE:-cpu}
 case $SCALE in
-  cpu) SECTIONS="paired synthetic text modes omniglot trajectory" ;;
-  paper) SECTIONS="paper" ;;
-  *) echo "run_all.sh: SCALE=$SCALE: expected cpu or paper" >&2; exit 2 ;;
+  cpu) SECTIONS="paired synthetic text modes omniglot spread trajectory"; TINY=0 ;;
+  tiny) SECTIONS="paired synthetic text modes omniglot spread trajectory"; TINY=1 ;;
+  paper) SECTIONS="paper"; TINY=0 ;;
+  *) echo "run_all.sh: SCALE=$SCALE: expected cpu, tiny or paper" >&2; exit 2 ;;
 esac
+RUNS=${RUNS:-$([ $TINY = 1 ] && echo runs-tiny || echo runs)}
+# Seeds: the synthetic and paper grids' (SEEDS), the paired grid's (PAIRED_SEEDS), the text grid's
+# (TEXT_SEEDS) and OMNIGLOT's (IMAGE_SEEDS). tiny keeps one of each, and two pairs for an interval.
+# Tables 7 and 8 evaluate each model with EVAL_SEEDS evaluation seeds (tiny: 2, enough to check the step).
+if [ $TINY = 1 ]; then
+  SEEDS=${SEEDS:-0}; PAIRED_SEEDS=${PAIRED_SEEDS:-"0 1"}; TEXT_SEEDS=${TEXT_SEEDS:-0}; IMAGE_SEEDS=${IMAGE_SEEDS:-0}
+  EVAL_SEEDS=${EVAL_SEEDS:-2}
+else
+  SEEDS=${SEEDS:-"0 1 2 3 4"}; PAIRED_SEEDS=${PAIRED_SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
+  TEXT_SEEDS=${TEXT_SEEDS:-"0 1 2"}; IMAGE_SEEDS=${IMAGE_SEEDS:-"0 1"}; EVAL_SEEDS=${EVAL_SEEDS:-10}
+fi
 LIST=0; [ "${1:-}" = "--list" ] && { LIST=1; shift; }
 ONLY="$*"
 for s in $ONLY; do
@@ -46,7 +58,17 @@ run() {
   local out=$RUNS/$1; shift
   [ -f "$out/result.json" ] || [ -n "${listed[$out]:-}" ] && return 0
   listed[$out]=1
-  local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train $* --out $out --resume"
+  local args=("$@")
+  if [ $TINY = 1 ]; then      # the job's own flags at the tiny preset with the cpu preset's cuts of the
+    args=(); while [ $# -gt 0 ]; do      # documents, vocabulary and test set; its own sizes and budgets dropped
+      case $1 in
+        --preset) args+=(--preset tiny --max-len 30 --max-vocab 2000 --max-test 100); shift ;;
+        --epochs|--subset|--iw-samples|--max-test) shift ;;
+        *) args+=("$1") ;;
+      esac; shift
+    done
+  fi
+  local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train ${args[*]} --out $out --resume"
   if [ $LIST = 1 ]; then echo "$cmd${HOURS:+   # ~$HOURS GPU-h}"; else
     queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")
   fi
@@ -58,6 +80,17 @@ section_done() {     # runs the queue; true when the section's tables can be mad
   fi
   queue=()
   [ $LIST = 0 ] && [ $ok = 1 ]
+}
+# spread_eval RUN: Tables 7-8's JSON for RUN's model (`eval --eval-seeds $EVAL_SEEDS`), unless it is there.
+spread_eval() {
+  local out=$T/evalseeds-$1.json ckpt=$T/$1/model.pt
+  [ -f "$out" ] && return 0
+  if [ ! -f "$ckpt" ]; then
+    echo "run_all.sh: $out needs $ckpt (checkpoints are not committed); retrain $1 with RUNS=another directory" >&2
+    failed=1; return 0
+  fi
+  OMP_NUM_THREADS=1 $PY lagvae.py eval --ckpt "$ckpt" --data-dir "$DATA" --eval-seeds $EVAL_SEEDS --quiet > "$out.tmp" \
+    && mv "$out.tmp" "$out" || { rm -f "$out.tmp"; echo "run_all.sh: eval of $ckpt failed" >&2; failed=1; }
 }
 FIGS=${FIGS:-$([ "$RUNS" = runs ] && echo figures || echo "$RUNS/figures")}
 mkdir -p "$FIGS"
@@ -110,9 +143,7 @@ if want paper; then
         | tee $T/table_paper_$corpus.md
       $PY lagvae.py table --all --paper-table 9 $T/$corpus-paper-anneal*-from0-s*/ $T/$corpus-paper-{basic-anneal,aggressive-anneal,aggressive}-s*/ \
         | tee $T/table_paper_${corpus}_warmup.md
-      for m in aggressive basic; do
-        $PY lagvae.py eval --ckpt $T/$corpus-paper-$m-s0/model.pt --eval-seeds 10 --quiet > $T/evalseeds-$corpus-paper-$m-s0.json
-      done
+      for m in aggressive basic; do spread_eval $corpus-paper-$m-s0; done
     done
     $PY lagvae.py table --all --by-run --paper-table 4 $T/yelp-paper-inner*-s0/ $T/yelp-paper-aggressive-s0 | tee $T/table_paper_inner.md
     $PY lagvae.py table --all --by-run --paper-table 10 $T/yelp-paper-enclr*-s0/ $T/yelp-paper-basic-s0 | tee $T/table_paper_enclr.md
@@ -175,12 +206,12 @@ text_rows() {    # text_rows SEED "NAME:FLAGS"...: each row on both corpora
   done
 }
 if want text; then
-  for seed in 0 1 2; do
+  for seed in $TEXT_SEEDS; do
     text_rows $seed "basic:" "aggressive:--aggressive" "lm:--lm" "basic-anneal:--anneal" \
       "aggressive-anneal:--aggressive --anneal"
     run ptb-cpu-aggressive-adaptive-s$seed --data ptb --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed $seed
   done
-  for seed in 0 1 2; do
+  for seed in $TEXT_SEEDS; do
     text_rows $seed "beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8" \
       "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder"
   done
@@ -194,7 +225,7 @@ if want text; then
   # batches an epoch); the same fractions of our 30 epochs of 136 ptb batches are 390-1570 iterations.
   # App. E warms up from 0.0 (Table 1's annealing starts at 0.1), seeds 0-2.
   # Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-basic-s0).
-  for seed in 0 1 2; do
+  for seed in $TEXT_SEEDS; do
     for n in 390 650 1300 1570; do
       run ptb-cpu-anneal$n-from0-s$seed --data ptb --data-dir "$DATA" --preset cpu --anneal --kl-start 0 \
         --warm-up-iters $n --seed $seed
@@ -203,7 +234,7 @@ if want text; then
   for m in 2 4 6; do
     run ptb-cpu-enclr$m-s0 --data ptb --data-dir "$DATA" --preset cpu --encoder-lr-mult $m --seed 0
   done
-  for seed in 1 2; do
+  for seed in $TEXT_SEEDS; do      # seed 0's were queued above
     text_rows $seed "savae:--savae" "savae-anneal:--savae --anneal"
   done
   # Table 4 on the CPU last: its result is already had from the same preset on a GPU (RESULTS.md), and
@@ -248,7 +279,7 @@ fi
 # Issue 5: Omniglot, cpu preset, basic vs aggressive (2 seeds), the PixelCNN without z (exact NLL),
 # and seed 0 of both trained for 30 epochs instead of 12.
 if want omniglot; then
-  for seed in 0 1; do
+  for seed in $IMAGE_SEEDS; do
     run omniglot-cpu-basic-s$seed --data omniglot --data-dir "$DATA" --preset cpu --seed "$seed"
     run omniglot-cpu-aggressive-s$seed --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed "$seed"
   done
@@ -264,6 +295,23 @@ if want omniglot; then
       [ -f $T/omniglot-cpu-$mode-s0/model.pt ] && $PY lagvae.py samples --ckpt $T/omniglot-cpu-$mode-s0/model.pt \
         --data-dir "$DATA" --out $FIGS/omniglot_samples_$mode.png
     done
+  fi
+fi
+
+# Issue 29 / Tables 7 and 8 (App. D): the evaluation's own noise. Seed 0 of Ours and of the VAE on each
+# dataset, evaluated with 10 evaluation seeds. The JSON are committed; the checkpoints they need are not.
+if want spread; then
+  for corpus in ptb yahoo-small omniglot; do
+    for job in "aggressive:--aggressive" "basic:"; do
+      run $corpus-cpu-${job%%:*}-s0 --data $corpus --data-dir "$DATA" --preset cpu ${job#*:} --seed 0
+    done
+  done
+  if section_done; then
+    for corpus in ptb yahoo-small omniglot; do
+      for m in aggressive basic; do spread_eval $corpus-cpu-$m-s0; done
+    done
+    $PY lagvae.py table --spread $T/evalseeds-{ptb,yahoo-small,omniglot}-cpu-{aggressive,basic}-s0.json \
+      | tee $T/table_spread.md
   fi
 fi
 

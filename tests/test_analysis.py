@@ -351,3 +351,32 @@ def test_tables_are_compact_by_default_with_counts_as_integers(tmp_path, capsys)
     assert "--columns: unknown nll" in capsys.readouterr().err
     assert lagvae.main(["table", "--all", *map(str, dirs)]) == 0
     assert "| train_seconds |" in capsys.readouterr().out
+
+
+def spread_file(path, data, mode, mean, var, n=10):
+    path.write_text(json.dumps({"data": data, "mode": mode, "seed": 0, "eval_seeds": n, "iw_samples": 50,
+                                "mean": dict(zip(lagvae.SPREAD_METRICS, mean)),
+                                "var": dict(zip(lagvae.SPREAD_METRICS, var)), "per_seed": []}))
+    return str(path)
+
+
+def test_table_spread_renders_tables_7_and_8_beside_the_papers_rows(tmp_path, capsys):
+    """App. D: mean (variance) over evaluation seeds, Ours as Table 7 and the VAE as Table 8, each
+    followed by the paper's row on the stand-in dataset (yahoo-small -> Yahoo; ptb has none)."""
+    files = [spread_file(tmp_path / "a.json", "yahoo-small", "aggressive", [132.5, 133.0, 0.9, 0.7, 6.0],
+                         [3e-5, 1e-3, 0.0, 2e-3, 0.0]),
+             spread_file(tmp_path / "b.json", "ptb", "basic", [92.67, 92.8, 0.002, 0.02, 0.0], [1e-5, 2e-4, 0, 0, 0])]
+    assert lagvae.main(["table", "--spread", *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ("| yahoo-small | Ours (Table 7) | 10 | 132.500 (3.0e-05) | 133.000 (1.0e-03) | 0.900 (0.0e+00) "
+                        "| 0.700 (2.0e-03) | 6 (0) |")
+    assert lines[3] == "| yahoo (paper) | Ours (Table 7) | 10 | 327.98 (1e-05) | 329.54 (5e-04) | 5.35 (0) | 3.01 (0.002) | 8 (0) |"
+    assert lines[4].startswith("| ptb | VAE (Table 8) | 10 | 92.670 (1.0e-05) |") and len(lines) == 5
+    assert lagvae.main(["table", "--spread", "--paper-data", "omniglot", files[1]]) == 0
+    assert capsys.readouterr().out.splitlines()[3] == \
+        "| omniglot (paper) | VAE (Table 8) | 10 | 89.41 (0) | 89.66 (2e-04) | 1.48 (0) | 1.39 (6e-04) | 3 (0) |"
+    edit_json(tmp_path / "a.json", drop("var"))
+    assert lagvae.main(["table", "--spread", files[0]]) == 2
+    assert one_error_line(capsys).endswith("a.json: no field 'var' (an object of numbers)")
+    assert lagvae.main(["table", "--spread", str(tmp_path / "none.json")]) == 2
+    assert "none.json: no readable JSON of `eval --eval-seeds N`" in one_error_line(capsys)

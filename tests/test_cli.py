@@ -786,7 +786,7 @@ def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_pat
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     r = subprocess.run(["bash", "run_all.sh", "nope"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "run_all.sh: unknown section 'nope' (expected some of: paired synthetic text modes omniglot trajectory)"]
+        "run_all.sh: unknown section 'nope' (expected some of: paired synthetic text modes omniglot spread trajectory)"]
 
 
 def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_path):
@@ -815,6 +815,45 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
     (tmp_path / outs[1] / "result.json").write_text("{}")
     subprocess.run(["bash", "-c", second], cwd=tmp_path, check=True, timeout=60, env=env)
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 1
+
+
+TINY_TABLES = ["table_modes.md", "table_omniglot.md", "table_omniglot_30.md", "table_omniglot_by_run.md",
+               "table_paired_ptb.md", "table_spread.md", "table_synthetic_nz1.md", "table_text.md", "table_text_enclr.md",
+               "table_text_inner.md", "table_text_warmup.md"]
+TINY_FIGURES = ["dynamics_modes.png", "dynamics_omniglot.png", "dynamics_ptb.png", "dynamics_synthetic.png",
+                "nll_au_modes.png", "nll_au_ptb.png", "nll_au_synthetic.png", "nll_au_yahoo.png",
+                "omniglot_samples_aggressive.png", "omniglot_samples_basic.png", "posterior_means.png", "trajectory.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
+def test_run_all_tiny_runs_every_job_of_the_grid_to_its_tables_and_figures(tmp_path):
+    """SCALE=tiny: every job of the cpu grid with its own flags at the tiny preset, end to end, so that
+    a flag that no longer parses or a table or figure step that breaks on real outputs fails here
+    and not hours into the real grid. The real runs/ is never touched."""
+    for f in ("run_all.sh", "lagvae.py", "data.py", "paper_results.csv"):
+        shutil.copy(ROOT / f, tmp_path)
+    env = {**os.environ, "SCALE": "tiny", "JOBS": "2", "PY": sys.executable,
+           "LAGVAE_DATA": str(Path(os.environ["LAGVAE_DATA"]).resolve())}
+    jobs = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, check=True).stdout.splitlines()
+    full = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "SCALE": "cpu", "SEEDS": "0", "PAIRED_SEEDS": "0 1", "TEXT_SEEDS": "0",
+                               "IMAGE_SEEDS": "0", "RUNS": "cpu-list"}, check=True).stdout.splitlines()
+    name = lambda line: line.split("--out ")[1].split()[0].split("/", 1)[1]
+    assert len(jobs) == len(full) == 72 and [name(j) for j in jobs] == [name(j) for j in full]
+    assert all("--preset tiny --max-len 30 --max-vocab 2000 --max-test 100" in j and "--epochs" not in j for j in jobs)
+    r = subprocess.run(["bash", "run_all.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = tmp_path / "runs-tiny"
+    assert all((runs / name(j) / "result.json").exists() for j in jobs)
+    assert sorted(p.name for p in runs.glob("table_*.md")) == TINY_TABLES
+    assert all(len((runs / t).read_text().splitlines()) > 2 for t in TINY_TABLES)     # a header and rows
+    assert sorted(p.name for p in (runs / "figures").iterdir()) == TINY_FIGURES
+    assert len(list(runs.glob("evalseeds-*-cpu-*-s0.json"))) == 6
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
+    again = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and again.stdout == ""        # finished: nothing left to run
 
 
 def test_train_forks_a_saved_config_with_flags_over_it(data_env, tmp_path):
