@@ -1,7 +1,7 @@
 """Mutation testing of the core with mutmut (not a test module; not in CI: hours, not minutes).
 
     .venv/bin/pip install -r requirements-dev.txt
-    .venv/bin/python tests/mutate.py            # mutate, run the fast lane per mutant, print the survivors
+    .venv/bin/python tests/mutate.py            # mutate, run the fast lane per mutant, print the score and survivors
     .venv/bin/python tests/mutate.py --list     # only the mutmut name patterns it would run
     .venv/bin/python tests/mutate.py Objectives data    # some of: Objectives, Training modes, Evaluation, data
 
@@ -9,16 +9,23 @@ It mutates the functions of lagvae.py's sections on objectives and estimators, t
 evaluation and data.py's split logic, one small change at a time (mutmut's operators: a number, an
 operator, a comparison, a string, an argument...), and runs for each mutant the tests that reach the
 mutated function, with `-m "not slow"`. A mutant no test kills is a line whose bug would go unnoticed.
-mutmut writes its copy and results under mutants/ (git-ignored); `mutmut show NAME` prints a survivor's
-diff. mutmut leaves decorated functions alone (e.g. `idle_side_frozen`, `posterior_mean_grid`).
+
+mutmut mutates whole files, and a module where every function carries all its mutants is ~16 MB of
+Python that every test process must import. So it runs on a staged copy under .mutate/ (git-ignored)
+in which everything outside the chosen sections is fenced off by `# pragma: no mutate start/end`:
+only the chosen functions are rewritten, and the code under test stays free of tool comments.
+`cd .mutate && ../.venv/bin/mutmut show NAME` prints a survivor's diff. mutmut leaves decorated
+functions alone (e.g. `idle_side_frozen`, `posterior_mean_grid`).
 """
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / ".mutate"
 SECTIONS = ("Objectives", "Training modes", "Evaluation")     # lagvae.py's "# N. Title" headers
 DATA_SPLITS = ("text_spec", "text_corpus", "load_omniglot", "split_drawers", "length_buckets")
 
@@ -34,20 +41,55 @@ def section_of_lines(source):
     return sections
 
 
-def patterns(sections=SECTIONS + ("data",)):
-    """mutmut's names for the mutants of the chosen functions: module.x_function__mutmut_N and
-    module.xǁClassǁmethod__mutmut_N. sections: lagvae.py's by title, and "data" for data.py's splits."""
+def chosen_nodes(sections):
+    """{file: the top-level functions and classes mutated}: lagvae.py's in `sections` by title, and
+    data.py's split functions if "data" is among them."""
     source = (ROOT / "lagvae.py").read_text()
     section = section_of_lines(source)
+    chosen = {"lagvae.py": [n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                            and section[n.lineno] in sections]}
+    chosen["data.py"] = [n for n in ast.parse((ROOT / "data.py").read_text()).body
+                         if isinstance(n, ast.FunctionDef) and n.name in DATA_SPLITS and "data" in sections]
+    return chosen
+
+
+def patterns(sections=SECTIONS + ("data",)):
+    """mutmut's names for the mutants of the chosen functions: module.x_function__mutmut_N and
+    module.xǁClassǁmethod__mutmut_N."""
     out = []
+    for file, nodes in chosen_nodes(sections).items():
+        module = file[:-3]
+        for node in nodes:
+            if isinstance(node, ast.FunctionDef):
+                out.append(f"{module}.x_{node.name}__mutmut_*")
+            else:
+                out += [f"{module}.xǁ{node.name}ǁ{f.name}__mutmut_*" for f in node.body if isinstance(f, ast.FunctionDef)]
+    return out
+
+
+def fence(source, keep):
+    """`source` with every run of top-level statements not starting on a line of `keep` between `# pragma: no mutate
+    start` and `# pragma: no mutate end` (mutmut then leaves those functions as they are)."""
+    lines, marks = source.splitlines(), {}
+    fenced = False
     for node in ast.parse(source).body:
-        if section[node.lineno] not in sections:
-            continue
-        if isinstance(node, ast.FunctionDef):
-            out.append(f"lagvae.x_{node.name}__mutmut_*")
-        elif isinstance(node, ast.ClassDef):
-            out += [f"lagvae.xǁ{node.name}ǁ{f.name}__mutmut_*" for f in node.body if isinstance(f, ast.FunctionDef)]
-    return out + [f"data.x_{name}__mutmut_*" for name in DATA_SPLITS] * ("data" in sections)
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
+        if (node.lineno in keep) == fenced:
+            marks[first], fenced = ("# pragma: no mutate end" if fenced else "# pragma: no mutate start"), not fenced
+    out = [x for n, line in enumerate(lines) for x in ([marks[n]] if n in marks else []) + [line]]
+    return "\n".join(out + (["# pragma: no mutate end"] if fenced else [])) + "\n"
+
+
+def stage(sections):
+    """The staged copy: sources fenced to the chosen functions, the tests and what they read."""
+    if STAGE.exists():
+        shutil.rmtree(STAGE)
+    STAGE.mkdir()
+    for file, nodes in chosen_nodes(sections).items():
+        (STAGE / file).write_text(fence((ROOT / file).read_text(), {n.lineno for n in nodes}))
+    for name in ("paper_results.csv", "pytest.ini", "setup.cfg"):
+        shutil.copy(ROOT / name, STAGE / name)
+    shutil.copytree(ROOT / "tests", STAGE / "tests", ignore=shutil.ignore_patterns("__pycache__", "mutate.py"))
 
 
 def main(argv):
@@ -60,9 +102,10 @@ def main(argv):
     if "--list" in argv:
         print("\n".join(names))
         return 0
+    stage(chosen or SECTIONS + ("data",))
     mutmut = [sys.executable, "-m", "mutmut"]
-    subprocess.run(mutmut + ["run", *names], cwd=ROOT)
-    return subprocess.run(mutmut + ["results"], cwd=ROOT).returncode
+    subprocess.run(mutmut + ["run", *names], cwd=STAGE)
+    return subprocess.run(mutmut + ["results"], cwd=STAGE).returncode
 
 
 if __name__ == "__main__":
