@@ -2086,16 +2086,21 @@ PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset it is compared with
 
 
-def paper_results(path=PAPER_CSV, table=None):
-    """(dataset, mode) -> the paper's row, typed in from its tables. A mode can have a row in several
-    tables (Ours: Table 1, Table 4's convergence row, Table 9's reference row): `table` picks that
-    table's row, else the first row of the key wins (Tables 1-3)."""
+def paper_rows(path=PAPER_CSV):
+    """Every row typed in from the paper's tables, in the file's order."""
     import csv
-    rows = {}
     with open(path, encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if table is None or table in r["table"].split("+"):
-                rows.setdefault((r["dataset"], r["mode"]), r)
+        return list(csv.DictReader(f))
+
+
+def paper_results(path=PAPER_CSV, table=None):
+    """(dataset, mode) -> the paper's row. A mode can have a row in several tables (Ours: Table 1,
+    Table 4's convergence row, Table 9's reference row): `table` picks that table's row, else the
+    first row of the key wins (Tables 1-3)."""
+    rows = {}
+    for r in paper_rows(path):
+        if table is None or table in r["table"].split("+"):
+            rows.setdefault((r["dataset"], r["mode"]), r)
     return rows
 
 
@@ -2294,10 +2299,8 @@ def load_spreads(paths):
 def format_spread(spreads, paper_data=None):
     """Tables 7 and 8 (App. D): one model evaluated with N seeds, mean (variance) of each metric, each
     row followed by the paper's row of the same table on `paper_data` (default: the stand-in)."""
-    import csv
-    with open(PAPER_CSV, encoding="utf-8") as f:
-        paper = {(r["table"], r["dataset"], r["row"].rsplit("(", 1)[1].rstrip(")")): r for r in csv.DictReader(f)
-                 if r["table"] in ("7", "8")}
+    paper = {(r["table"], r["dataset"], r["row"].rsplit("(", 1)[1].rstrip(")")): r for r in paper_rows()
+             if r["table"] in ("7", "8")}
     cell = lambda m, v: f"{m:.0f} ({v:.0f})" if m == int(m) and v == 0 else f"{m:.3f} ({v:.1e})"
     lines = ["| data | model (table) | evaluation seeds | IW-NLL | −ELBO | KL | MI | AU |", "|" + "---|" * 8]
     for s in spreads:

@@ -119,16 +119,14 @@ def mutant_names(names):
     return [m for m in every if any(fnmatch(m, p) for p in names)]
 
 
-STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout",
-          -24: "timeout", 152: "timeout", 255: "timeout"}
-
-
 def score(names):
-    """killed / tried among `names`, from mutmut's records, with a 95 % Wilson interval."""
+    """killed / tried among `names`, from mutmut's records, with a 95 % Wilson interval. A timeout counts as
+    killed (the mutant broke a loop's exit), as mutmut counts it."""
+    from mutmut.stats import status_by_exit_code
     codes = {}
     for meta in (STAGE / "mutants").glob("*.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
-    status = [STATUS.get(codes.get(n), "not checked") for n in names]
+    status = [status_by_exit_code[codes.get(n)] for n in names]
     counts = {s: status.count(s) for s in sorted(set(status))}
     tried = len(status) - counts.get("not checked", 0)
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
