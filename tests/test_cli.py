@@ -766,8 +766,8 @@ def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
 
 
 def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_path):
-    """`bash run_all.sh paired` runs issue 24's grid alone and makes its paired tables; RUNS= sends a
-    whole rerun elsewhere; an unknown section is one line, exit 2."""
+    """`bash run_all.sh paired` runs issue 24's grids alone (ptb and OMNIGLOT) and makes their paired
+    tables; RUNS= sends a whole rerun elsewhere; an unknown section is one line, exit 2."""
     shutil.copy(ROOT / "run_all.sh", tmp_path)
     fake = tmp_path / "fakepy"
     fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n')
@@ -778,11 +778,17 @@ def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_pat
     assert r.returncode == 0, r.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     trains = [c for c in calls if c.startswith("lagvae.py train")]
-    assert len(trains) == 50 and all("--data ptb" in c and "--out rerun/ptb-cpu-" in c for c in trains)
-    assert {c.split("--seed ")[1].split()[0] for c in trains} == {str(s) for s in range(10)}
+    ptb, omniglot = trains[:50], trains[50:]
+    assert all("--data ptb" in c and "--out rerun/ptb-cpu-" in c for c in ptb)
+    assert {c.split("--seed ")[1].split()[0] for c in ptb} == {str(s) for s in range(10)}
+    assert len(omniglot) == 9 and all("--data omniglot" in c and "--preset cpu --epochs 100" in c for c in omniglot)
+    assert {c.split("--out rerun/")[1].split()[0] for c in omniglot} == {
+        f"omniglot-conv-{m}-s{s}" for m in ("aggressive", "basic", "lm") for s in range(3)}
     tables = [c for c in calls if c.startswith("lagvae.py table --paired")]
     assert [c.split()[3:5] for c in tables] == [["basic", "aggressive"], ["basic+anneal", "aggressive+anneal"],
-                                                ["lm", "aggressive"], ["lm", "aggressive+anneal"]]
+                                                ["lm", "aggressive"], ["lm", "aggressive+anneal"],
+                                                ["basic", "aggressive"], ["lm", "aggressive"], ["lm", "basic"]]
+    assert all("rerun/omniglot-conv-*-s*/" in c for c in tables[4:])
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     r = subprocess.run(["bash", "run_all.sh", "nope"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
@@ -818,7 +824,7 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
 
 
 TINY_TABLES = ["table_modes.md", "table_omniglot.md", "table_omniglot_30.md", "table_omniglot_by_run.md",
-               "table_paired_ptb.md", "table_spread.md", "table_synthetic_nz1.md", "table_text.md", "table_text_enclr.md",
+               "table_paired_omniglot.md", "table_paired_ptb.md", "table_spread.md", "table_synthetic_nz1.md", "table_text.md", "table_text_enclr.md",
                "table_text_inner.md", "table_text_warmup.md"]
 TINY_FIGURES = ["dynamics_modes.png", "dynamics_omniglot.png", "dynamics_ptb.png", "dynamics_synthetic.png",
                 "nll_au_modes.png", "nll_au_ptb.png", "nll_au_synthetic.png", "nll_au_yahoo.png",
@@ -839,9 +845,10 @@ def test_run_all_tiny_runs_every_job_of_the_grid_to_its_tables_and_figures(tmp_p
                           env=env, check=True).stdout.splitlines()
     full = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
                           env={**env, "SCALE": "cpu", "SEEDS": "0", "PAIRED_SEEDS": "0 1", "TEXT_SEEDS": "0",
-                               "IMAGE_SEEDS": "0", "RUNS": "cpu-list"}, check=True).stdout.splitlines()
+                               "IMAGE_SEEDS": "0", "IMAGE_PAIRED_SEEDS": "0 1", "RUNS": "cpu-list"},
+                          check=True).stdout.splitlines()
     name = lambda line: line.split("--out ")[1].split()[0].split("/", 1)[1]
-    assert len(jobs) == len(full) == 72 and [name(j) for j in jobs] == [name(j) for j in full]
+    assert len(jobs) == len(full) == 78 and [name(j) for j in jobs] == [name(j) for j in full]
     assert all("--preset tiny --max-len 30 --max-vocab 2000 --max-test 100" in j and "--epochs" not in j for j in jobs)
     r = subprocess.run(["bash", "run_all.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
