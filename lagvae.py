@@ -2614,6 +2614,7 @@ def format_bench(result):
 # ------------------------------------------------------------------------------------------------
 # 9. CLI
 
+@functools.cache     # inspect.getsource(Config) parses the whole module: once per process, not per main()
 def config_help():
     """Field -> its help (declared with the field), and field -> its group: the `# -- group` comment
     line above it in the Config source."""
