@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,6 +7,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# tests/mutate.py: mutmut's first pass maps tests to the functions they call, in this process (it keeps
+# the mode in-process too). A test's subprocess, a CLI run in a temporary directory, must not inherit
+# the mode: there it would look for mutmut's config and fail. Each mutant's own name is still inherited.
+if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    del os.environ["MUTANT_UNDER_TEST"]
 
 import data as datalib  # noqa: E402
 import lagvae  # noqa: E402

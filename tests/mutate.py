@@ -102,7 +102,7 @@ def stage(sections):
     (STAGE / "tests").mkdir(parents=True, exist_ok=True)
     for file, nodes in chosen_nodes(sections).items():
         write_if_changed(STAGE / file, fence((ROOT / file).read_text(), {n.lineno for n in nodes}))
-    for name in ("paper_results.csv", "pytest.ini", "setup.cfg"):
+    for name in ("paper_results.csv", "run_all.sh", "README.md", "pytest.ini", "setup.cfg"):
         write_if_changed(STAGE / name, (ROOT / name).read_text())
     for test in (ROOT / "tests").glob("*.py"):
         if test.name != "mutate.py":
