@@ -6,6 +6,7 @@
     .venv/bin/python tests/mutate.py Objectives data    # some of: Objectives, Training modes, Evaluation, data
     .venv/bin/python tests/mutate.py --max-children 1   # one test process at a time (default: one per core)
     .venv/bin/python tests/mutate.py --sample 300 --seed 0    # a random 300 of the mutants: an estimated score
+    .venv/bin/python tests/mutate.py --sample 300 --seed 0 --report   # the score so far, from mutmut's records
 
 It mutates the functions of lagvae.py's sections on objectives and estimators, training modes and
 evaluation and data.py's split logic, one small change at a time (mutmut's operators: a number, an
@@ -157,6 +158,9 @@ def main(argv):
     if "--sample" in flags:
         every = sorted(random.Random(int(flags.get("--seed", 0))).sample(every, min(int(flags["--sample"]), len(every))))
         print(f"mutate.py: {len(every)} of the mutants, drawn with seed {flags.get('--seed', 0)}")
+    if "--report" in argv:
+        score(every)
+        return 0
     children = ["--max-children", flags["--max-children"]] if "--max-children" in flags else []
     subprocess.run([sys.executable, "-m", "mutmut", "run", *children, *(every if "--sample" in flags else names)],
                    cwd=STAGE)

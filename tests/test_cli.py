@@ -335,6 +335,21 @@ def test_text_samples_reconstructions_and_interpolation(text_run, capsys):
     assert path[0][4:].strip() == means[2] and path[-1][4:].strip() == means[0]
 
 
+def test_text_samples_reconstruct_sentences_of_ones_own(text_run, tmp_path, capsys):
+    """samples --reconstruct FILE: the file's sentences, tokenized as the training data, are the
+    documents reconstructed (not the test split's), in order; stderr counts them and their tokens."""
+    mine = tmp_path / "mine.txt"
+    words = lagvae.load_checkpoint(text_run)[2].vocab[4:7]          # past <pad> <s> </s> <unk>
+    mine.write_text(f"{words[0]} {words[1]}\n{words[2]} zzzunseen\n")
+    assert lagvae.main(["samples", "--ckpt", str(text_run), "--n", "2", "--reconstruct", str(mine),
+                        "--out", str(tmp_path / "s.txt")]) == 0
+    err = capsys.readouterr().err
+    assert f"--reconstruct {mine}: 2 sentences, 4 tokens, 1 outside the vocabulary" in err
+    recon = sample_lines((tmp_path / "s.txt").read_text(), "your sentences")
+    assert [line.split()[0] for line in recon] == ["original", "mean", "sample"] * 2
+    assert recon[0].split()[1:] == [words[0], words[1]] and recon[3].split()[1:] == [words[2], "<unk>"]
+
+
 @pytest.mark.parametrize("flags", [["--decode", "beam", "--beam-size", "3"],
                                    ["--decode", "sample", "--temperature", "0.5"]])
 def test_text_samples_decoding_options(text_run, tmp_path, capsys, flags):
@@ -608,8 +623,9 @@ def with_weight(name, value):
     (with_weight("decoder.pred.weight", torch.full((3, 3), float("nan"))), "weights hold NaN or infinite values (decoder.pred.weight)"),
     (with_weight("decoder.pred.weight", "not a tensor"), "not a state dict of named tensors"),
     (lambda ck: {**ck, "vocab_size": 7}, "trained with vocabulary 7"),
+    (lambda ck: {**ck, "model": {k: v * float("inf") if v.is_floating_point() else v for k, v in ck["model"].items()}},
+     "weights hold NaN or infinite values (encoder.embed.weight, encoder.lstm.weight_ih_l0, encoder.lstm.weight_hh_l0, ...)"),
 ])
-@pytest.mark.slow
 def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, capsys, edit, needle):
     ck = torch.load(trained / "model.pt", weights_only=False)
     bad = tmp_path / "model.pt"

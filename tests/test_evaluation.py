@@ -174,3 +174,24 @@ def test_eval_seeds_report_the_spread_of_the_evaluation_itself(synth_root, tmp_p
     again = lagvae.evaluate(model.eval(), test, lagvae.dataclasses.replace(cfg, seed=2), iw_samples=5)
     assert again["iw_nll"] == out["per_seed"][2]["iw_nll"]
     assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--eval-seeds", "2", "--update"]) == 2
+
+
+def test_a_saved_model_evaluated_with_the_defaults_gives_its_result_and_writes_nothing(synth_root, tmp_path):
+    """evaluate_checkpoint(ckpt) as the Python API calls it: the run's own test numbers (reconstruction
+    accuracy included), result.json untouched; export_latents(ckpt) and the evaluation spread with their
+    defaults; the spread is a row of Tables 7-8."""
+    import json
+    import numpy as np
+    run = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--data-dir", str(synth_root),
+                        "--iw-samples", "5", "--out", str(run)]) == 0
+    saved = (run / "result.json").read_bytes()
+    again = lagvae.evaluate_checkpoint(run / "model.pt")
+    assert (run / "result.json").read_bytes() == saved
+    keys = ("iw_nll", "elbo", "kl", "mi", "au", "rec_acc", "n")
+    assert {k: again[k] for k in keys} == {k: json.loads(saved)[k] for k in keys}
+    mu = np.load(lagvae.export_latents(run / "model.pt"))["mu"]
+    assert mu.shape == (json.loads(saved)["n"], lagvae.load_checkpoint(run / "model.pt")[1].nz)
+    spread = lagvae.evaluate_checkpoint(run / "model.pt", eval_seeds=2)
+    assert spread["mean"]["iw_nll"] == pytest.approx(sum(r["iw_nll"] for r in spread["per_seed"]) / 2)
+    assert "| synthetic | VAE (Table 8) | 2 | " in lagvae.format_spread([spread])

@@ -87,6 +87,21 @@ def test_an_older_checkpoint_without_vocabulary_loads_with_a_warning(tmp_path, c
     assert lagvae.main(["eval", "--ckpt", str(tmp_path / "run" / "model.pt"), "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert "test_data" not in json.loads(out) and "warning" in err and "stores no vocabulary" in err
+    new = tmp_path / "new.txt"
+    new.write_text("a sentence\n")
+    with pytest.raises(lagvae.UsageError, match="stores no vocabulary .* new text needs the run's data files"):
+        lagvae.export_latents(tmp_path / "run" / "model.pt", input=str(new))      # new text alone: refused
+
+
+def test_a_vocabulary_that_differs_is_named_by_its_first_differing_id(tmp_path, capsys):
+    data = corpus(tmp_path / "a", "c", sentences(200))
+    train(data, tmp_path / "run")
+    ck = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    ck["vocab"] = ck["vocab"][:6] + [ck["vocab"][7], ck["vocab"][6]] + ck["vocab"][8:]
+    torch.save(ck, tmp_path / "run" / "model.pt")
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "run" / "model.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"(id 6: {ck['vocab'][6]!r} when trained, {ck['vocab'][7]!r} now)" in err
 
 
 @pytest.mark.slow

@@ -107,10 +107,11 @@ def test_inner_loop_stops_at_a_window_boundary_or_the_cap():
 def test_inner_loop_only_moves_the_encoder():
     model, cfg = tiny_model()
     opts = lagvae.make_optimizers(model, cfg, cfg.lr)
-    dec = snapshot(model.decoder)
+    enc, dec = snapshot(model.encoder), snapshot(model.decoder)
     sample, _ = counting_sampler(random_batch(seed=1))
     lagvae.aggressive_inner_loop(model, opts, random_batch(), sample, cfg)
     assert changed(dec, model.decoder) == set()
+    assert changed(enc, model.encoder) == set(enc)          # and it does move the encoder, all of it
 
 
 def test_aggressive_switch_patience():
@@ -143,6 +144,31 @@ def test_inner_loop_stopping_rules(monkeypatch, inner_z, losses, steps):
     model, cfg = tiny_model(inner_window=3, inner_z=inner_z, max_inner_steps=30)
     scripted_losses(monkeypatch, losses)
     assert lagvae.aggressive_inner_loop(model, None, random_batch(), lambda: random_batch(), cfg) == steps
+
+
+def test_inner_loop_windows_are_per_token_over_batches_of_any_length(monkeypatch):
+    """The window's loss is its tokens' mean: summed over the window's batches, divided by all their
+    tokens, not by the last batch's (text batches differ in length). Windows of 2; per-token losses 1, 1
+    (6 tokens each), then 0.9 over 20 and 2 tokens: a fall, so the loop goes on; then 2, 2: a rise, stop."""
+    model, cfg = tiny_model(inner_window=2, max_inner_steps=30)
+    losses = iter([6.0, 6.0, 18.0, 1.8, 12.0, 12.0] + [99.0] * 30)       # per example, 5 examples a batch
+    monkeypatch.setattr(lagvae, "update", lambda *a, **k: (torch.tensor(next(losses)),))
+    lengths = iter([7, 21, 3] + [7] * 30)                                 # tokens + 1 (<s>)
+    assert lagvae.aggressive_inner_loop(model, None, random_batch(), lambda: random_batch(length=next(lengths)),
+                                        cfg) == 6
+
+
+def test_a_pretrained_encoder_is_trained_first_and_its_cost_counts(data_env, tmp_path):
+    """--pretrain-encoder (Li et al. 2019): an autoencoder (KL weight 0) is trained in pretrain/ first,
+    its encoder starts the run, and its steps and seconds are part of the run's."""
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--iw-samples", "2",
+                        "--pretrain-encoder", "--out", str(out)]) == 0
+    ae = json.loads((out / "pretrain" / "result.json").read_text())
+    assert json.loads((out / "pretrain" / "config.json").read_text())["config"]["beta"] == 0.0
+    result, log = json.loads((out / "result.json").read_text()), lagvae.read_jsonl(out / "log.jsonl")
+    assert result["steps_joint"] == ae["steps_joint"] + sum(r["steps_joint"] for r in log) > ae["steps_joint"]
+    assert result["train_seconds"] > ae["train_seconds"]
 
 
 def test_aggressive_switch_tolerance():
