@@ -7,6 +7,7 @@
     .venv/bin/python tests/mutate.py --max-children 1   # one test process at a time (default: one per core)
     .venv/bin/python tests/mutate.py --sample 300 --seed 0    # a random 300 of the mutants: an estimated score
     .venv/bin/python tests/mutate.py --sample 300 --seed 0 --report   # the score so far, from mutmut's records
+    .venv/bin/python tests/mutate.py --sample 300 --seed 0 --retry-survivors  # after new tests: the survivors again
 
 It mutates the functions of lagvae.py's sections on objectives and estimators, training modes and
 evaluation and data.py's split logic, one small change at a time (mutmut's operators: a number, an
@@ -141,6 +142,28 @@ def score(names):
             print(f"  {s}: {n}")
 
 
+RETRIED = ("survived", "no tests", "not checked")
+
+
+def forget_survivors(names):
+    """Clear mutmut's verdict on those of `names` that survived or had no test, so that its next run
+    tries them again against the tests as they are now (mutmut keeps verdicts while a function's
+    source is unchanged, whatever the tests). Returns them, with any not checked yet (an interrupted
+    retry goes on)."""
+    from mutmut.stats import status_by_exit_code
+    again = []
+    for meta in (STAGE / "mutants").glob("*.meta"):
+        record = json.loads(meta.read_text())
+        codes = record["exit_code_by_key"]
+        mine = [n for n in names if n in codes and status_by_exit_code[codes[n]] in RETRIED]
+        for n in mine:
+            codes[n] = None
+        if mine:
+            meta.write_text(json.dumps(record))
+        again += mine
+    return again
+
+
 def main(argv):
     flags = {f: argv[argv.index(f) + 1] for f in ("--max-children", "--sample", "--seed") if f in argv[:-1]}
     argv = [a for a in argv if a not in flags and a not in flags.values()]
@@ -162,8 +185,12 @@ def main(argv):
         score(every)
         return 0
     children = ["--max-children", flags["--max-children"]] if "--max-children" in flags else []
-    subprocess.run([sys.executable, "-m", "mutmut", "run", *children, *(every if "--sample" in flags else names)],
-                   cwd=STAGE)
+    targets = every if "--sample" in flags else names
+    if "--retry-survivors" in argv:
+        targets = forget_survivors(every)
+        print(f"mutate.py: trying the {len(targets)} survivors again")
+    if targets:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *children, *targets], cwd=STAGE)
     score(every)
     return 0
 

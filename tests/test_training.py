@@ -171,6 +171,30 @@ def test_a_pretrained_encoder_is_trained_first_and_its_cost_counts(data_env, tmp
     assert result["train_seconds"] > ae["train_seconds"]
 
 
+def test_every_step_of_an_epoch_takes_the_annealed_weight_and_its_losses_make_the_log_row(data_env, tmp_path,
+                                                                                          monkeypatch):
+    """Ours + anneal: the decoder step takes the iteration's KL weight as the encoder steps do (not 1);
+    the log row's train rec and KL are the means of the epoch's outer steps, every batch counted once."""
+    real, calls = lagvae.update, []
+
+    def recording(model, opts, x, cfg, part="all", kl_weight=1.0):
+        out = real(model, opts, x, cfg, part, kl_weight)
+        calls.append((part, kl_weight, float(out[1].sum()), float(out[2].sum()), x.size(0)))
+        return out
+    monkeypatch.setattr(lagvae, "update", recording)
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--iw-samples", "2", "--aggressive",
+                        "--anneal", "--inner-steps", "2", "--out", str(out)]) == 0
+    decoder = [c for c in calls if c[0] == "decoder"]
+    assert decoder and all(w < 1.0 for _, w, *_ in decoder)
+    for i, (_, w, *_) in enumerate(decoder):       # each decoder step follows its two encoder steps
+        assert [c[1] for c in calls[3 * i:3 * i + 3]] == [w, w, w]
+    row = lagvae.read_jsonl(out / "log.jsonl")[0]
+    n = sum(c[4] for c in decoder)
+    assert row["train_rec"] == pytest.approx(sum(c[2] for c in decoder) / n, rel=1e-5)
+    assert row["train_kl"] == pytest.approx(sum(c[3] for c in decoder) / n, rel=1e-5)
+
+
 def test_aggressive_switch_tolerance():
     s = lagvae.AggressiveSwitch(True, patience=2, tol=0.05)
     for mi in (0.5, 0.9, 0.93):                  # +0.03 is not an improvement
