@@ -120,6 +120,10 @@ class Config:
     lr_decay: float = arg(0.5, "lr factor at each decay (training restarts from the best model)", (0, 1, "(]"))
     # 0 would stop before the first epoch
     max_decay: int = arg(5, "stop after this many decays", COUNT, resume=True)
+    # An lr-schedule control: does a gap between two modes come from their own decay epochs? A run
+    # directory stands for its decays (resolve_config writes them out, so config.json says them).
+    decay_at: str = arg("", 'decay after exactly these epochs, e.g. "9,23,35,44,47", "never", or a finished '
+                            'run directory whose decay epochs to repeat (default: on a plateau)')
     # -- aggressive inference-network training (Algorithm 1, Sec. 4.2)
     aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update")
     rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (RULES)")
@@ -302,6 +306,11 @@ def resolve_config(overrides):
     if not snaps_ok:
         raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts >= 0 like 0,200,2000, "
                          f"got {cfg.snapshot_iters!r}")
+    if os.path.isdir(cfg.decay_at):
+        cfg.decay_at = decays_of_run(Path(cfg.decay_at))
+    if cfg.decay_at and decay_epochs(cfg.decay_at) is None:
+        raise UsageError(f'--decay-at: expected increasing epochs >= 1 like 9,23,35, "never" or a run directory, '
+                         f'got {cfg.decay_at!r}')
     if (cfg.snapshot_iters or cfg.trajectory_iters) and cfg.nz != 1:
         raise UsageError("--snapshot-iters/--trajectory-iters: posterior means need a scalar latent (--nz 1)")
     if cfg.optim not in ("sgd", "adam"):
@@ -316,6 +325,16 @@ def resolve_config(overrides):
     return cfg
 
 
+def decay_epochs(decay_at):
+    """The epochs of a --decay-at value ("never": none), or None where it names none."""
+    if decay_at == "never":
+        return []
+    if not re.fullmatch(r"[1-9]\d{0,9}(,[1-9]\d{0,9})*", decay_at):
+        return None
+    epochs = [int(e) for e in decay_at.split(",")]
+    return epochs if all(a < b for a, b in zip(epochs, epochs[1:])) else None
+
+
 def mode_name(cfg):
     """Canonical mode, e.g. 'aggressive+anneal', 'savae', 'basic+beta0.4', 'pretrain+anneal+fb0.5'."""
     base = ("lm" if cfg.lm else "savae" if cfg.savae else "pretrain" if cfg.pretrain_encoder else
@@ -327,7 +346,8 @@ def mode_name(cfg):
              f"beta{cfg.beta:g}" if cfg.beta != 1 else "",
              f"fb{cfg.free_bits:g}" if cfg.free_bits else "",
              f"bn{cfg.bn_gamma:g}" if cfg.bn_gamma else "",
-             f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else ""]
+             f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else "",
+             "decayat" if cfg.decay_at else ""]
     return "+".join(p for p in parts if p)
 
 
@@ -1001,7 +1021,7 @@ def pretrain_encoder(cfg, out, model, device):
     towards the run's: they are part of what the method costs)."""
     pre = out / "pretrain"
     ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0, free_bits=0.0,
-                             iw_samples=0, out=str(pre), overwrite=False,
+                             decay_at="", iw_samples=0, out=str(pre), overwrite=False,
                              resume=cfg.resume and (pre / "last.pt").is_file())
     result = train(ae)
     enc = load_best(pre / "model.pt", device)["model"]
@@ -1238,11 +1258,12 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
         raise UsageError(f"{out}: epoch {state.epoch}: {why}; training diverged ({kept}; try a smaller --lr "
                          f"or --clip-grad)")
     verdict = state.plateau.step(score)
+    decay = state.epoch in decay_epochs(cfg.decay_at) if cfg.decay_at else verdict == "decay"
     if verdict == "best":
         atomic_save({"config": asdict(cfg), "model": model.state_dict(),
                      "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state.epoch,
                      **data_identity(corpus)}, out / "model.pt")
-    elif verdict == "decay":                      # halve the lr and restart from the best model
+    if decay:                                     # halve the lr and restart from the best model
         state.lr *= cfg.lr_decay
         state.decays += 1
         model.load_state_dict(load_best(out / "model.pt", device)["model"])
@@ -1392,6 +1413,22 @@ def check_resume_config(out, cfg, old):
         raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
                          f"{', '.join('--' + k.replace('_', '-') for k in may)} may change"
                          + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
+
+
+def decays_of_run(run):
+    """A finished run's decay epochs as a --decay-at value: the epochs after which its lr fell, and its
+    last epoch where the decays ended it (it stopped short of --epochs)."""
+    if not (run / "result.json").is_file():
+        raise UsageError(f"--decay-at {run}: not a finished run (no result.json), so its decays are not all known")
+    try:
+        saved = json.loads((run / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--decay-at {run}: no readable config.json ({e})") from None
+    check_record(saved, run / "config.json", {"epochs": INTEGER})
+    rows = read_jsonl(run / "log.jsonl", {"epoch": INTEGER, "lr": NUMBER})
+    epochs = [a["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"]]
+    epochs += [rows[-1]["epoch"]] if rows and len(rows) < saved["epochs"] else []
+    return ",".join(map(str, epochs)) or "never"
 
 
 def atomic_save(obj, path, write=None):

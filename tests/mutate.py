@@ -121,13 +121,18 @@ def mutant_names(names):
     return [m for m in every if any(fnmatch(m, p) for p in names)]
 
 
+def records():
+    """mutmut's record of each mutated file: its .meta path and the JSON in it (a verdict per mutant)."""
+    return [(meta, json.loads(meta.read_text())) for meta in (STAGE / "mutants").glob("*.meta")]
+
+
 def score(names):
     """killed / tried among `names`, from mutmut's records, with a 95 % Wilson interval. A timeout counts as
     killed (the mutant broke a loop's exit), as mutmut counts it."""
     from mutmut.stats import status_by_exit_code
     codes = {}
-    for meta in (STAGE / "mutants").glob("*.meta"):
-        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    for _, record in records():
+        codes.update(record["exit_code_by_key"])
     status = [status_by_exit_code[codes.get(n)] for n in names]
     counts = {s: status.count(s) for s in sorted(set(status))}
     tried = len(status) - counts.get("not checked", 0)
@@ -152,8 +157,7 @@ def forget_survivors(names):
     retry goes on)."""
     from mutmut.stats import status_by_exit_code
     again = []
-    for meta in (STAGE / "mutants").glob("*.meta"):
-        record = json.loads(meta.read_text())
+    for meta, record in records():
         codes = record["exit_code_by_key"]
         mine = [n for n in names if n in codes and status_by_exit_code[codes[n]] in RETRIED]
         for n in mine:

@@ -547,6 +547,8 @@ def test_resume_of_a_cyclical_run_refuses_another_epoch_budget(data_env, tmp_pat
     (["--seed", "-1"], "--seed: expected an integer in [0, 4294967295], got -1"), (["--seed", str(2 ** 32)], "--seed"),
     (["--max-decay", "0"], "--max-decay: expected an integer >= 1, got 0"), (["--max-decay", "-3"], "--max-decay"),
     (["--nz", "1", "--snapshot-iters", "0,-200"], "--snapshot-iters"), (["--nz", "1", "--snapshot-iters", "0,x"], "--snapshot-iters"),
+    (["--decay-at", "3,2"], "--decay-at: expected increasing epochs >= 1 like 9,23,35"), (["--decay-at", "0"], "--decay-at"),
+    (["--decay-at", "2,,5"], "--decay-at"), (["--decay-at", "Never"], "--decay-at"), (["--decay-at", "2,2"], "--decay-at"),
     (["--nz", "1", "--snapshot-iters", "0, "], "--snapshot-iters"), (["--nz", "1", "--trajectory-iters", "-1"], "--trajectory-iters"),
     (["--ni", str(10 ** 9)], "--ni: expected an integer in [1, 16384]"), (["--enc-nh", "16385"], "--enc-nh"),
     (["--dec-nh", "0"], "--dec-nh"), (["--nz", str(10 ** 7)], "--nz"),
@@ -782,8 +784,9 @@ def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
 
 
 def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_path):
-    """`bash run_all.sh paired` runs issue 24's grids alone (ptb and OMNIGLOT) and makes their paired
-    tables; RUNS= sends a whole rerun elsewhere; an unknown section is one line, exit 2."""
+    """`bash run_all.sh paired` runs issue 24's grids alone (ptb and OMNIGLOT, then the lr-schedule
+    control on Ours' finished run) and makes their paired tables; RUNS= sends a whole rerun elsewhere;
+    an unknown section is one line, exit 2."""
     shutil.copy(ROOT / "run_all.sh", tmp_path)
     fake = tmp_path / "fakepy"
     fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n')
@@ -797,13 +800,15 @@ def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_pat
     ptb, omniglot = trains[:50], trains[50:]
     assert all("--data ptb" in c and "--out rerun/ptb-cpu-" in c for c in ptb)
     assert {c.split("--seed ")[1].split()[0] for c in ptb} == {str(s) for s in range(10)}
-    assert len(omniglot) == 9 and all("--data omniglot" in c and "--preset cpu --epochs 100" in c for c in omniglot)
-    assert {c.split("--out rerun/")[1].split()[0] for c in omniglot} == {
+    assert len(omniglot) == 10 and all("--data omniglot" in c and "--preset cpu --epochs 100" in c for c in omniglot)
+    assert {c.split("--out rerun/")[1].split()[0] for c in omniglot[:9]} == {
         f"omniglot-conv-{m}-s{s}" for m in ("aggressive", "basic", "lm") for s in range(3)}
+    assert "--decay-at rerun/omniglot-conv-aggressive-s0 --seed 0 --out rerun/omniglot-conv-basic-decayat-s0" in omniglot[9]
     tables = [c for c in calls if c.startswith("lagvae.py table --paired")]
     assert [c.split()[3:5] for c in tables] == [["basic", "aggressive"], ["basic+anneal", "aggressive+anneal"],
                                                 ["lm", "aggressive"], ["lm", "aggressive+anneal"],
-                                                ["basic", "aggressive"], ["lm", "aggressive"], ["lm", "basic"]]
+                                                ["basic", "aggressive"], ["lm", "aggressive"], ["lm", "basic"],
+                                                ["basic", "basic+decayat"], ["basic+decayat", "aggressive"]]
     assert all("rerun/omniglot-conv-*-s*/" in c for c in tables[4:])
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     r = subprocess.run(["bash", "run_all.sh", "nope"], cwd=tmp_path, capture_output=True, text=True, env=env)
@@ -864,7 +869,7 @@ def test_run_all_tiny_runs_every_job_of_the_grid_to_its_tables_and_figures(tmp_p
                                "IMAGE_SEEDS": "0", "IMAGE_PAIRED_SEEDS": "0 1", "RUNS": "cpu-list"},
                           check=True).stdout.splitlines()
     name = lambda line: line.split("--out ")[1].split()[0].split("/", 1)[1]
-    assert len(jobs) == len(full) == 78 and [name(j) for j in jobs] == [name(j) for j in full]
+    assert len(jobs) == len(full) == 79 and [name(j) for j in jobs] == [name(j) for j in full]
     assert all("--preset tiny --max-len 30 --max-vocab 2000 --max-test 100" in j and "--epochs" not in j for j in jobs)
     r = subprocess.run(["bash", "run_all.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

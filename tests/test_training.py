@@ -480,6 +480,46 @@ def scripted_validation(monkeypatch, **series):
     return calls
 
 
+def test_decay_at_decays_after_exactly_those_epochs(data_env, tmp_path, monkeypatch):
+    """--decay-at replaces the plateau rule: the lr falls after the epochs named, on a new best too (it
+    is saved first, so the restart is from it), and never after the others, however flat."""
+    scripted_validation(monkeypatch, elbo=[10.0, 9.0, 9.5, 9.7, 9.8])    # a plateau rule would decay after 4
+    weights = lambda model: {k: v.clone() for k, v in model.state_dict().items()}
+    seen, validated, real_opts, real_eval = [], [], lagvae.make_optimizers, lagvae.evaluate
+    monkeypatch.setattr(lagvae, "make_optimizers", lambda model, cfg, lr: seen.append((lr, weights(model)))
+                        or real_opts(model, cfg, lr))
+    monkeypatch.setattr(lagvae, "evaluate", lambda model, *a, desc="eval", **kw: validated.append(weights(model))
+                        or real_eval(model, *a, desc=desc, **kw))
+    out = tmp_path / "run"
+    cfg = lagvae.resolve_config({"preset": "tiny", "epochs": 5, "iw_samples": 0, "decay_at": "2,5", "lr": 0.5,
+                                 "quiet": True, "out": str(out)})
+    assert lagvae.mode_name(cfg) == "basic+decayat"
+    lagvae.train(cfg)
+    assert [r["lr"] for r in lagvae.read_jsonl(out / "log.jsonl")] == [0.5, 0.5, 0.25, 0.25, 0.25]
+    best = torch.load(out / "model.pt")
+    assert best["epoch"] == 2 and [lr for lr, _ in seen] == [0.5, 0.25, 0.125]
+    assert all(torch.equal(seen[1][1][k], v) and torch.equal(validated[1][k], v) for k, v in best["model"].items())
+
+
+def test_decay_at_a_run_repeats_its_decays(tmp_path):
+    """A run directory stands for the epochs after which its lr fell, and for its last epoch where the
+    decays ended it short of --epochs; config.json of the new run names the epochs, not the folder."""
+    def run(lrs, epochs, finished=True):
+        d = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"config": {"epochs": epochs}}))
+        (d / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "lr": lr}) + "\n" for e, lr in enumerate(lrs, 1)))
+        if finished:
+            (d / "result.json").write_text("{}")
+        return str(d)
+    decay_at = lambda d: lagvae.resolve_config({"preset": "tiny", "decay_at": d}).decay_at
+    assert decay_at(run([1, 1, 0.5, 0.5, 0.25, 0.25], 100)) == "2,4,6"        # the last ended it
+    assert decay_at(run([1, 1, 0.5, 0.5, 0.25, 0.25], 6)) == "2,4"            # --epochs ended it
+    assert decay_at(run([1, 1, 1], 3)) == "never"
+    with pytest.raises(lagvae.UsageError, match="not a finished run"):
+        decay_at(run([1, 0.5], 100, finished=False))
+
+
 @pytest.mark.parametrize("mi,patience,aggressive", [
     ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 2, [1, 1, 1, 1, 1, 1]),    # MI climbs: aggressive throughout
     ([0.1, 0.2, 0.15, 0.1, 0.3, 0.4], 2, [1, 1, 1, 1, 0, 0]),   # two epochs without a new best end it for good
