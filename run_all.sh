@@ -182,9 +182,11 @@ if want paired; then
     for pair in "basic aggressive" "basic+anneal aggressive+anneal" "lm aggressive" "lm aggressive+anneal"; do
       set -- $pair
       $PY lagvae.py table --paired $1 $2 --paper-data yahoo $T/ptb-cpu-{lm,basic,basic-anneal,aggressive,aggressive-anneal}-s*/
+      echo      # a blank line keeps the markdown tables apart
     done | tee $T/table_paired_ptb.md
     for pair in "basic aggressive" "lm aggressive" "lm basic" "basic basic+decayat" "basic+decayat aggressive"; do
       $PY lagvae.py table --paired $pair $T/omniglot-conv-*-s*/
+      echo
     done | tee $T/table_paired_omniglot.md
   fi
 fi
