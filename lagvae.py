@@ -1083,7 +1083,7 @@ def train_in(cfg, out):
     hooks.finished()
     test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
     result = {"data": cfg.data, "mode": mode_name(cfg), "preset": cfg.preset, "seed": cfg.seed,
-              "epochs": state.epoch, "train_seconds": state.train_seconds,
+              "epochs": state.epoch, "decays": state.decays, "train_seconds": state.train_seconds,
               **{f"steps_{k}": v for k, v in state.steps.items()}, "steps": sum(state.steps.values()),
               **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
                           mi_samples=cfg.mi_samples)}
