@@ -2719,7 +2719,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, error_line(f"{command}: {message}" if command else message) + "\n")
 
 
-def main(argv=None):
+def build_parser():
+    """The CLI: one subparser per command, the train flags one per Config field."""
     intro, examples = __doc__.split("\n\n")[:2]
     ap = Parser(prog="lagvae", description=f"{intro}\n\nexamples:\n{examples}",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -2804,7 +2805,11 @@ def main(argv=None):
                          "sign counts and the paper's B - A")
     tb.add_argument("--spread", action="store_true",
                     help="Tables 7 and 8: the arguments are JSON files of `eval --eval-seeds N`, not run directories")
-    args = vars(ap.parse_args(argv))
+    return ap
+
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
     try:
         cmd = args.pop("cmd")
         if cmd == "train":

@@ -131,7 +131,7 @@ def test_the_banner_names_each_cut_and_the_flag_or_preset_behind_it(data_env, tm
                         "--iw-samples", "5", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out.splitlines()
     cut = next(line for line in out if line.startswith("cut: "))
-    assert "train 64 of 16,000 documents (--subset 64 from --preset tiny)" in cut
+    assert "train 64 of 2,000 documents (--subset 64 from --preset tiny)" in cut
     assert "vocabulary 20 of " in cut and "(--max-vocab 20)" in cut
     assert "cut to 5 tokens (--max-len 5)" in cut
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "2", "--iw-samples", "5", "--max-len", "5",
