@@ -2277,12 +2277,12 @@ def epoch_stats(log):
 # What the tables and figures read from run files, as (what is expected, test). The other fields
 # of result.json are optional; those of TABLE_COLUMNS must be numbers when present.
 # JSON files may hold NaN and Infinity (Python writes them): a table cell or a plotted point of one
-# would pass for a number, so a record's numbers must be finite.
-NUMBER = ("a finite number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+# would pass for a number, so a record's numbers must be finite (NaN: "is nan, expected a number").
+NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
 TEXT = ("a string", lambda v: isinstance(v, str))
-NUMBERS = ("a non-empty list of finite numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
-SPREAD = ("an object of finite numbers", lambda v: isinstance(v, dict) and all(NUMBER[1](x) for x in v.values()))
+NUMBERS = ("a non-empty list of numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
+SPREAD = ("an object of numbers", lambda v: isinstance(v, dict) and all(NUMBER[1](x) for x in v.values()))
 RESULT_FIELDS = {"data": TEXT, "mode": TEXT, "seed": INTEGER, "au": NUMBER, "mi": NUMBER}
 
 

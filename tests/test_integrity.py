@@ -632,7 +632,7 @@ def test_table_and_figure_refuse_nan_from_a_record(finished, tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     (out / "result.json").write_text(json.dumps({**result, "kl": float("nan")}))
     assert lagvae.main(["table", str(out)]) == 2
-    one_line(capsys, "result.json", "'kl' is nan", "finite number")
+    one_line(capsys, "result.json", "'kl' is nan, expected a number")
     assert lagvae.main(["figure", "nll-au", str(out), "--out", str(tmp_path / "f.png")]) == 2
     one_line(capsys, "'kl' is nan")
     rows = lagvae.read_jsonl(out / "log.jsonl")
