@@ -99,6 +99,8 @@ class Config:
     overwrite: bool = arg(False, "replace the run in <out>, removing all its files first", resume=True)
     checkpoint_minutes: float = arg(5.0, "also write last.pt within an epoch this often (0 = at epoch ends)",
                                     NONNEG, resume=True)
+    # May change on --resume, but another count splits float sums otherwise: from there the run is no
+    # longer bit-identical to one never stopped (the banner says so).
     threads: int = arg(0, "CPU threads (0 = torch's default)", (0, 1024, "[]"), resume=True)
     # -- model (App. B)
     nz: int = arg(32, "latent dimensions", WIDTH)
@@ -2884,7 +2886,7 @@ def main(argv=None):
                     help="text: how to generate from p(x|z) (default: greedy)")
     sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
     sp.add_argument("--temperature", type=positive(float), default=None,
-                    help="text, --decode sample: divides the logits; -> 0 is greedy (default: 1)")
+                    help="text, --decode sample: divides the logits, 1e-6 to 1e6; -> 0 is greedy (default: 1)")
     sp.add_argument("--max-len", type=positive(int), default=None,
                     help="text: most tokens per sentence, </s> included (default: the longest test document)")
     sp.add_argument("--interpolate", type=int, nargs=2, default=None, metavar=("I", "J"),
