@@ -10,7 +10,9 @@ Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training mo
 8 benchmark, 9 CLI. Paper equations are tagged `# Eq. N`.
 """
 import argparse
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import hashlib
@@ -20,6 +22,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import re
@@ -32,7 +35,6 @@ import sys
 import time
 import threading
 import tokenize
-from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -97,6 +99,8 @@ class Config:
     overwrite: bool = arg(False, "replace the run in <out>, removing all its files first", resume=True)
     checkpoint_minutes: float = arg(5.0, "also write last.pt within an epoch this often (0 = at epoch ends)",
                                     NONNEG, resume=True)
+    # May change on --resume, but another count splits float sums otherwise: from there the run is no
+    # longer bit-identical to one never stopped (the banner says so).
     threads: int = arg(0, "CPU threads (0 = torch's default)", (0, 1024, "[]"), resume=True)
     # -- model (App. B)
     nz: int = arg(32, "latent dimensions", WIDTH)
@@ -823,7 +827,7 @@ def make_optimizers(model, cfg, lr):
             "decoder": opt(model.decoder.parameters(), lr=lr)}
 
 
-@contextmanager
+@contextlib.contextmanager
 def idle_side_frozen(model, part):
     """Restore the idle side's buffers (batch-norm running statistics) after a one-sided step. Its
     layers still normalize with the current batch's statistics, so the active side trains against
@@ -1029,43 +1033,48 @@ def pretrain_encoder(cfg, out, model, device):
     return result
 
 
-def train(cfg):
+def train(cfg, generate=True):
     """Train per cfg, writing config.json, log.jsonl, model.pt (best), last.pt (resume) and
-    result.json into the run directory. Returns the result dict."""
+    result.json into the run directory. Returns the result dict. generate=False: synthetic data must
+    already be under cfg.data_dir (a data root read from a file is not a place to write)."""
     with run_directory(cfg) as out, stopping_on_signals():
-        return train_in(cfg, out)
+        return train_in(cfg, out, generate)
 
 
-def train_in(cfg, out):
+def train_in(cfg, out, generate=True):
     device = use_device(cfg)
     seed_all(cfg.seed)
-    corpus = load_data(cfg)
+    corpus = load_data(cfg, generate)
     model = build_model(cfg, corpus).to(device)
     val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size)]
     rng = np.random.default_rng(cfg.seed)
     state = TrainState.new(cfg)
-    resuming = cfg.resume and (out / "last.pt").is_file()     # killed before its first checkpoint: start afresh
-    # First of the run's files, so that no file of it is ever without the settings that made it.
+    resuming = cfg.resume and resumable(out)
+    if resuming:
+        state, opts, threads = load_last(out, model, cfg, rng, device, corpus)
+        if state.current is None:      # a divergence in the next epoch goes back here, as in a run never stopped
+            keep_good_epoch(out)
+    # The first file of a fresh run, so that no file of it is ever without the settings that made it;
+    # on a resume, written once the checks above passed, so that a refused resume changes nothing.
     write_json(out / "config.json", {"config": asdict(cfg), "mode": mode_name(cfg), "device": str(device),
                                      **environment()})
-    if cfg.pretrain_encoder and not resuming:
-        ae = pretrain_encoder(cfg, out, model, device)
-        state.train_seconds, state.steps = ae["train_seconds"], {k: ae[f"steps_{k}"] for k in STEP_KINDS}
-    opts = make_optimizers(model, cfg, cfg.lr)
-    if resuming:
-        check_resumed_data(out, corpus)
-        state, opts = load_last(out, model, cfg, rng, device)
-    else:
-        (out / "log.jsonl").write_text("")
+    if not resuming:
+        if cfg.pretrain_encoder:
+            ae = pretrain_encoder(cfg, out, model, device)
+            state.train_seconds, state.steps = ae["train_seconds"], {k: ae[f"steps_{k}"] for k in STEP_KINDS}
+            STOP.check("the end of the encoder's pretraining (pretrain/last.pt)")
+        opts = make_optimizers(model, cfg, cfg.lr)
+        write_atomic(out / "log.jsonl", b"")
         (out / "model.pt").unlink(missing_ok=True)     # never reload a best model of an earlier run
     hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
     if not cfg.quiet:
-        print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None)), flush=True)
+        print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None,
+                               threads if resuming else None)), flush=True)
 
     more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if more():       # a finished run trained further is unfinished until its new result is written
         (out / "result.json").unlink(missing_ok=True)
-    save = lambda: save_last(out / "last.pt", model, opts, state, rng, device)
+    save = lambda: save_last(out / "last.pt", model, opts, state, rng, device, data_identity(corpus))
     while more():
         train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save)
         opts = end_epoch(model, opts, corpus, val, cfg, state, out, device)
@@ -1086,7 +1095,7 @@ def train_in(cfg, out):
               "epochs": state.epoch, "decays": state.decays, "train_seconds": state.train_seconds,
               **{f"steps_{k}": v for k, v in state.steps.items()}, "steps": sum(state.steps.values()),
               **evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
-                          mi_samples=cfg.mi_samples)}
+                          mi_samples=cfg.mi_samples, stoppable=True)}
     broken = nonfinite(result)
     if broken:
         raise UsageError(f"{out}: the test evaluation of the best model gave {', '.join(broken)}; no result.json "
@@ -1111,11 +1120,11 @@ class Hooks:
         self.track_point = ([b.to(device) for b in corpus.batches("valid", 1, limit=1)]
                             if cfg.trajectory_iters else [])
         if self.snap_iters and fresh:
-            (out / "snapshots.jsonl").write_text("")
+            write_atomic(out / "snapshots.jsonl", b"")
             if 0 in self.snap_iters:
                 self.snapshot()
         if self.track_point and fresh:
-            (out / "trajectory.jsonl").write_text("")
+            write_atomic(out / "trajectory.jsonl", b"")
             self.track("init")
 
     def snapshot(self):
@@ -1146,9 +1155,8 @@ def record_snapshot(model, batches, it, cfg, path, step=None):
     and draws no random numbers, so a run with snapshots trains exactly as one without."""
     true = torch.cat([posterior_mean_grid(model, x, stride=cfg.grid_stride) for x in batches])
     mu = torch.cat([model.encode(x)[0][:, 0] for x in batches])
-    with open(path, "a") as f:
-        f.write(json.dumps({"iter": it, **({"step": step} if step else {}), "model_mean": true.tolist(),
-                            "inference_mean": mu.tolist()}) + "\n")
+    append_row(path, {"iter": it, **({"step": step} if step else {}), "model_mean": true.tolist(),
+                      "inference_mean": mu.tolist()})
 
 
 def epoch_batches(corpus, cfg, rng, ep, device):
@@ -1235,8 +1243,13 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
            "inner_steps": epoch_steps["encoder"] / epoch_steps["decoder"] if epoch_steps["decoder"] else 0.0,
            **{f"steps_{k}": v for k, v in epoch_steps.items()}, "mi_checks": ep.mi_checks,
            "seconds": ep.seconds}
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    # Model selection on validation -ELBO (weight 1), except for the autoencoder of
+    # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
+    score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
+    why = divergence(metrics, score, model, val)
+    # The row of a diverged epoch says so (last.pt does not count it), so a table calls the run
+    # diverged, not unfinished.
+    append_row(out / "log.jsonl", {**row, **({"diverged": why} if why else {})})
     state.current = None
     if not cfg.quiet:
         print(f"epoch {row['epoch']:3d} | val -elbo {metrics['elbo']:.3f} rec {metrics['rec']:.3f} "
@@ -1244,10 +1257,6 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
               f"au {metrics['au']} | lr {state.lr:g} kl_weight {row['kl_weight']:.3f} | "
               f"aggressive {int(row['aggressive'])} inner {row['inner_steps']:.1f} | {row['seconds']:.1f}s", flush=True)
 
-    # Model selection on validation -ELBO (weight 1), except for the autoencoder of
-    # --pretrain-encoder (KL weight 0), whose KL is free to grow: it is selected on reconstruction.
-    score = metrics["rec"] if cfg.beta == 0 else metrics["elbo"]
-    why = divergence(metrics, score, model, val)
     if why:
         if (out / "epoch.pt").is_file():
             os.replace(out / "epoch.pt", out / "last.pt")
@@ -1322,7 +1331,9 @@ def seed_all(seed):
 
 
 def run_dir(cfg):
-    return Path(cfg.out or f"runs/{cfg.data}-{mode_name(cfg)}-s{cfg.seed}")
+    """--out, or a folder directly under runs/ (where `table runs/*` finds it): the data name of
+    `--data text:PREFIX` keeps no path separator, so no `..` in it leads out of runs/."""
+    return Path(cfg.out or f"runs/{cfg.data.replace('/', '_')}-{mode_name(cfg)}-s{cfg.seed}")
 
 
 def environment():
@@ -1367,7 +1378,7 @@ RUN_FILES = ("result.json", "last.pt", "epoch.pt", "model.pt", "log.jsonl", "sna
 APPENDED = ("log.jsonl", "snapshots.jsonl", "trajectory.jsonl")      # the run files that grow by rows
 
 
-@contextmanager
+@contextlib.contextmanager
 def run_directory(cfg):
     """The run directory, locked against a second writer for as long as this run lasts (flock: the
     lock goes with the process however it ends, so a killed run never leaves it stuck). A directory
@@ -1377,11 +1388,7 @@ def run_directory(cfg):
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; expected a run directory")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"--out {out}: another lagvae process is writing this run directory") from None
+    with run_lock(out, "--out"):
         old = [f for f in RUN_FILES if (out / f).exists()] + ["pretrain/"] * (out / "pretrain").exists()
         if old and cfg.resume:
             check_resume_config(out, cfg, old)
@@ -1393,6 +1400,45 @@ def run_directory(cfg):
             raise UsageError(f"--out {out}: holds a run ({', '.join(old)}); add --resume to continue it "
                              f"or --overwrite to replace it")
         yield out
+
+
+def nofollow(path, flags):
+    """An opener for open(): a run's own files are never symbolic links, so one planted in the run
+    folder is refused instead of followed to whatever it points at."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{path}: is a symbolic link; a run's files are never links, so it is not followed "
+                             f"(remove it)") from None
+        raise
+
+
+@contextlib.contextmanager
+def run_lock(out, flag):
+    """The run directory's lock (flock: it goes with the process however it ends, so a killed run
+    never leaves it stuck), refused while another process holds it."""
+    with open(out / ".lock", "a", opener=nofollow) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{flag} {out}: another lagvae process is writing this run directory") from None
+        yield
+
+
+def resumable(out):
+    """Whether --resume continues from last.pt. A run killed before its first checkpoint has nothing to
+    lose and starts afresh; one whose training left records but no last.pt is refused, not retrained."""
+    if (out / "last.pt").is_file():
+        return True
+    left = [f for f in ("model.pt", "epoch.pt", "result.json") if (out / f).exists()]
+    rows = (out / "log.jsonl").read_bytes().splitlines() if (out / "log.jsonl").is_file() else []
+    left += ["log.jsonl rows"] * any(b'"diverged":' not in r for r in rows)     # a first epoch that diverged is no loss
+    if left:
+        hint = "rename epoch.pt (the last validated epoch) to last.pt" if "epoch.pt" in left else "restore last.pt"
+        raise UsageError(f"--resume: {out} has no last.pt but holds {', '.join(left)} of training, whose state is "
+                         f"lost; {hint}, or start again with --overwrite")
+    return False
 
 
 def check_resume_config(out, cfg, old):
@@ -1433,11 +1479,16 @@ def decays_of_run(run):
 
 def atomic_save(obj, path, write=None):
     """Write to a temporary file, flush it to disk and rename, so that a kill or a power cut leaves the
-    old file or the new one, never half of one. A full disk is one line naming the file."""
+    old file or the new one, never half of one. The bytes are made in memory first, so that a full
+    disk is the OS's own error, one line naming the file and the cause (torch.save names neither). A
+    stale temporary file (or a link under its name) is removed, never written through."""
     tmp = Path(str(path) + ".tmp")
+    buf = io.BytesIO()
+    (write or torch.save)(obj, buf)
     try:
-        with open(tmp, "wb") as f:
-            (write or torch.save)(obj, f)
+        tmp.unlink(missing_ok=True)
+        with open(tmp, "xb", opener=nofollow) as f:
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -1449,9 +1500,15 @@ def atomic_save(obj, path, write=None):
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
-    except RuntimeError as e:        # torch.save reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({' '.join(str(e).split())[:200]})") from None
+
+
+def append_row(path, row):
+    """One JSON row at the end of an appended run file; a full disk is one line naming the file."""
+    try:
+        with open(path, "a", opener=nofollow) as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
 
 
 def write_atomic(path, data):
@@ -1483,31 +1540,46 @@ def data_identity(corpus):
     return corpus.identity
 
 
-def save_last(path, model, opts, state, rng, device):
-    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not).
-    `rows`: how many rows of each appended file belong to this state, so a resume cuts each to exactly
-    those, whatever was appended between this checkpoint and a crash."""
+def save_last(path, model, opts, state, rng, device, identity):
+    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not),
+    and with weights_only. `rows`: how many rows of each appended file belong to this state, so a resume
+    cuts each to exactly those, whatever was appended between this checkpoint and a crash. `identity`
+    (data_identity): the data trained on, which a resume must train on too, model.pt or not; `threads`:
+    another count splits float sums otherwise, so a resume says when the numbers stop being exact."""
     rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
     atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
                  "state": state.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                 "rows": rows}, path)
+                 "rows": rows, "threads": torch.get_num_threads(), **identity}, path)
 
 
 def count_rows(path):
     return len(path.read_bytes().splitlines())
 
 
-def keep_rows(path, n, last):
-    """Cut an appended run file to its first n rows; fewer than n means the run's files disagree."""
+def kept_rows(path, n, last):
+    """The first n rows of an appended run file, each parsed: fewer than n, or a torn row among them,
+    means the run's files disagree with last.pt."""
+    disagree = f"the run's files disagree (restore {path.name} or start again with --overwrite)"
     try:
-        lines = path.read_bytes().splitlines()
+        lines = path.read_bytes().splitlines()[:n]
     except OSError as e:
         raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
     if len(lines) < n:
-        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; the run's "
-                         f"files disagree (restore {path.name} or start again with --overwrite)")
-    write_atomic(path, b"".join(line + b"\n" for line in lines[:n]))
+        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
+    for i, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
+    return lines
+
+
+def keep_rows(out, counts, last):
+    """Cut each appended file to the rows `last` counts, once every file has been checked."""
+    kept = {name: kept_rows(out / name, n, last) for name, n in counts.items()}
+    for name, lines in kept.items():
+        write_atomic(out / name, b"".join(line + b"\n" for line in lines))
 
 
 def keep_good_epoch(out):
@@ -1522,30 +1594,33 @@ def keep_good_epoch(out):
     os.replace(tmp, out / "epoch.pt")
 
 
-def load_last(out, model, cfg, rng, device):
-    """(state, optimizers) from <out>/last.pt; log and snapshot records written after it are dropped,
-    so the resumed run appends exactly what the uninterrupted run would have."""
+def load_last(out, model, cfg, rng, device, corpus):
+    """(state, optimizers, the thread count it was written with or None) from <out>/last.pt, refused on
+    other data; log and snapshot records written after it are dropped, so the resumed run appends
+    exactly what the uninterrupted run would have."""
     last = out / "last.pt"
+    bad = lambda why: UsageError(f"--resume: cannot continue from {last} ({why})")
+    ck = load_pt(last, device, bad)
+    if not isinstance(ck, dict) or "state" not in ck:
+        raise bad("it holds no training state: a model.pt?")
+    check_resumed_data(out, corpus, ck)
     try:
-        ck = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         state = TrainState.new(cfg)
         state.load_state_dict(ck["state"])
         opts = make_optimizers(model, cfg, state.lr)
         for name, opt in opts.items():
             opt.load_state_dict(ck["opts"][name])
-    except Exception as e:      # a truncated file or one from other flags: say which and why
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise UsageError(f"--resume: cannot continue from {last} ({reason})") from None
+    except Exception as e:      # a file from other flags: say which and why
+        raise bad(short_reason(e)) from None
     rng.bit_generator.state = ck["rng"]
     torch.set_rng_state(ck["torch_rng"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(ck["cuda_rng"], device)
     if "rows" in ck:
-        for name, n in ck["rows"].items():
-            keep_rows(out / name, n, last)
+        keep_rows(out, ck["rows"], last)
     else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
-        keep_rows(out / "log.jsonl", state.epoch - (state.current is not None), last)
+        keep_rows(out, {"log.jsonl": state.epoch - (state.current is not None)}, last)
         for name in ("snapshots.jsonl", "trajectory.jsonl"):
             if (out / name).is_file():
                 try:
@@ -1553,33 +1628,59 @@ def load_last(out, model, cfg, rng, device):
                 except (ValueError, KeyError, TypeError) as e:
                     raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
                 write_atomic(out / name, "".join(r + "\n" for r in keep).encode())
-    return state, opts
+    return state, opts, ck.get("threads")
+
+
+def short_reason(e):
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def load_pt(path, device, bad):
+    """The dict of tensors and plain data in a .pt file, unpickled with weights_only: a checkpoint is
+    data, and a crafted one must not run the code it carries (a model file is what researchers download
+    and pass on). bad(why) makes the error that names the file as its caller knows it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise bad(short_reason(e)) from None
+        call = re.search(r"GLOBAL (\S+)", str(e))
+        raise bad(f"it holds {'a call of ' + call[1] if call else 'objects'} besides tensors and plain data, which "
+                  f"no lagvae checkpoint does; refused unread, so that no code in it runs") from None
+    except Exception as e:          # truncated, garbage, another format: unpickling fails in many ways
+        raise bad(short_reason(e)) from None
 
 
 def load_best(path, device):
-    """A checkpoint the run wrote (model.pt), or one line naming it when it cannot be read."""
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:          # truncated, garbage, another format: unpickling fails in many ways
-        raise UsageError(f"{path}: not readable as a lagvae checkpoint ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:150]}); the run's best model is lost, retrain with --overwrite") from None
+    """A best model the run wrote (model.pt), or one line naming it when it cannot be read or is not one
+    (a last.pt copied over it holds weights too, of another epoch)."""
+    ck = load_pt(path, device, lambda why: UsageError(f"{path}: not readable as a lagvae checkpoint ({why}); the run's "
+                                                      f"best model is lost, retrain with --overwrite"))
+    missing = [k for k in (*CHECKPOINT_FIELDS, "epoch") if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        hint = " (it holds training state: a last.pt?)" if isinstance(ck, dict) and "state" in ck else ""
+        raise UsageError(f"{path}: not a best model of a run (no {', '.join(missing)}){hint}; restore model.pt "
+                         f"or retrain with --overwrite")
+    return ck
 
 
-def check_resumed_data(out, corpus):
-    """A resumed run must train on the data it started on (its best model says which)."""
-    best = load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
-    if "fingerprints" not in best:
+def check_resumed_data(out, corpus, last):
+    """A resumed run must train on the data it started on: its last.pt says which, or where that is
+    older than the record, its best model."""
+    saved = last if "fingerprints" in last else load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
+    if "fingerprints" not in saved:
         return
     now = data_identity(corpus)
-    what = ("vocabulary" if best["vocab"] != now["vocab"] else
-            "training data" if best["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
+    what = ("vocabulary" if saved["vocab"] != now["vocab"] else
+            "training data" if saved["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
     if what:
         raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
                          f"--data-dir?); resume it on its own data")
 
 
-def banner(cfg, out, device, corpus, model, resumed=None):
-    """What a run is about to do, before its first batch: where, on what, and every cut of the data."""
+def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
+    """What a run is about to do, before its first batch: where, on what, and every cut of the data;
+    resumed: the state it continues, written with `threads` CPU threads."""
     n = {split: len(corpus.splits[split]) for split in ("train", "valid", "test")}
     unit = "documents" if corpus.kind == "text" else "images"
     lines = [f"run {out} | {device}, {torch.get_num_threads()} thread(s) | --preset {cfg.preset} | mode "
@@ -1609,6 +1710,12 @@ def banner(cfg, out, device, corpus, model, resumed=None):
         where = (f"epoch {resumed.epoch} batch {resumed.current.batch}" if resumed.current is not None
                  else f"the end of epoch {resumed.epoch}")
         lines.append(f"resuming from {where}")
+        if threads and threads != torch.get_num_threads():
+            lines.append(f"note: last.pt was written with {threads} thread(s), this resume runs "
+                         f"{torch.get_num_threads()}: float sums split otherwise, so from here the numbers differ "
+                         f"from a run never stopped in their last digits (same --threads keeps the resume exact)")
+    elif cfg.resume:
+        lines.append("resuming: no last.pt (stopped before its first checkpoint), so starting afresh")
     return lines
 
 
@@ -1642,7 +1749,7 @@ class StopRequest:
 STOP = StopRequest()
 
 
-@contextmanager
+@contextlib.contextmanager
 def stopping_on_signals():
     if threading.current_thread() is not threading.main_thread():      # signal handlers live there only
         yield
@@ -1653,7 +1760,8 @@ def stopping_on_signals():
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        STOP.signum = None
+        if STOP not in old.values():      # the outermost run: a nested one (--pretrain-encoder's) passes it on
+            STOP.signum = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1723,7 +1831,7 @@ def reconstruction_hits(model, x, mu):
 
 
 @in_eval_mode
-def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_samples=1):
+def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_samples=1, stoppable=False):
     """Per-example -ELBO (`elbo`), `rec`, analytic `kl`; `mi` as the paper computes it (each
     minibatch is the mixture, weighted average over batches, at most log B); `mi_full` with the whole
     set as the mixture; active units `au`; for text `elbo_ppl` per predicted token and, if asked (it
@@ -1739,8 +1847,9 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_s
     mi_samples > 1 averages over more draws of the same Eq. 5 estimate, taken from a second generator
     so that every other number is the same as with one. Validation keeps one draw: it drives the
     paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
-    refinement lowers the -ELBO."""
-    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc)
+    refinement lowers the -ELBO. stoppable: a stop request (SIGTERM, Ctrl-C) ends the pass between
+    batches (a run's final test: its training is saved, the test is rerun on --resume)."""
+    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable)
     out = {**elbo_metrics(seen), **mi_metrics(seen), "au": active_units(seen.mu), "n": seen.n}
     if model.kind == "text":
         out.update(elbo_ppl=perplexity(seen.rec + seen.kl, seen.tokens))
@@ -1771,7 +1880,7 @@ class Seen:
     z_mi: torch.Tensor        # the draws of z behind the MI estimates
 
 
-def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc):
+def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
     """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
     the extra MI draws come from a second one, so that asking for them leaves every other number as
     it was."""
@@ -1784,6 +1893,8 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc):
     lines = progress_lines(cfg)         # IW-NLL takes minutes
     start = last = time.time()
     for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
+        if stoppable:
+            STOP.check(f"the {desc} evaluation, batch {i + 1} of {len(batches)} (training is over)")
         if lines and i and time.time() - last >= cfg.progress_every:
             last = time.time()
             print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
@@ -1832,10 +1943,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
     field, its config is invalid, its weights are not finite or do not fit its config. need_data=False:
     a text model's own vocabulary suffices (the corpus then has no splits) and no data file is read."""
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
-    try:
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as e:          # unpickling errors come in many types; all mean "not a checkpoint"
-        raise bad(f"not a lagvae model checkpoint ({type(e).__name__}: {e})") from None
+    ck = load_pt(ckpt, "cpu", lambda why: bad(f"not a lagvae model checkpoint ({why})"))
     missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
     if missing:
         hint = "; last.pt holds training state, evaluate model.pt" if isinstance(ck, dict) and "state" in ck else ""
@@ -1885,26 +1993,29 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
     infinite result is an error, never a number in the report. update: write the evaluation into the
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
-    fields, and report each number that changed. eval_seeds N: the evaluation's own uncertainty (App. D,
+    fields, and report each number that changed (refused while the run trains). eval_seeds N: the evaluation's own uncertainty (App. D,
     Tables 7 and 8): the same model evaluated with the noise of seeds 0..N-1, mean and variance."""
     if eval_seeds and update:
         raise UsageError("--eval-seeds: reports the spread of N evaluations; it does not --update result.json")
-    given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
-                                         **{k: v for k, v in given.items() if v is not None})
-    device = next(model.parameters()).device
-    seed_all(cfg.seed)
-    test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
-    if eval_seeds:
-        return evaluation_spread(ckpt, model, cfg, test, eval_seeds)
-    result = evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
-                      mi_samples=cfg.mi_samples)
-    broken = nonfinite(result)
-    if broken:
-        raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
-    result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result,
-              **test_set_note(model.fingerprints, corpus, ckpt)}
-    return update_result(Path(ckpt).parent / "result.json", {**result, "mi_samples": cfg.mi_samples}) if update else result
+    # --update takes the run's lock before reading model.pt: while the run trains, its model.pt is not
+    # yet the one its result.json will stand for.
+    with run_lock(Path(ckpt).parent, "--update") if update else contextlib.nullcontext():
+        given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
+                                             **{k: v for k, v in given.items() if v is not None})
+        device = next(model.parameters()).device
+        seed_all(cfg.seed)
+        test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
+        if eval_seeds:
+            return evaluation_spread(ckpt, model, cfg, test, eval_seeds)
+        result = evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
+                          mi_samples=cfg.mi_samples)
+        broken = nonfinite(result)
+        if broken:
+            raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
+        result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result,
+                  **test_set_note(model.fingerprints, corpus, ckpt)}
+        return update_result(Path(ckpt).parent / "result.json", {**result, "mi_samples": cfg.mi_samples}) if update else result
 
 
 SPREAD_METRICS = ("iw_nll", "elbo", "kl", "mi", "au")      # the columns of the paper's Tables 7 and 8
@@ -2028,6 +2139,9 @@ def output_file(path, formats):
     return p
 
 
+# The logits divided by it stay finite in float32 (no NaN from inf / inf or 0 / 0): sampling at 1e-6 is
+# greedy in effect, at 1e6 uniform over the vocabulary.
+TEMPERATURE = (1e-6, 1e6, "[]")
 MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: more is no longer a figure
 
 
@@ -2039,6 +2153,8 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
     path = output_file(out, {"png", "txt"}) if out else None      # checked before any work
     if n is not None and n > MAX_SAMPLES:
         raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
+    if temperature is not None:
+        check_number("temperature", temperature, TEMPERATURE)
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct)
     if reconstruct and corpus.kind != "text":
         raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
@@ -2162,7 +2278,9 @@ def epoch_stats(log):
 
 # What the tables and figures read from run files, as (what is expected, test). The other fields
 # of result.json are optional; those of TABLE_COLUMNS must be numbers when present.
-NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+# JSON files may hold NaN and Infinity (Python writes them): a table cell or a plotted point of one
+# would pass for a number, so a record's numbers must be finite (NaN: "is nan, expected a number").
+NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
 TEXT = ("a string", lambda v: isinstance(v, str))
 NUMBERS = ("a non-empty list of numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
@@ -2184,14 +2302,25 @@ def check_record(record, where, required, optional=None):
     return record
 
 
+def run_state(run):
+    """Why a run without result.json has none: its last log row says when it diverged (a row may be
+    half written while the run goes on: then it is unfinished)."""
+    try:
+        last = json.loads(((run / "log.jsonl").read_bytes().splitlines() or [b"{}"])[-1])
+        why = last.get("diverged") if isinstance(last, dict) else None
+    except (OSError, ValueError):
+        why = None
+    return f"diverged at epoch {last.get('epoch')} ({why})" if why else "unfinished (no result.json yet)"
+
+
 def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run; an unfinished run (its lock, taken before any pretraining,
-    or a config.json, but no result.json) is left out with a note on stderr, so tables and figures
-    of a grid can be made while it runs."""
+    """The checked result.json of each run; an unfinished or diverged run (its lock, taken before any
+    pretraining, or a config.json, but no result.json) is left out with a note on stderr saying which,
+    so tables and figures of a grid can be made while it runs."""
     results = []
     for d in map(Path, run_dirs):
         if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json")):
-            print(f"lagvae: {d}: unfinished (no result.json yet), left out", file=sys.stderr)
+            print(f"lagvae: {d}: {run_state(d)}, left out", file=sys.stderr)
             continue
         try:
             r = json.loads((d / "result.json").read_text())
@@ -2758,7 +2887,7 @@ def build_parser():
                     help="text: how to generate from p(x|z) (default: greedy)")
     sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
     sp.add_argument("--temperature", type=positive(float), default=None,
-                    help="text, --decode sample: divides the logits; -> 0 is greedy (default: 1)")
+                    help="text, --decode sample: divides the logits, 1e-6 to 1e6; -> 0 is greedy (default: 1)")
     sp.add_argument("--max-len", type=positive(int), default=None,
                     help="text: most tokens per sentence, </s> included (default: the longest test document)")
     sp.add_argument("--interpolate", type=int, nargs=2, default=None, metavar=("I", "J"),
@@ -2814,7 +2943,9 @@ def main(argv=None):
         cmd = args.pop("cmd")
         if cmd == "train":
             base = forked_config(args.pop("config")) if "config" in args else {}
-            train(resolve_config({**base, **args}))
+            # A fork reads its data under the parent's data_dir but makes none there: data is generated
+            # only under a root that the command line, $LAGVAE_DATA or ./data names.
+            train(resolve_config({**base, **args}), generate=not base.get("data_dir") or "data_dir" in args)
         elif cmd == "eval":
             print(json.dumps(evaluate_checkpoint(**args), indent=2))
         elif cmd == "samples":

@@ -676,14 +676,14 @@ def test_multi_line_messages_become_one_line(trained, synth_root, tmp_path, caps
 
 
 def test_out_of_memory_is_one_line(monkeypatch, capsys):
-    def allocate(cfg):
+    def allocate(cfg, **kw):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 4016000000000 bytes.\nError code 12")
     monkeypatch.setattr(lagvae, "train", allocate)
     assert lagvae.main(["train", "--preset", "tiny"]) == 2
     line = one_error_line(capsys)
     assert "out of memory" in line and "4016000000000 bytes" in line and "--batch-size" in line
-    monkeypatch.setattr(lagvae, "train", lambda cfg: 1 / 0)
+    monkeypatch.setattr(lagvae, "train", lambda cfg, **kw: 1 / 0)
     with pytest.raises(ZeroDivisionError):          # a bug keeps its traceback
         lagvae.main(["train", "--preset", "tiny"])
 

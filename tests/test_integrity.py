@@ -107,11 +107,11 @@ def test_a_divergence_leaves_last_pt_at_the_last_validated_epoch(data_env, tmp_p
     end stops the run, and last.pt goes back to the end of epoch 2 rather than keep the blown-up state."""
     out, real_save, saves = tmp_path / "run", lagvae.save_last, []
 
-    def save_last(path, model, opts, state, rng, device):
+    def save_last(path, model, opts, state, rng, device, *rest):
         saves.append(state.epoch)
         if state.current is not None and state.epoch == 3 and saves.count(3) >= 2:
             model.decoder.pred.weight.data.mul_(1e4)
-        return real_save(path, model, opts, state, rng, device)
+        return real_save(path, model, opts, state, rng, device, *rest)
     monkeypatch.setattr(lagvae, "save_last", save_last)
     assert lagvae.main(BASE + ["--epochs", "5", "--checkpoint-minutes", "1e-9", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -144,17 +144,27 @@ def test_resume_needs_the_runs_config(data_env, tmp_path, capsys):
     assert not (out / "last.pt.tmp").exists()
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(data_env, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "run"
+def test_a_full_disk_is_one_line_naming_the_file_and_the_cause(synth_root, tmp_path):
+    """A write that the OS refuses (here a file-size limit, as a full disk would) names the file and the
+    OS's cause; torch.save alone said "file write failed" and nothing of why."""
+    import resource
 
-    def full(obj, f):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
-                           "data/3: file write failed\nNo space left on device")
-    monkeypatch.setattr(torch, "save", full)
-    assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write" in err[0] and str(out) in err[0]
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *BASE, "--epochs", "1", "--out", str(out),
+                           "--data-dir", str(synth_root)], capture_output=True, text=True, preexec_fn=limited,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert "cannot write" in err[0] and str(out) in err[0] and "File too large" in err[0], err
     assert not list(out.glob("*.tmp"))
+
+
+def test_a_failed_append_names_the_file_and_the_cause():
+    with pytest.raises(lagvae.UsageError, match=r"cannot write /dev/full \(No space left on device\)"):
+        lagvae.append_row(Path("/dev/full"), {"epoch": 1})
 
 
 def test_a_test_evaluation_that_is_not_finite_writes_no_result(data_env, tmp_path, monkeypatch, capsys):
@@ -331,3 +341,311 @@ def test_fuzzed_subcommands_never_escape_as_exceptions(data_env, tmp_path, capsy
     assert rc in (0, 2), argv
     if rc == 2:
         assert len(err) == 1 and err[0].startswith("lagvae"), (argv, err)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 37: a checkpoint is data, not code; a refused or repeated command changes nothing; every
+# signal is honoured; what a run writes stays inside its run folder.
+
+def one_line(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lagvae: error: ") and all(n in err[0] for n in needles), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def finished(synth_root, tmp_path_factory):
+    """A finished one-epoch tiny run; each test works on its own copy (run_copy)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAGVAE_DATA": str(synth_root)}
+    subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *BASE, "--epochs", "1", "--out", str(out)],
+                   check=True, env=env, timeout=300)
+    return out
+
+
+def run_copy(finished, tmp_path):
+    import shutil
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+class Payload:
+    """What a crafted checkpoint carries: unpickling it calls open(marker, "w")."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_runs_no_code_and_is_a_one_line_refusal(data_env, finished, tmp_path, capsys):
+    out, marker = run_copy(finished, tmp_path), tmp_path / "marker"
+    real = torch.load(out / "model.pt", weights_only=True)
+    torch.save({**real, "model": Payload(marker)}, out / "model.pt")
+    (tmp_path / "in.txt").write_text("the cat sat\n")
+    ckpt = ["--ckpt", str(out / "model.pt")]
+    for argv in (["eval", *ckpt], ["samples", *ckpt, "--reconstruct", str(tmp_path / "in.txt")],
+                 ["encode", *ckpt], ["encode", *ckpt, "--input", str(tmp_path / "in.txt")]):
+        assert lagvae.main(argv) == 2, argv
+        one_line(capsys, "model.pt", "open besides tensors", "refused unread")
+    torch.save({**torch.load(out / "last.pt", weights_only=True), "state": Payload(marker)}, out / "last.pt")
+    assert lagvae.main(BASE + ["--epochs", "2", "--out", str(out), "--resume"]) == 2
+    one_line(capsys, "--resume", "last.pt", "open besides tensors", "refused unread")
+    assert not marker.exists()
+
+
+def old_lagvae(tmp_path):
+    """lagvae.py, data.py and paper_results.csv of commit ca6172f, whose files the grid in flight wrote."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("lagvae.py", "data.py", "paper_results.csv"):
+        shown = subprocess.run(["git", "show", f"ca6172f:{f}"], cwd=ROOT, capture_output=True)
+        if shown.returncode:
+            pytest.skip("commit ca6172f is not in this checkout")
+        (old / f).write_bytes(shown.stdout)
+    return old
+
+
+KILL_OLD = """import os, sys
+sys.path.insert(0, sys.argv[1])
+import lagvae
+real, n = lagvae.save_last, []
+def save_last(*args):
+    real(*args)
+    n.append(1)
+    if len(n) == int(sys.argv[2]):
+        os._exit(9)
+lagvae.save_last = save_last
+lagvae.main(sys.argv[3:])
+"""
+
+
+def test_files_of_the_code_before_issue_37_load_and_resume_exactly(data_env, tmp_path):
+    """A last.pt (mid-epoch 2) and model.pt written by commit ca6172f load with weights_only and the
+    resumed run is bit-identical to an uninterrupted run of today's code."""
+    flags = BASE + ["--epochs", "2", "--aggressive", "--checkpoint-minutes", "1e-9"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert lagvae.main(flags + ["--out", str(straight)]) == 0
+    proc = subprocess.run([sys.executable, "-c", KILL_OLD, str(old_lagvae(tmp_path)), "12", *flags, "--out", str(killed)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 9
+    assert torch.load(killed / "last.pt", weights_only=True)["state"]["run"] is not None
+    assert lagvae.main(["eval", "--ckpt", str(killed / "model.pt"), "--iw-samples", "2", "--quiet"]) == 0
+    assert lagvae.main(flags + ["--out", str(killed), "--resume"]) == 0
+    assert untimed(lagvae.read_jsonl(straight / "log.jsonl")) == untimed(lagvae.read_jsonl(killed / "log.jsonl"))
+    results = untimed(json.loads((d / "result.json").read_text()) for d in (straight, killed))
+    assert results[0] == results[1]
+    wa, wb = (torch.load(d / "model.pt", weights_only=True)["model"] for d in (straight, killed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def blow_up_in_epoch(monkeypatch, epoch):
+    """The weights blow up at every batch checkpoint of `epoch` after its first."""
+    real = lagvae.save_last
+
+    def save_last(path, model, opts, state, *rest):
+        if state.current is not None and state.epoch == epoch and state.current.batch >= 2:
+            model.decoder.pred.weight.data.mul_(1e4)
+        return real(path, model, opts, state, *rest)
+    monkeypatch.setattr(lagvae, "save_last", save_last)
+
+
+def test_a_resume_that_diverges_again_keeps_the_last_good_epoch(data_env, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = BASE + ["--epochs", "4", "--checkpoint-minutes", "1e-9", "--out", str(out)]
+    blow_up_in_epoch(monkeypatch, 3)
+    assert lagvae.main(argv) == 2
+    one_line(capsys, "epoch 3:", "last.pt holds the end of epoch 2")
+    assert lagvae.main(argv + ["--resume"]) == 2
+    one_line(capsys, "epoch 3:", "last.pt holds the end of epoch 2")
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["state"]["epoch"] == 2 and ck["state"]["run"] is None
+
+
+def other_data(synth_root, tmp_path):
+    """A data root whose synthetic training split differs from synth_root's (its first document dropped)."""
+    import shutil
+    root = tmp_path / "other"
+    shutil.copytree(synth_root, root)
+    train = root / "synthetic" / "lagvae_synthetic.train.txt"
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[1:]))
+    return root
+
+
+def test_a_resume_before_the_first_best_model_refuses_other_data(data_env, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = BASE + ["--epochs", "2", "--checkpoint-minutes", "1e-9", "--out", str(out)]
+    with monkeypatch.context() as m:
+        kill_after(m, "save_last", 2)
+        with pytest.raises(Killed):
+            lagvae.main(argv)
+    assert not (out / "model.pt").exists()
+    config = (out / "config.json").read_bytes()
+    assert lagvae.main(argv + ["--resume", "--data-dir", str(other_data(data_env, tmp_path))]) == 2
+    one_line(capsys, "--resume", "is not the one", "trained on")
+    assert (out / "config.json").read_bytes() == config
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(data_env, finished, tmp_path, capsys):
+    out = run_copy(finished, tmp_path)
+    config = (out / "config.json").read_bytes()
+    assert lagvae.main(BASE + ["--epochs", "3", "--out", str(out), "--resume",
+                               "--data-dir", str(other_data(data_env, tmp_path))]) == 2
+    one_line(capsys, "--resume", "is not the one")
+    (out / "last.pt").write_bytes(b"garbage")
+    assert lagvae.main(BASE + ["--epochs", "3", "--out", str(out), "--resume"]) == 2
+    one_line(capsys, "--resume", "last.pt")
+    assert (out / "config.json").read_bytes() == config
+
+
+def test_eval_update_is_refused_while_the_run_trains(data_env, finished, tmp_path, capsys):
+    import fcntl
+    out = run_copy(finished, tmp_path)
+    result = (out / "result.json").read_bytes()
+    with open(out / ".lock", "w") as held:                  # as the training process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert lagvae.main(["eval", "--ckpt", str(out / "model.pt"), "--update", "--iw-samples", "2"]) == 2
+        one_line(capsys, "--update", "another lagvae process")
+    assert (out / "result.json").read_bytes() == result
+    assert lagvae.main(["eval", "--ckpt", str(out / "model.pt"), "--update", "--iw-samples", "2", "--quiet"]) == 0
+
+
+def signal_after(monkeypatch, name, when=lambda *a, **kw: True):
+    """SIGTERM to this process right after lagvae.<name> returns (where `when` says)."""
+    real = getattr(lagvae, name)
+
+    def wrapped(*args, **kw):
+        out = real(*args, **kw)
+        if when(*args, **kw):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    monkeypatch.setattr(lagvae, name, wrapped)
+
+
+def test_a_sigterm_at_the_end_of_pretraining_is_honoured(data_env, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = BASE + ["--epochs", "1", "--pretrain-encoder", "--out", str(out)]
+    with monkeypatch.context() as m:
+        signal_after(m, "pretrain_encoder")
+        assert lagvae.main(argv) == 128 + signal.SIGTERM
+    one_line(capsys, "interrupted by SIGTERM", "pretraining")
+    assert not (out / "result.json").exists() and lagvae.STOP.signum is None
+    assert lagvae.main(argv + ["--resume"]) == 0 and (out / "result.json").exists()
+
+
+def test_a_sigterm_during_the_final_test_is_honoured(data_env, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = BASE + ["--epochs", "1", "--out", str(out)]
+    with monkeypatch.context() as m:
+        signal_after(m, "load_best", lambda path, device: path.name == "model.pt")
+        assert lagvae.main(argv) == 128 + signal.SIGTERM
+    one_line(capsys, "interrupted by SIGTERM", "test evaluation")
+    assert not (out / "result.json").exists()
+    assert lagvae.main(argv + ["--resume"]) == 0 and (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("temperature", ["inf", "1e-300", "1e300"])
+def test_a_temperature_past_float_range_is_one_line(finished, temperature, capsys):
+    ckpt = str(finished / "model.pt")
+    assert lagvae.main(["samples", "--ckpt", ckpt, "--decode", "sample", "--temperature", temperature,
+                        "--data-dir", str(finished.parent)]) == 2
+    one_line(capsys, "--temperature", "finite number in")
+
+
+def test_the_extreme_temperatures_allowed_sample_cleanly(data_env, finished, tmp_path, capsys):
+    for t in ("1e-6", "1e6"):
+        assert lagvae.main(["samples", "--ckpt", str(finished / "model.pt"), "--decode", "sample", "--temperature", t,
+                            "--out", str(tmp_path / "s.txt")]) == 0
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_last_pt_copied_over_model_pt_is_refused(data_env, finished, tmp_path, capsys, quiet):
+    out = run_copy(finished, tmp_path)
+    result = (out / "result.json").read_bytes()
+    (out / "model.pt").write_bytes((out / "last.pt").read_bytes())
+    argv = ["train", "--preset", "tiny", "--iw-samples", "5", "--epochs", "1", "--out", str(out), "--resume"]
+    assert lagvae.main(argv + ["--quiet"] * quiet) == 2
+    one_line(capsys, "model.pt", "not a best model", "a last.pt?")
+    assert (out / "result.json").read_bytes() == result
+
+
+def test_run_files_never_follow_a_link_out_of_the_run_folder(data_env, tmp_path, capsys):
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(target)
+    assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out)]) == 2
+    one_line(capsys, ".lock", "symbolic link")
+    (out / ".lock").unlink()
+    (out / "config.json.tmp").symlink_to(target)
+    assert lagvae.main(BASE + ["--epochs", "1", "--out", str(out)]) == 0
+    assert target.read_text() == "keep me" and not (out / "config.json").is_symlink()
+
+
+def test_the_default_run_directory_stays_under_runs():
+    for data in ("text:../../../../X", "text:/abs/corpus/x", "synthetic"):
+        path = lagvae.run_dir(lagvae.resolve_config({"data": data, "preset": "tiny"}))
+        assert path.parent == Path("runs"), path
+
+
+def test_a_forked_config_generates_no_data_under_its_data_dir(data_env, finished, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    saved = json.loads((finished / "config.json").read_text())
+    saved["config"]["data_dir"] = str(elsewhere)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert lagvae.main(["train", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "fork")]) == 2
+    one_line(capsys, "synthetic", str(elsewhere))
+    assert not any(elsewhere.iterdir())
+
+
+def test_resume_without_last_pt_of_a_run_that_trained_is_refused(data_env, finished, tmp_path, capsys):
+    out = run_copy(finished, tmp_path)
+    (out / "last.pt").unlink()
+    result = (out / "result.json").read_bytes()
+    assert lagvae.main(BASE + ["--epochs", "2", "--out", str(out), "--resume"]) == 2
+    one_line(capsys, "--resume", "no last.pt", "epoch.pt")
+    assert (out / "result.json").read_bytes() == result
+
+
+def test_a_resume_on_another_thread_count_says_it_is_no_longer_exact(data_env, finished, tmp_path, capsys):
+    out, threads = run_copy(finished, tmp_path), torch.get_num_threads()
+    saved = torch.load(out / "last.pt", weights_only=True)["threads"]
+    try:
+        assert lagvae.main(BASE[:-3] + ["--iw-samples", "5", "--epochs", "1", "--out", str(out), "--resume",
+                                        "--threads", str(saved + 1)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert f"last.pt was written with {saved} thread(s), this resume runs {saved + 1}" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_torn_row_among_the_counted_rows(data_env, finished, tmp_path, capsys):
+    out = run_copy(finished, tmp_path)
+    (out / "log.jsonl").write_text('{"epoch": 1, "val_mi": 0.\n')
+    assert lagvae.main(BASE + ["--epochs", "2", "--out", str(out), "--resume"]) == 2
+    one_line(capsys, "log.jsonl:1", "not a JSON row")
+
+
+def test_table_and_figure_refuse_nan_from_a_record(finished, tmp_path, capsys):
+    out = run_copy(finished, tmp_path)
+    result = json.loads((out / "result.json").read_text())
+    (out / "result.json").write_text(json.dumps({**result, "kl": float("nan")}))
+    assert lagvae.main(["table", str(out)]) == 2
+    one_line(capsys, "result.json", "'kl' is nan, expected a number")
+    assert lagvae.main(["figure", "nll-au", str(out), "--out", str(tmp_path / "f.png")]) == 2
+    one_line(capsys, "'kl' is nan")
+    rows = lagvae.read_jsonl(out / "log.jsonl")
+    (out / "log.jsonl").write_text(json.dumps({**rows[0], "val_mi": float("inf")}) + "\n")
+    assert lagvae.main(["figure", "dynamics", str(out), "--out", str(tmp_path / "f.png")]) == 2
+    one_line(capsys, "'val_mi' is inf")
+
+
+def test_a_diverged_run_is_called_diverged_not_unfinished(data_env, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    blow_up_in_epoch(monkeypatch, 2)
+    assert lagvae.main(BASE + ["--epochs", "3", "--checkpoint-minutes", "1e-9", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert lagvae.main(["table", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "diverged at epoch 2" in err and "unfinished" not in err
