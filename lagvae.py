@@ -689,12 +689,10 @@ def active_units(mu_all, threshold=0.01):
     return int((mu_all.var(0) > threshold).sum())
 
 
-def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
-    """Importance-weighted -log p(x) per example (Burda et al. 2016), K samples from q(z|x):
-    log p(x) ~ logsumexp_k [log p(z_k) + log p(x|z_k) - log q(z_k|x)] - log K. Samples are drawn
-    in chunks so decoder memory stays bounded; only the (B, K) log-weights are kept.
+def iw_log_weights(model, x, k, chunk=100, gen=None, posterior=None):
+    """(B, K) log importance weights log p(z_k) + log p(x|z_k) - log q(z_k|x), z_k ~ q(z|x). Samples are
+    drawn in chunks so decoder memory stays bounded; only the log-weights are kept.
     posterior: (mu, logvar) to use instead of the encoder's (SA-VAE's refined q)."""
-    # Eq. 1: p(x) = E_q[p(x|z) p(z) / q(z|x)], estimated by importance sampling.
     mu, logvar = posterior if posterior is not None else model.encode(x)
     budget = max(1, 2 ** 25 // (x.size(0) * model.elements_per_sample(x)))
     log_w = []
@@ -702,7 +700,21 @@ def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
         z = sample_z(mu, logvar, min(chunk, budget, k - s), gen)
         log_w.append(log_gaussian(z, torch.zeros_like(z), torch.zeros_like(z))
                      + model.log_px_given_z(x, z) - log_gaussian(z, mu.unsqueeze(1), logvar.unsqueeze(1)))
-    return -(torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(k))
+    return torch.cat(log_w, 1)
+
+
+def iw_nll(model, x, k, chunk=100, gen=None, posterior=None):
+    """Importance-weighted -log p(x) per example (Burda et al. 2016), K samples from q(z|x):
+    log p(x) ~ logsumexp_k [log p(z_k) + log p(x|z_k) - log q(z_k|x)] - log K."""
+    # Eq. 1: p(x) = E_q[p(x|z) p(z) / q(z|x)], estimated by importance sampling.
+    return -(torch.logsumexp(iw_log_weights(model, x, k, chunk, gen, posterior), 1) - math.log(k))
+
+
+def iw_nll_groups(log_w, k):
+    """(B, G) K-sample bounds of the G = K_total / K disjoint groups of K log-weights each: one set of
+    draws gives the bound at every K that divides it, and its spread over the groups."""
+    groups = log_w.view(log_w.size(0), -1, k)
+    return -(torch.logsumexp(groups, 2) - math.log(k))
 
 
 @torch.no_grad()
@@ -1880,6 +1892,18 @@ class Seen:
     z_mi: torch.Tensor        # the draws of z behind the MI estimates
 
 
+def evaluation_batches(batches, cfg, desc):
+    """(i, batch) with a tqdm bar, or progress lines where stdout is no terminal: IW-NLL takes minutes."""
+    lines = progress_lines(cfg)
+    start = last = time.time()
+    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
+        if lines and i and time.time() - last >= cfg.progress_every:
+            last = time.time()
+            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
+                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
+        yield i, x
+
+
 def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
     """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
     the extra MI draws come from a second one, so that asking for them leaves every other number as
@@ -1890,15 +1914,9 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
     sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
     n = tokens = hits = 0
     mus, logvars, zs = [], [], []
-    lines = progress_lines(cfg)         # IW-NLL takes minutes
-    start = last = time.time()
-    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
+    for i, x in evaluation_batches(batches, cfg, desc):
         if stoppable:
             STOP.check(f"the {desc} evaluation, batch {i + 1} of {len(batches)} (training is over)")
-        if lines and i and time.time() - last >= cfg.progress_every:
-            last = time.time()
-            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
-                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
         mu0, logvar0 = model.encode(x)
         mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
         if cfg.savae:
@@ -1989,23 +2007,31 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, device="auto", quiet=False,
-                        update=False, eval_seeds=None):
+                        update=False, eval_seeds=None, bound=None, max_test=None):
     """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
     infinite result is an error, never a number in the report. update: write the evaluation into the
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
     fields, and report each number that changed (refused while the run trains). eval_seeds N: the evaluation's own uncertainty (App. D,
     Tables 7 and 8): the same model evaluated with the noise of seeds 0..N-1, mean and variance."""
-    if eval_seeds and update:
-        raise UsageError("--eval-seeds: reports the spread of N evaluations; it does not --update result.json")
+    if (eval_seeds or bound) and update:
+        raise UsageError(f"{'--bound' if bound else '--eval-seeds'}: reports a spread of evaluations; it does not "
+                         f"--update result.json")
+    if max_test is not None and update:
+        raise UsageError("--max-test: another test set than the run's; it does not --update result.json")
     # --update takes the run's lock before reading model.pt: while the run trains, its model.pt is not
     # yet the one its result.json will stand for.
     with run_lock(Path(ckpt).parent, "--update") if update else contextlib.nullcontext():
-        given = {"iw_samples": iw_samples, "mi_samples": mi_samples}
+        given = {"iw_samples": iw_samples, "mi_samples": mi_samples, "max_test": max_test}
         model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
                                              **{k: v for k, v in given.items() if v is not None})
         device = next(model.parameters()).device
         seed_all(cfg.seed)
         test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
+        if bound:
+            result = bound_spread(model, cfg, test, bound, eval_seeds or 1)
+            if not all(math.isfinite(b["mean"]) for b in result["bound"].values()):
+                raise UsageError(f"--ckpt {ckpt}: a bound is not finite; the model is numerically broken")
+            return result
         if eval_seeds:
             return evaluation_spread(ckpt, model, cfg, test, eval_seeds)
         result = evaluate(model, test, cfg, iw_samples=cfg.iw_samples, desc="test", rec_acc=True,
@@ -2035,6 +2061,31 @@ def evaluation_spread(ckpt, model, cfg, test, n):
     return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, "eval_seeds": n,
             "iw_samples": cfg.iw_samples, "mean": {k: float(v.mean()) for k, v in values.items()},
             "var": {k: float(v.var(ddof=1)) if n > 1 else 0.0 for k, v in values.items()}, "per_seed": runs}
+
+
+@in_eval_mode
+def bound_spread(model, cfg, test, ks, n):
+    """How loose the importance-weighted bound is: -log p(x) bounded with K samples for each K of ks,
+    on the same test documents and from the same draws. Each of n evaluation seeds draws max(ks)
+    samples per document; the bound at K is the mean over documents of each of the max(ks) / K disjoint
+    groups of K, so the groups give its sampling spread (sd) too. K = 1 is the ELBO's Monte Carlo
+    estimate. A model without a latent (--lm) has its exact NLL at every K, computed once."""
+    ks = [1] if cfg.lm else sorted(ks)
+    groups = {k: [] for k in ks}
+    for seed in range(n):
+        gen = torch.Generator(test[0].device).manual_seed(seed)
+        sums, docs = {k: 0.0 for k in ks}, 0
+        for _, x in evaluation_batches(test, cfg, f"bound, seed {seed}"):
+            mu, logvar = refine(model, x, *model.encode(x), cfg, gen=gen)
+            log_w = iw_log_weights(model, x, max(ks), cfg.iw_chunk, gen, (mu, logvar))
+            for k in ks:
+                sums[k] = sums[k] + iw_nll_groups(log_w, k).sum(0)
+            docs += x.size(0)
+        for k in ks:
+            groups[k] += (sums[k] / docs).tolist()
+    return {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, "n": docs, "eval_seeds": n,
+            "exact": cfg.lm, "bound": {str(k): {"mean": float(np.mean(g)), "sd": float(np.std(g, ddof=1)) if len(g) > 1
+                                                else 0.0, "groups": len(g)} for k, g in groups.items()}}
 
 
 def test_set_note(fingerprints, corpus, ckpt):
@@ -2841,6 +2892,18 @@ def positive(typ):
     return parse
 
 
+def sample_counts(text):
+    """An argparse type: comma-separated sample counts, each dividing the largest (disjoint groups)."""
+    try:
+        ks = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 1 or ks[-1] > 10 ** 6 or any(ks[-1] % k for k in ks):
+        raise argparse.ArgumentTypeError(f"expected sample counts in [1, 1000000] that each divide the largest, "
+                                         f"like 1,50,500,5000, got {text!r}")
+    return ks
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line in the form of every other error: `lagvae: error: train: argument --nz: ...`."""
@@ -2876,6 +2939,11 @@ def build_parser():
     ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
                     help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
                          "(the paper's Tables 7 and 8)")
+    ev.add_argument("--bound", type=sample_counts, default=None, metavar="K,K,...",
+                    help="the IW bound at each K (e.g. 1,50,500,5000; each divides the largest) from the same "
+                         "draws, with its spread over disjoint groups of K; --eval-seeds N draws N times")
+    ev.add_argument("--max-test", type=int, default=None, metavar="N",
+                    help="evaluate on the first N test examples (0 = all; default: the run's)")
     sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
     sp.add_argument("--ckpt", **ckpt)
     sp.add_argument("--out", default=None, help="default: samples.png or samples.txt beside the checkpoint")

@@ -9,6 +9,13 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests and fuzzers: 20 examples each by default, 500 with `--hypothesis-profile thorough`
+# (or HYPOTHESIS_PROFILE=thorough); no deadline, as a loaded machine makes any example slow.
+settings.register_profile("default", max_examples=20, deadline=None)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # tests/mutate.py: mutmut's first pass maps tests to the functions they call, in this process (it keeps
@@ -85,9 +92,9 @@ def random_images(batch=4, seed=0):
 
 
 def subprocess_train(root):
-    """A tiny aggressive run long enough (400 sentences, 2 epochs) to be stopped within an epoch."""
+    """A tiny aggressive run long enough (200 sentences, 2 epochs) to be stopped within an epoch."""
     return [sys.executable, str(Path(__file__).resolve().parents[1] / "lagvae.py"), "train", "--preset", "tiny",
-            "--subset", "400", "--epochs", "2", "--aggressive", "--iw-samples", "5", "--quiet", "--data-dir", str(root)]
+            "--subset", "200", "--epochs", "2", "--aggressive", "--iw-samples", "5", "--quiet", "--data-dir", str(root)]
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ import json
 import math
 import random
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

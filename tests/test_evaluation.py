@@ -1,5 +1,6 @@
 """Section 6: decoding text from z, the reconstruction score, encoding examples in order."""
 import itertools
+import json
 
 import pytest
 import torch
@@ -195,3 +196,36 @@ def test_a_saved_model_evaluated_with_the_defaults_gives_its_result_and_writes_n
     spread = lagvae.evaluate_checkpoint(run / "model.pt", eval_seeds=2)
     assert spread["mean"]["iw_nll"] == pytest.approx(sum(r["iw_nll"] for r in spread["per_seed"]) / 2)
     assert "| synthetic | VAE (Table 8) | 2 | " in lagvae.format_spread([spread])
+
+
+def test_the_bound_tightens_with_k_on_the_same_draws_and_is_exact_without_a_latent(data_env, tmp_path, capsys):
+    """`eval --bound`: one set of draws per evaluation seed, the bound at each K averaged over the
+    documents, spread over disjoint groups; the LM's exact NLL is its result.json's on the same documents."""
+    runs = {}
+    for mode, flags in (("vae", []), ("lm", ["--lm"])):
+        runs[mode] = tmp_path / mode
+        assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--max-test", "40",
+                            "--out", str(runs[mode]), *flags]) == 0
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(runs["vae"] / "model.pt"), "--bound", "100,1,10", "--max-test", "40",
+                        "--eval-seeds", "2", "--quiet"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    b = r["bound"]
+    assert r["n"] == 40 and r["eval_seeds"] == 2 and not r["exact"]
+    assert [b[k]["groups"] for k in ("1", "10", "100")] == [200, 20, 2]
+    assert b["1"]["mean"] > b["10"]["mean"] > b["100"]["mean"]          # tighter with more samples
+    assert b["1"]["sd"] > b["10"]["sd"] > 0                              # and less noisy
+    lm = lagvae.evaluate_checkpoint(str(runs["lm"] / "model.pt"), bound=[1, 10], max_test=40, quiet=True)
+    assert lm["exact"] and list(lm["bound"]) == ["1"]
+    exact = json.loads((runs["lm"] / "result.json").read_text())["iw_nll"]
+    assert lm["bound"]["1"]["mean"] == pytest.approx(exact, rel=1e-6)      # float32 sums in another order
+
+
+@pytest.mark.parametrize("value", ["1,3,10", "0,10", "x", "2000000"])
+def test_bound_sample_counts_must_divide_the_largest(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        lagvae.main(["eval", "--ckpt", "model.pt", "--bound", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bound: expected sample counts" in err[0]
+

@@ -313,7 +313,7 @@ def fuzz_values(tmp):
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+@settings(derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fuzzed_subcommands_never_escape_as_exceptions(data_env, tmp_path, capsys, data):

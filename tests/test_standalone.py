@@ -1,8 +1,6 @@
 """Sections 5 and 6: a model that stands alone (issue 28): its vocabulary travels with it, other data is
 refused or named, a researcher's own corpus is not cut, and a run says what it does."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,7 +103,7 @@ def test_a_vocabulary_that_differs_is_named_by_its_first_differing_id(tmp_path, 
 
 
 @pytest.mark.slow
-def test_an_own_corpus_is_kept_whole_by_default_and_the_banner_says_so(tmp_path):
+def test_an_own_corpus_is_kept_whole_by_default_and_the_banner_says_so(tmp_path, capsys):
     """text:PREFIX has no cpu sizing of its own: the cpu-full preset keeps every document, word and
     token; the banner and the stop reason are in a non-TTY log."""
     lines = [s + " " + " ".join(["pad"] * 40) for s in sentences(300, words=3000)]
@@ -114,11 +112,10 @@ def test_an_own_corpus_is_kept_whole_by_default_and_the_banner_says_so(tmp_path)
     assert cfg.preset == "cpu-full" and (cfg.subset, cfg.max_vocab, cfg.max_len, cfg.max_test) == (0, 0, 0, 0)
     assert cfg.iw_samples == 500 and cfg.nz == 32
     assert lagvae.resolve_config({"data": "ptb"}).subset == 4000          # the corpora it was sized for
-    r = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), "train", "--data", data, "--epochs", "1",
-                        "--ni", "8", "--enc-nh", "8", "--dec-nh", "8", "--nz", "2", "--iw-samples", "2",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    lines_out = r.stdout.splitlines()
+    capsys.readouterr()
+    assert lagvae.main(["train", "--data", data, "--epochs", "1", "--ni", "8", "--enc-nh", "8", "--dec-nh", "8",
+                        "--nz", "2", "--iw-samples", "2", "--out", str(tmp_path / "run")]) == 0
+    lines_out = capsys.readouterr().out.splitlines()     # captured: not a terminal, as in a log
     assert lines_out[0].startswith(f"run {tmp_path / 'run'} | cpu") and "--preset cpu-full" in lines_out[0]
     assert lines_out[1].startswith(f"data {data}: train 300 / valid 20 / test 20 documents")
     assert "documents of any length" in lines_out[1]
@@ -140,10 +137,11 @@ def test_the_banner_names_each_cut_and_the_flag_or_preset_behind_it(data_env, tm
 
 
 @pytest.mark.slow
-def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_data(tmp_path):
+def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_data(tmp_path, monkeypatch, capsys):
     """The issue's acceptance: a model trained on text:PREFIX in one directory, its run directory
     copied alone to another place where the corpus is gone; samples, samples --reconstruct and
     encode --input work there. Literal control tokens and a byte-order mark are text, not control."""
+    import io
     import shutil
     lines = sentences(200)
     data = corpus(tmp_path / "a", "c", lines)
@@ -153,24 +151,24 @@ def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_
     shutil.rmtree(tmp_path / "a")                              # the corpus is gone
     new = tmp_path / "new.txt"
     new.write_bytes("\ufeffw1 w2 w3\nw4 zzz <s> </s> <pad>\n\nw5\n".encode())
-    env = {"cwd": tmp_path / "elsewhere", "capture_output": True, "text": True, "timeout": 300}
-    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *a], **env)
-    r = run("encode", "--ckpt", "run/model.pt", "--input", str(new))
-    assert r.returncode == 0, r.stderr
-    assert "4 sentences, 9 tokens, 4 outside the vocabulary" in r.stderr
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert lagvae.main(["encode", "--ckpt", "run/model.pt", "--input", str(new)]) == 0
+    assert "4 sentences, 9 tokens, 4 outside the vocabulary" in capsys.readouterr().err
     z = __import__("numpy").load(moved / "latents.input.npz")
     assert z["mu"].shape == (4, 2)
-    r = subprocess.run([sys.executable, str(ROOT / "lagvae.py"), "encode", "--ckpt", "run/model.pt", "--input", "-",
-                        "--out", "stdin.npz"], input="w1 w2 w3\n", **env)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"w1 w2 w3\n")))
+    assert lagvae.main(["encode", "--ckpt", "run/model.pt", "--input", "-", "--out", "stdin.npz"]) == 0
     again = __import__("numpy").load(tmp_path / "elsewhere" / "stdin.npz")
     assert (again["mu"][0] == z["mu"][0]).all()                # the BOM was not a word
-    r = run("samples", "--ckpt", "run/model.pt", "--reconstruct", str(new), "--n", "3")
-    assert r.returncode == 0, r.stderr
-    assert "## your sentences" in r.stdout and "original  w1 w2 w3" in r.stdout
-    assert "original  w4 <unk> <unk> <unk> <unk>" in r.stdout
-    r = run("samples", "--ckpt", "run/model.pt")               # the test documents need the corpus
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr
+    capsys.readouterr()
+    assert lagvae.main(["samples", "--ckpt", "run/model.pt", "--reconstruct", str(new), "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "## your sentences" in out and "original  w1 w2 w3" in out
+    assert "original  w4 <unk> <unk> <unk> <unk>" in out
+    assert lagvae.main(["samples", "--ckpt", "run/model.pt"]) == 2     # the test documents need the corpus
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "missing" in err
 
 
 def test_new_text_is_tokenized_as_the_training_data_was():
