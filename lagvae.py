@@ -2532,6 +2532,46 @@ def format_spread(spreads, paper_data=None):
     return "\n".join(lines)
 
 
+BOUND = ("an object of K -> {mean, sd, groups}", lambda v: isinstance(v, dict) and v and all(
+    k.isdigit() and isinstance(b, dict) and NUMBER[1](b.get("mean")) and NUMBER[1](b.get("sd"))
+    and INTEGER[1](b.get("groups")) for k, b in v.items()))
+
+
+def load_bounds(paths):
+    """The JSON written by `eval --bound` (one per file), checked."""
+    bounds = []
+    for p in map(Path, paths):
+        try:
+            b = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{p}: no readable JSON of `eval --bound` ({e})") from None
+        bounds.append(check_record(b, p, {"data": TEXT, "mode": TEXT, "seed": INTEGER, "n": INTEGER,
+                                          "exact": ("true or false", lambda v: isinstance(v, bool)), "bound": BOUND}))
+    return bounds
+
+
+def exact_nll(bounds):
+    """(data, seed, documents) -> the exact NLL of the model without a latent, from the bounds given."""
+    return {(b["data"], b["seed"], b["n"]): b["bound"]["1"]["mean"] for b in bounds if b["exact"]}
+
+
+def format_bounds(bounds):
+    """The bound against K, one row per model, mean ± sd over the groups of K draws, beside the exact
+    NLL of the LM of the same seed on the same documents and what the model's largest-K bound exceeds it by."""
+    lm = exact_nll(bounds)
+    ks = sorted({int(k) for b in bounds if not b["exact"] for k in b["bound"]})
+    lines = ["| data | model | seed | documents | " + " | ".join(f"K = {k}" for k in ks) + " | LM (exact) | "
+             f"K = {ks[-1] if ks else ''} − LM |", "|" + "---|" * (len(ks) + 6)]
+    for b in sorted((b for b in bounds if not b["exact"]), key=lambda b: (b["data"], b["mode"], b["seed"])):
+        cells = [f"{b['bound'][str(k)]['mean']:.2f} ± {b['bound'][str(k)]['sd']:.2f}" if str(k) in b["bound"] else ""
+                 for k in ks]
+        ref = lm.get((b["data"], b["seed"], b["n"]))
+        top = b["bound"][str(max(map(int, b["bound"])))]["mean"]
+        lines.append(f"| {b['data']} | {b['mode']} | {b['seed']} | {b['n']} | " + " | ".join(cells) +
+                     (f" | {ref:.2f} | {top - ref:+.2f} |" if ref is not None else " | | |"))
+    return "\n".join(lines)
+
+
 INTEGER_COLUMNS = {"au", "steps", "agg_epochs", "paper_au"}      # counts: no decimals where they are whole
 COMPACT_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "au", "steps"]       # the table's default; --all for the rest
 
@@ -2701,8 +2741,34 @@ def plot_trajectory(runs, out, lim=3.0):
     plt.close(fig)
 
 
+def plot_bound(paths, out):
+    """The IW bound against the number of samples K (log scale), one line per model with its spread
+    over groups, and the exact NLL of each seed's LM as a dashed line: the gap left at the largest K is
+    the model's, the rest the estimator's."""
+    plt = pyplot()
+    bounds = load_bounds(paths)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    modes = sorted({b["mode"] for b in bounds if not b["exact"]})
+    for b in bounds:
+        if b["exact"]:
+            ax.axhline(b["bound"]["1"]["mean"], color="grey", ls="--", lw=0.8,
+                       label="LM (exact)" if b is next(c for c in bounds if c["exact"]) else None)
+            continue
+        ks = sorted(map(int, b["bound"]))
+        first = b is next(c for c in bounds if c["mode"] == b["mode"])
+        ax.errorbar(ks, [b["bound"][str(k)]["mean"] for k in ks], [b["bound"][str(k)]["sd"] for k in ks],
+                    color=plt.cm.tab10(modes.index(b["mode"])), marker="o", ms=3, capsize=2,
+                    label=b["mode"] if first else None)
+    ax.set(xscale="log", xlabel="importance samples K", ylabel="IW bound on NLL (nats)",
+           title=", ".join(sorted({b["data"] for b in bounds})) + f" ({bounds[0]['n']} test documents)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au": plot_nll_au,
-           "trajectory": plot_trajectory}
+           "trajectory": plot_trajectory, "bound": plot_bound}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -3002,6 +3068,8 @@ def build_parser():
                          "sign counts and the paper's B - A")
     tb.add_argument("--spread", action="store_true",
                     help="Tables 7 and 8: the arguments are JSON files of `eval --eval-seeds N`, not run directories")
+    tb.add_argument("--bound", action="store_true",
+                    help="the bound against K: the arguments are JSON files of `eval --bound`, not run directories")
     return ap
 
 
@@ -3034,6 +3102,8 @@ def main(argv=None):
             print(args["out"])
         elif args["spread"]:
             print(format_spread(load_spreads(args["run_dirs"]), args["paper_data"]))
+        elif args["bound"]:
+            print(format_bounds(load_bounds(args["run_dirs"])))
         elif args["paired"]:
             if args["by_run"]:
                 raise UsageError("--paired: pairs runs by seed already; drop --by-run")

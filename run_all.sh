@@ -57,9 +57,14 @@ queue=()
 failed=0
 HOURS=""      # with SCALE=paper, --list ends each job with its estimated GPU-hours (set per job)
 declare -A listed     # a run named by two sections (ptb seeds 0-2: paired and text) is queued once
+THEN=""      # a command to run after the run, in the same lane (it needs the run's model.pt)
 run() {
   local out=$RUNS/$1; shift
-  [ -f "$out/result.json" ] || [ -n "${listed[$out]:-}" ] && return 0
+  [ -n "${listed[$out]:-}" ] && return 0
+  if [ -f "$out/result.json" ]; then       # finished: only what follows it, if that is still to do
+    [ -n "$THEN" ] && { listed[$out]=1; queue_or_list "$THEN" "$out"; }
+    return 0
+  fi
   listed[$out]=1
   local args=("$@")
   if [ $TINY = 1 ]; then      # the job's own flags at the tiny preset with the cpu preset's cuts of the
@@ -71,9 +76,11 @@ run() {
       esac; shift
     done
   fi
-  local cmd="[ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train ${args[*]} --out $out --resume"
-  if [ $LIST = 1 ]; then echo "$cmd${HOURS:+   # ~$HOURS GPU-h}"; else
-    queue+=("$cmd >> $out.log 2>&1 || { echo \"run_all.sh: $out failed (exit \$?), see $out.log\" >&2; exit 1; }")
+  queue_or_list "{ [ -f $out/result.json ] || OMP_NUM_THREADS=1 $PY lagvae.py train ${args[*]} --out $out --resume; }${THEN:+ && $THEN}" "$out"
+}
+queue_or_list() {    # queue_or_list CMD RUN: print CMD (--list) or queue it, its output appended to RUN.log
+  if [ $LIST = 1 ]; then echo "$1${HOURS:+   # ~$HOURS GPU-h}"; else
+    queue+=("$1 >> $2.log 2>&1 || { echo \"run_all.sh: $2 failed (exit \$?), see $2.log\" >&2; exit 1; }")
   fi
 }
 section_done() {     # runs the queue; true when the section's tables can be made
@@ -159,12 +166,27 @@ fi
 # 2,000 words, as the cpu preset cuts them; the LM's NLL is exact, so it keeps its one "sample"). ptb,
 # seeds 0-9, the paper's central rows, seed by seed and Ours first so that two lanes finish a seed
 # together and a grid cut short has whole seeds to pair.
+# The bound's slack: for seeds 0-2 of Ours, the VAE and the LM, right after each run (in its lane, while
+# its model.pt is there), the IW bound at K = 1, 50, 500 and 5,000 from the same draws on the first 500
+# test documents, twice (evaluation seeds 0 and 1), and the LM's exact NLL on the same documents.
 PROTOCOL="--preset cpu --epochs 200 --max-test 0"
+BOUND_KS=$([ $TINY = 1 ] && echo 1,2,4 || echo 1,50,500,5000)
+BOUND_SEEDS=${BOUND_SEEDS:-$([ $TINY = 1 ] && echo 0 || echo "0 1 2")}
+bound_cmd() {    # bound_cmd RUN: the command that writes $T/bound-RUN.json from RUN's model.pt
+  local ckpt=$T/$1/model.pt json=$T/bound-$1.json
+  echo "{ [ -f $json ] || { [ -f $ckpt ] || { echo \"run_all.sh: $json needs $ckpt (checkpoints are not" \
+       "committed); retrain $1 with RUNS=another directory\" >&2; false; } && OMP_NUM_THREADS=1 $PY lagvae.py eval" \
+       "--ckpt $ckpt --data-dir $DATA --bound $BOUND_KS --max-test 500 --eval-seeds 2 --quiet > $json.tmp && mv" \
+       "$json.tmp $json; }; }"
+}
 if want protocol; then
   for seed in $PAIRED_SEEDS; do
     for job in "aggressive:--aggressive --iw-samples 500" "aggressive-anneal:--aggressive --anneal --iw-samples 500" \
                "lm:--lm" "basic:--iw-samples 500" "basic-anneal:--anneal --iw-samples 500"; do
-      run ptb-cpu-decay5-iw500-${job%%:*}-s$seed --data ptb --data-dir "$DATA" $PROTOCOL ${job#*:} --seed $seed
+      name=ptb-cpu-decay5-iw500-${job%%:*}-s$seed
+      [[ " $BOUND_SEEDS " == *" $seed "* && " aggressive lm basic " == *" ${job%%:*} "* ]] && THEN=$(bound_cmd $name)
+      run $name --data ptb --data-dir "$DATA" $PROTOCOL ${job#*:} --seed $seed
+      THEN=""
     done
   done
   if section_done; then
@@ -172,6 +194,8 @@ if want protocol; then
       $PY lagvae.py table --paired $pair --paper-data yahoo $T/ptb-cpu-decay5-iw500-*-s*/
       echo
     done | tee $T/table_protocol_ptb.md
+    $PY lagvae.py table --bound $T/bound-ptb-cpu-decay5-iw500-*.json | tee $T/table_bound_ptb.md
+    $PY lagvae.py figure bound $T/bound-ptb-cpu-decay5-iw500-*.json --out $FIGS/bound_ptb.png
   fi
 fi
 

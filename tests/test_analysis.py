@@ -380,3 +380,32 @@ def test_table_spread_renders_tables_7_and_8_beside_the_papers_rows(tmp_path, ca
     assert one_error_line(capsys).endswith("a.json: no field 'var' (an object of numbers)")
     assert lagvae.main(["table", "--spread", str(tmp_path / "none.json")]) == 2
     assert "none.json: no readable JSON of `eval --eval-seeds N`" in one_error_line(capsys)
+
+
+def bound_file(path, mode, seed, means, exact=False, n=500):
+    ks = [1] if exact else [1, 50, 500, 5000]
+    path.write_text(json.dumps({"data": "ptb", "mode": mode, "seed": seed, "n": n, "eval_seeds": 2, "exact": exact,
+                                "bound": {str(k): {"mean": m, "sd": 0.01 * i, "groups": 10000 // k}
+                                          for i, (k, m) in enumerate(zip(ks, means))}}))
+    return str(path)
+
+
+def test_the_bound_table_sets_each_model_beside_its_seeds_exact_lm(tmp_path, capsys):
+    files = [bound_file(tmp_path / "a.json", "aggressive", 0, [95.0, 93.0, 92.6, 92.5]),
+             bound_file(tmp_path / "b.json", "basic", 1, [93.5, 93.1, 93.0, 92.95]),
+             bound_file(tmp_path / "l0.json", "lm", 0, [91.5], exact=True),
+             bound_file(tmp_path / "l1.json", "lm", 1, [91.0], exact=True),
+             bound_file(tmp_path / "other.json", "lm", 0, [10.0], exact=True, n=100)]   # other documents: not its
+    assert lagvae.main(["table", "--bound", *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| data | model | seed | documents | K = 1 | K = 50 | K = 500 | K = 5000 | LM (exact) | "
+                        "K = 5000 − LM |")
+    assert lines[2] == "| ptb | aggressive | 0 | 500 | 95.00 ± 0.00 | 93.00 ± 0.01 | 92.60 ± 0.02 | 92.50 ± 0.03 | 91.50 | +1.00 |"
+    assert lines[3].startswith("| ptb | basic | 1 |") and lines[3].endswith("| 91.00 | +1.95 |") and len(lines) == 4
+    assert lagvae.main(["figure", "bound", *files[:4], "--out", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").stat().st_size > 0
+    (tmp_path / "bad.json").write_text(json.dumps({"data": "ptb", "mode": "basic", "seed": 0, "n": 5, "exact": False,
+                                                   "bound": {"50": {"mean": "x", "sd": 0, "groups": 1}}}))
+    assert lagvae.main(["table", "--bound", str(tmp_path / "bad.json")]) == 2
+    assert "bound" in one_error_line(capsys)
+

@@ -36,9 +36,10 @@ def run_all(tmp_path, *args, script=ROOT / "run_all.sh", **env):
 
 
 def listed_train_args(line):
-    """A `--list` line's train flags: after `lagvae.py train`, its shell prefix and comment dropped."""
-    argv = shlex.split(line.split("   # ~")[0], comments=True)
-    return argv[argv.index("lagvae.py") + 1:]
+    """A `--list` line's train flags: from `train` to `--resume`, the shell around them dropped."""
+    argv = shlex.split(line.split("   # ~")[0])
+    end = next(i for i, a in enumerate(argv) if a.startswith("--resume"))
+    return argv[argv.index("lagvae.py") + 1:end] + ["--resume"]
 
 
 def parse_train(argv):
@@ -117,7 +118,7 @@ def replay(call, cwd):
     return rc, buf.getvalue()
 
 
-def test_every_table_and_figure_step_runs_on_the_committed_records(tmp_path, templates, omni_root):
+def test_every_table_and_figure_step_runs_on_the_committed_records(tmp_path, templates, synth_root, omni_root):
     """Check (b): run_all.sh's table, figure and sample steps over a copy of runs/ (the committed
     records), the runs without records stood in for by the tiny templates, and the committed OMNIGLOT
     runs given the template's model for the samples step (checkpoints are never committed)."""
@@ -134,17 +135,26 @@ def test_every_table_and_figure_step_runs_on_the_committed_records(tmp_path, tem
         cfg = parse_train(listed_train_args(line))
         materialize(cfg, templates / ("image" if cfg.data == "omniglot" else "text"))
         standins.add(Path(cfg.out).name)
-    out, calls = run_all(tmp_path, RUNS=str(runs), LAGVAE_DATA=str(omni_root))     # the samples step's data
+    data = tmp_path / "data"           # the templates' data, for the steps that load a model
+    data.mkdir()
+    (data / "synthetic").symlink_to(synth_root / "synthetic")
+    (data / "omniglot").symlink_to(omni_root / "omniglot")
+    out, calls = run_all(tmp_path, RUNS=str(runs), LAGVAE_DATA=str(data))
     assert not any(c[1] == "train" for c in calls)          # every run is finished: nothing trains
-    steps = [c for c in calls if c[1] in ("table", "figure", "samples")]
+    steps = [c for c in calls if c[1] in ("table", "figure", "samples", "eval")]
     kinds = {(c[1], c[2]) for c in steps}
-    assert {("figure", k) for k in ("posterior", "dynamics", "nll-au", "trajectory")} <= kinds
-    assert sum(c[1] == "table" for c in steps) >= 20 and any(c[1] == "samples" for c in steps)
+    assert {("figure", k) for k in ("posterior", "dynamics", "nll-au", "trajectory", "bound")} <= kinds
+    assert sum(c[1] == "table" for c in steps) >= 20 and {"samples", "eval"} <= {c[1] for c in steps}
     for call in steps:
-        # Image samples are drawn pixel by pixel (784 passes each): 8 instead of 32 check the step as well.
-        rc, text = replay(call + (["--n", "8"] if call[1] == "samples" else []), ROOT)
+        # Cheaper settings where a step's cost is its sample count: 8 image samples (784 decoder passes
+        # each) instead of 32, bounds at K = 1, 2 from one seed instead of up to 5,000 from two.
+        cheap = {"samples": ["--n", "8"], "eval": ["--bound", "1,2", "--eval-seeds", "1"]}.get(call[1], [])
+        rc, text = replay(call + cheap, ROOT)
         assert rc == 0, call
-        if call[1] == "table":
+        if call[1] == "eval":          # run_all.sh sends it to bound-RUN.json beside the run
+            ckpt = Path(call[call.index("--ckpt") + 1])
+            (ckpt.parent.parent / f"bound-{ckpt.parent.name}.json").write_text(text)
+        elif call[1] == "table":
             assert text.count("\n") > 2, call                 # a header, a rule and rows
         else:
             assert Path(call[call.index("--out") + 1]).stat().st_size > 0, call
@@ -205,10 +215,12 @@ def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_pat
 
 def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_path):
     """`--list` is the job list for other schedulers: one runnable command per unfinished run, none
-    for a finished one, and a listed line that starts after its run was finished elsewhere does nothing."""
+    for a finished one, and a listed line that starts after its run was finished elsewhere does nothing
+    (the first line also evaluates the trained model's bound: the fake leaves a model.pt)."""
     shutil.copy(ROOT / "run_all.sh", tmp_path)
     fake = tmp_path / "fakepy"
-    fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n')
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> calls.txt\n'
+                    'while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && touch "$2/model.pt"; shift; done\n')
     fake.chmod(0o755)
     (tmp_path / "runs/synthetic-nz1-basic-s0").mkdir(parents=True)
     (tmp_path / "runs/synthetic-nz1-basic-s0/result.json").write_text("{}")
@@ -223,18 +235,20 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
     assert not (tmp_path / "calls.txt").exists()        # listing runs nothing
     first, second = lines[0], lines[1]
     subprocess.run(["bash", "-c", first], cwd=tmp_path, check=True, timeout=60, env=env)
-    assert (tmp_path / "calls.txt").read_text().startswith("lagvae.py train ")
-    assert f"--out {outs[0]} --resume" in (tmp_path / "calls.txt").read_text()
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[0].startswith("lagvae.py train ") and f"--out {outs[0]} --resume" in calls[0]
+    assert calls[1].startswith(f"lagvae.py eval --ckpt {outs[0]}/model.pt") and "--bound" in calls[1]
     (tmp_path / outs[1]).mkdir(parents=True)           # finished meanwhile: its line is a no-op
     (tmp_path / outs[1] / "result.json").write_text("{}")
     subprocess.run(["bash", "-c", second], cwd=tmp_path, check=True, timeout=60, env=env)
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 1
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 2
 
 
-TINY_TABLES = ["table_modes.md", "table_omniglot.md", "table_omniglot_30.md", "table_omniglot_by_run.md",
-               "table_paired_omniglot.md", "table_paired_ptb.md", "table_protocol_ptb.md", "table_spread.md", "table_synthetic_nz1.md", "table_text.md", "table_text_enclr.md",
-               "table_text_inner.md", "table_text_warmup.md"]
-TINY_FIGURES = ["dynamics_modes.png", "dynamics_omniglot.png", "dynamics_ptb.png", "dynamics_synthetic.png",
+TINY_TABLES = ["table_bound_ptb.md", "table_modes.md", "table_omniglot.md", "table_omniglot_30.md",
+               "table_omniglot_by_run.md", "table_paired_omniglot.md", "table_paired_ptb.md", "table_protocol_ptb.md",
+               "table_spread.md", "table_synthetic_nz1.md", "table_text.md", "table_text_enclr.md", "table_text_inner.md",
+               "table_text_warmup.md"]
+TINY_FIGURES = ["bound_ptb.png", "dynamics_modes.png", "dynamics_omniglot.png", "dynamics_ptb.png", "dynamics_synthetic.png",
                 "nll_au_modes.png", "nll_au_ptb.png", "nll_au_synthetic.png", "nll_au_yahoo.png",
                 "omniglot_samples_aggressive.png", "omniglot_samples_basic.png", "posterior_means.png", "trajectory.png"]
 
