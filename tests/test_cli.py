@@ -90,6 +90,7 @@ def test_bad_input_gives_one_line_and_exit_2(data_env, tmp_path, monkeypatch, ca
     assert len(lines) == 1 and needle in lines[0], lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["train", "--nz", "0", "--quiet"], ["train", "--nz", "two"]])
 def test_the_entry_point_exits_2_with_one_line(tmp_path, argv):
     """The process boundary itself: `python lagvae.py` turns both kinds of refusal into exit code 2."""

@@ -144,6 +144,7 @@ def test_resume_needs_the_runs_config(data_env, tmp_path, capsys):
     assert not (out / "last.pt.tmp").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file_and_the_cause(synth_root, tmp_path):
     """A write that the OS refuses (here a file-size limit, as a full disk would) names the file and the
     OS's cause; torch.save alone said "file write failed" and nothing of why."""
@@ -357,9 +358,7 @@ def one_line(capsys, *needles):
 def finished(synth_root, tmp_path_factory):
     """A finished one-epoch tiny run; each test works on its own copy (run_copy)."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAGVAE_DATA": str(synth_root)}
-    subprocess.run([sys.executable, str(ROOT / "lagvae.py"), *BASE, "--epochs", "1", "--out", str(out)],
-                   check=True, env=env, timeout=300)
+    assert lagvae.main([*BASE, "--epochs", "1", "--data-dir", str(synth_root), "--out", str(out)]) == 0
     return out
 
 
@@ -420,6 +419,7 @@ lagvae.main(sys.argv[3:])
 """
 
 
+@pytest.mark.slow
 def test_files_of_the_code_before_issue_37_load_and_resume_exactly(data_env, tmp_path):
     """A last.pt (mid-epoch 2) and model.pt written by commit ca6172f load with weights_only and the
     resumed run is bit-identical to an uninterrupted run of today's code."""

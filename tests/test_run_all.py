@@ -77,6 +77,7 @@ def templates(synth_root, omni_root, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", ["cpu", "tiny", "paper"])
 def test_every_listed_job_parses_and_validates(tmp_path, scale, templates):
     """Check (a): a flag removed from Config, renamed or given an inadmissible value in run_all.sh fails
@@ -118,6 +119,7 @@ def replay(call, cwd):
     return rc, buf.getvalue()
 
 
+@pytest.mark.slow
 def test_every_table_and_figure_step_runs_on_the_committed_records(tmp_path, templates, synth_root, omni_root):
     """Check (b): run_all.sh's table, figure and sample steps over a copy of runs/ (the committed
     records), the runs without records stood in for by the tiny templates, and the committed OMNIGLOT
@@ -285,6 +287,7 @@ def test_run_all_tiny_runs_every_job_of_the_grid_to_its_tables_and_figures(tmp_p
     assert again.returncode == 0 and again.stdout == ""        # finished: nothing left to run
 
 
+@pytest.mark.slow
 def test_run_all_lists_the_papers_grid_with_gpu_hours_and_checks_its_data(tmp_path):
     """SCALE=paper: Yahoo, Yelp and OMNIGLOT at --preset paper, 5 seeds, Tables 4 and 10 on Yelp; each
     listed job ends with its estimated GPU-hours; without the data it stops before any run."""
