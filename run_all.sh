@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
-DATA=${LAGVAE_DATA:-../shared/data}     # real datasets; synthetic data is generated into ./data
+DATA=${LAGVAE_DATA:-}     # the real datasets' root; unset, each job looks where lagvae does (./data)
 SCALE=${SCALE:-cpu}
 case $SCALE in
   cpu) SECTIONS="protocol paired synthetic text modes omniglot spread trajectory"; TINY=0 ;;
@@ -44,6 +44,20 @@ for s in $ONLY; do
   [[ " $SECTIONS " == *" $s "* ]] || { echo "run_all.sh: unknown section '$s' (expected some of: $SECTIONS)" >&2; exit 2; }
 done
 want() { [[ " $SECTIONS " == *" $1 "* ]] && { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
+# need SECTION DATASET...: before a section queues or lists a job, the data its runs train on must be
+# there, as each run would check; otherwise stop, naming what is missing and where it goes.
+INFO=""
+need() {
+  local section=$1; shift
+  [ -n "$INFO" ] || INFO=$($PY data.py ${DATA:+--data-dir "$DATA"} info) \
+    || { echo "run_all.sh: python data.py info failed" >&2; exit 2; }
+  local missing
+  missing=$(grep -E "^($(IFS='|'; echo "$*")): MISSING" <<< "$INFO" || true)
+  [ -z "$missing" ] && return 0
+  echo "run_all.sh: section $section needs data that is missing (LAGVAE_DATA=${DATA:-unset, so ./data}):" >&2
+  echo "$missing" >&2
+  exit 2
+}
 mkdir -p "$RUNS"
 
 # run NAME ARGS...: queue (or list) `lagvae.py train ARGS --out $RUNS/NAME --resume` unless it has
@@ -99,7 +113,7 @@ spread_eval() {
     echo "run_all.sh: $out needs $ckpt (checkpoints are not committed); retrain $1 with RUNS=another directory" >&2
     failed=1; return 0
   fi
-  OMP_NUM_THREADS=1 $PY lagvae.py eval --ckpt "$ckpt" --data-dir "$DATA" --eval-seeds $EVAL_SEEDS --quiet > "$out.tmp" \
+  OMP_NUM_THREADS=1 $PY lagvae.py eval --ckpt "$ckpt" ${DATA:+--data-dir "$DATA"} --eval-seeds $EVAL_SEEDS --quiet > "$out.tmp" \
     && mv "$out.tmp" "$out" || { rm -f "$out.tmp"; echo "run_all.sh: eval of $ckpt failed" >&2; failed=1; }
 }
 FIGS=${FIGS:-$([ "$RUNS" = runs ] && echo figures || echo "$RUNS/figures")}
@@ -109,18 +123,15 @@ T=$RUNS     # shorthand for the table and figure commands
 # SCALE=paper: the paper's own grid. Yahoo and Yelp: Tables 1, 3 and 5 (every row), Table 9's warm-ups
 # from 0.0 (App. E; its starred rows are Table 1's annealing), Tables 4 and 10 on Yelp (single runs, as
 # the paper's); OMNIGLOT: Tables 2 and 6 and its Table 9 column; Tables 7 and 8 by `eval --eval-seeds
-# 10` on seed 0 of Ours and the VAE. 5 seeds, --preset paper, the device from $DEVICE (default auto).
+# 10` on seed 0 of Ours and the VAE. 5 seeds, --preset paper, the device from $DEVICE (default cuda).
 # GPU-hours are estimates from the H200 bench of the paper presets (RESULTS.md: a joint step 11.2 ms
 # on Yahoo's documents, 10.8 ms on OMNIGLOT's, an SA-VAE step 93x and 64x that, 42-50 encoder steps per
 # decoder step while aggressive, 4-9 aggressive epochs): 100 epochs of 3,125 Yahoo or Yelp batches are
 # ~1 h, an aggressive run ~4 h, SA-VAE ~90 h; OMNIGLOT's runs (487 batches an epoch, until the fifth lr
 # decay) are taken to be of the same order.
 if want paper; then
-  if [ $LIST = 0 ]; then
-    missing=$($PY data.py --data-dir "$DATA" info | grep -E '^(yahoo|yelp|omniglot): MISSING' || true)
-    [ -z "$missing" ] || { echo "run_all.sh: SCALE=paper needs data that is missing:" >&2; echo "$missing" >&2; exit 2; }
-  fi
-  DEV=${DEVICE:-auto}
+  need paper yahoo yelp omniglot
+  DEV=${DEVICE:-cuda}      # the paper presets need a GPU: --device cuda fails loudly on a node without one
   ROWS="lm:--lm:1 basic::1 basic-anneal:--anneal:1 beta0.2:--beta_0.2:1 beta0.4:--beta_0.4:1 beta0.6:--beta_0.6:1
         beta0.8:--beta_0.8:1 savae:--savae:90 savae-anneal:--savae_--anneal:90 aggressive:--aggressive:4
         aggressive-anneal:--aggressive_--anneal:4"
@@ -128,23 +139,23 @@ if want paper; then
     for corpus in yahoo yelp omniglot; do
       for job in $ROWS; do
         IFS=: read -r name flags HOURS <<< "$job"
-        run $corpus-paper-$name-s$seed --data $corpus --data-dir "$DATA" --preset paper --device $DEV \
+        run $corpus-paper-$name-s$seed --data $corpus ${DATA:+--data-dir "$DATA"} --preset paper --device $DEV \
           ${flags//_/ } --seed $seed
       done
       for n in 30000 50000 100000 120000; do
         HOURS=1
-        run $corpus-paper-anneal$n-from0-s$seed --data $corpus --data-dir "$DATA" --preset paper --device $DEV \
+        run $corpus-paper-anneal$n-from0-s$seed --data $corpus ${DATA:+--data-dir "$DATA"} --preset paper --device $DEV \
           --anneal --kl-start 0 --warm-up-iters $n --seed $seed
       done
     done
   done
   for n in 10 30 50 70; do
     HOURS=$(( 1 + n / 20 ))
-    run yelp-paper-inner$n-s0 --data yelp --data-dir "$DATA" --preset paper --device $DEV --aggressive --inner-steps $n --seed 0
+    run yelp-paper-inner$n-s0 --data yelp ${DATA:+--data-dir "$DATA"} --preset paper --device $DEV --aggressive --inner-steps $n --seed 0
   done
   for m in 2 4 6; do
     HOURS=1
-    run yelp-paper-enclr$m-s0 --data yelp --data-dir "$DATA" --preset paper --device $DEV --encoder-lr-mult $m --seed 0
+    run yelp-paper-enclr$m-s0 --data yelp ${DATA:+--data-dir "$DATA"} --preset paper --device $DEV --encoder-lr-mult $m --seed 0
   done
   HOURS=""
   if section_done; then
@@ -176,16 +187,17 @@ bound_cmd() {    # bound_cmd RUN: the command that writes $T/bound-RUN.json from
   local ckpt=$T/$1/model.pt json=$T/bound-$1.json
   echo "{ [ -f $json ] || { [ -f $ckpt ] || { echo \"run_all.sh: $json needs $ckpt (checkpoints are not" \
        "committed); retrain $1 with RUNS=another directory\" >&2; false; } && OMP_NUM_THREADS=1 $PY lagvae.py eval" \
-       "--ckpt $ckpt --data-dir $DATA --bound $BOUND_KS --max-test 500 --eval-seeds 2 --quiet > $json.tmp && mv" \
+       "--ckpt $ckpt ${DATA:+--data-dir $DATA} --bound $BOUND_KS --max-test 500 --eval-seeds 2 --quiet > $json.tmp && mv" \
        "$json.tmp $json; }; }"
 }
 if want protocol; then
+  need protocol ptb
   for seed in $PAIRED_SEEDS; do
     for job in "aggressive:--aggressive --iw-samples 500" "aggressive-anneal:--aggressive --anneal --iw-samples 500" \
                "lm:--lm" "basic:--iw-samples 500" "basic-anneal:--anneal --iw-samples 500"; do
       name=ptb-cpu-decay5-iw500-${job%%:*}-s$seed
       [[ " $BOUND_SEEDS " == *" $seed "* && " aggressive lm basic " == *" ${job%%:*} "* ]] && THEN=$(bound_cmd $name)
-      run $name --data ptb --data-dir "$DATA" $PROTOCOL ${job#*:} --seed $seed
+      run $name --data ptb ${DATA:+--data-dir "$DATA"} $PROTOCOL ${job#*:} --seed $seed
       THEN=""
     done
   done
@@ -207,22 +219,23 @@ fi
 # images trained until the fifth lr decay (the paper's stopping rule; --epochs 100 only caps it), not
 # 12 or 30 epochs, which stop the VAE while its validation -ELBO still falls.
 if want paired; then
+  need paired ptb omniglot
   for seed in $PAIRED_SEEDS; do
     for job in "aggressive:--aggressive" "aggressive-anneal:--aggressive --anneal" "lm:--lm" "basic:" \
                "basic-anneal:--anneal"; do
-      run ptb-cpu-${job%%:*}-s$seed --data ptb --data-dir "$DATA" --preset cpu ${job#*:} --seed $seed
+      run ptb-cpu-${job%%:*}-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed $seed
     done
   done
   for seed in $IMAGE_PAIRED_SEEDS; do
     for job in "aggressive:--aggressive" "basic:" "lm:--lm"; do
-      run omniglot-conv-${job%%:*}-s$seed --data omniglot --data-dir "$DATA" --preset cpu --epochs 100 ${job#*:} \
+      run omniglot-conv-${job%%:*}-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 100 ${job#*:} \
         --seed $seed
     done
   done
   section_done && grid=1 || grid=0
   # The lr-schedule control: does the VAE - Ours gap come from their decay epochs? Seed 0's VAE with
   # the lr decays of seed 0's Ours (--decay-at reads them from its run), so queued after it.
-  run omniglot-conv-basic-decayat-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 100 \
+  run omniglot-conv-basic-decayat-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 100 \
     --decay-at $T/omniglot-conv-aggressive-s0 --seed 0
   if section_done && [ $grid = 1 ]; then
     for pair in "basic aggressive" "basic+anneal aggressive+anneal" "lm aggressive" "lm aggressive+anneal"; do
@@ -269,22 +282,23 @@ text_rows() {    # text_rows SEED "NAME:FLAGS"...: each row on both corpora
   local seed=$1 corpus job; shift
   for corpus in ptb yahoo-small; do
     for job in "$@"; do
-      run $corpus-cpu-${job%%:*}-s$seed --data $corpus --data-dir "$DATA" --preset cpu ${job#*:} --seed $seed
+      run $corpus-cpu-${job%%:*}-s$seed --data $corpus ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed $seed
     done
   done
 }
 if want text; then
+  need text ptb yahoo-small
   for seed in $TEXT_SEEDS; do
     text_rows $seed "basic:" "aggressive:--aggressive" "lm:--lm" "basic-anneal:--anneal" \
       "aggressive-anneal:--aggressive --anneal"
-    run ptb-cpu-aggressive-adaptive-s$seed --data ptb --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed $seed
+    run ptb-cpu-aggressive-adaptive-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --rule adaptive --seed $seed
   done
   for seed in $TEXT_SEEDS; do
     text_rows $seed "beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8" \
       "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder"
   done
   # The adaptive rule on yahoo-small, one seed (ptb has three above).
-  run yahoo-small-cpu-aggressive-adaptive-s0 --data yahoo-small --data-dir "$DATA" --preset cpu --aggressive --rule adaptive --seed 0
+  run yahoo-small-cpu-aggressive-adaptive-s0 --data yahoo-small ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --rule adaptive --seed 0
   # SA-VAE (Table 1's SA-VAE rows), seed 0, before Tables 9 and 10.
   text_rows 0 "savae:--savae" "savae-anneal:--savae --anneal"
   # Tables 4, 9 and 10 on ptb, seed 0 (the paper ran them on Yelp, and Table 9 on all three; ptb is the
@@ -295,12 +309,12 @@ if want text; then
   # Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-basic-s0).
   for seed in $TEXT_SEEDS; do
     for n in 390 650 1300 1570; do
-      run ptb-cpu-anneal$n-from0-s$seed --data ptb --data-dir "$DATA" --preset cpu --anneal --kl-start 0 \
+      run ptb-cpu-anneal$n-from0-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --anneal --kl-start 0 \
         --warm-up-iters $n --seed $seed
     done
   done
   for m in 2 4 6; do
-    run ptb-cpu-enclr$m-s0 --data ptb --data-dir "$DATA" --preset cpu --encoder-lr-mult $m --seed 0
+    run ptb-cpu-enclr$m-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --encoder-lr-mult $m --seed 0
   done
   for seed in $TEXT_SEEDS; do      # seed 0's were queued above
     text_rows $seed "savae:--savae" "savae-anneal:--savae --anneal"
@@ -308,7 +322,7 @@ if want text; then
   # Table 4 on the CPU last: its result is already had from the same preset on a GPU (RESULTS.md), and
   # the issue asks Table 1's rows, SA-VAE's included, for three seeds first.
   for n in 10 30 50 70; do
-    run ptb-cpu-inner$n-s0 --data ptb --data-dir "$DATA" --preset cpu --aggressive --inner-steps $n --seed 0
+    run ptb-cpu-inner$n-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --inner-steps $n --seed 0
   done
   if section_done; then
     T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive
@@ -347,13 +361,14 @@ fi
 # Issue 5: Omniglot, cpu preset, basic vs aggressive (2 seeds), the PixelCNN without z (exact NLL),
 # and seed 0 of both trained for 30 epochs instead of 12.
 if want omniglot; then
+  need omniglot omniglot
   for seed in $IMAGE_SEEDS; do
-    run omniglot-cpu-basic-s$seed --data omniglot --data-dir "$DATA" --preset cpu --seed "$seed"
-    run omniglot-cpu-aggressive-s$seed --data omniglot --data-dir "$DATA" --preset cpu --aggressive --seed "$seed"
+    run omniglot-cpu-basic-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --seed "$seed"
+    run omniglot-cpu-aggressive-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --seed "$seed"
   done
-  run omniglot-cpu-lm-s0 --data omniglot --data-dir "$DATA" --preset cpu --lm --seed 0
-  run omniglot-cpu30-basic-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --seed 0
-  run omniglot-cpu30-aggressive-s0 --data omniglot --data-dir "$DATA" --preset cpu --epochs 30 --aggressive --seed 0
+  run omniglot-cpu-lm-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --lm --seed 0
+  run omniglot-cpu30-basic-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 30 --seed 0
+  run omniglot-cpu30-aggressive-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 30 --aggressive --seed 0
   if section_done; then
     $PY lagvae.py table --all $T/omniglot-cpu-*/ | tee $T/table_omniglot.md
     $PY lagvae.py table --all --by-run $T/omniglot-cpu-*/ | tee $T/table_omniglot_by_run.md
@@ -361,7 +376,7 @@ if want omniglot; then
     $PY lagvae.py figure dynamics $T/omniglot-cpu-basic-s0 $T/omniglot-cpu-aggressive-s0 --out $FIGS/dynamics_omniglot.png
     for mode in basic aggressive; do     # needs the checkpoints: only where the runs were trained
       [ -f $T/omniglot-cpu-$mode-s0/model.pt ] && $PY lagvae.py samples --ckpt $T/omniglot-cpu-$mode-s0/model.pt \
-        --data-dir "$DATA" --out $FIGS/omniglot_samples_$mode.png
+        ${DATA:+--data-dir "$DATA"} --out $FIGS/omniglot_samples_$mode.png
     done
   fi
 fi
@@ -369,9 +384,10 @@ fi
 # Issue 29 / Tables 7 and 8 (App. D): the evaluation's own noise. Seed 0 of Ours and of the VAE on each
 # dataset, evaluated with 10 evaluation seeds. The JSON are committed; the checkpoints they need are not.
 if want spread; then
+  need spread ptb yahoo-small omniglot
   for corpus in ptb yahoo-small omniglot; do
     for job in "aggressive:--aggressive" "basic:"; do
-      run $corpus-cpu-${job%%:*}-s0 --data $corpus --data-dir "$DATA" --preset cpu ${job#*:} --seed 0
+      run $corpus-cpu-${job%%:*}-s0 --data $corpus ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed 0
     done
   done
   if section_done; then

@@ -84,7 +84,8 @@ def test_every_listed_job_parses_and_validates(tmp_path, scale, templates):
     here, not hours into a grid. Jobs are resolved in list order into an empty run root, each then
     stood in for, so that a job reading an earlier run (--decay-at RUN) finds it finished."""
     runs = tmp_path / "runs"
-    out, _ = run_all(tmp_path, "--list", SCALE=scale, RUNS=str(runs))
+    # the paper grid asks for --device cuda, which validation refuses on a machine without a GPU
+    out, _ = run_all(tmp_path, "--list", SCALE=scale, RUNS=str(runs), DEVICE="auto")
     lines = out.splitlines()
     assert len(lines) == {"cpu": 246, "tiny": 89, "paper": 232}[scale]
     for line in lines:
@@ -234,7 +235,9 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
     outs = [line.split("--out ")[1].split()[0] for line in lines]
     assert len(outs) == len(set(outs)) > 100 and "runs/synthetic-nz1-basic-s0" not in outs
     assert {"runs/synthetic-nz1-basic-s1", "runs/ptb-cpu-aggressive-anneal-s2", "runs/trajectory-aggressive"} <= set(outs)
-    assert not (tmp_path / "calls.txt").exists()        # listing runs nothing
+    listed = (tmp_path / "calls.txt").read_text().splitlines()
+    assert listed and all(c.startswith("data.py") for c in listed)      # listing checks the data, trains nothing
+    (tmp_path / "calls.txt").unlink()
     first, second = lines[0], lines[1]
     subprocess.run(["bash", "-c", first], cwd=tmp_path, check=True, timeout=60, env=env)
     calls = (tmp_path / "calls.txt").read_text().splitlines()
@@ -306,4 +309,26 @@ def test_run_all_lists_the_papers_grid_with_gpu_hours_and_checks_its_data(tmp_pa
     shutil.copy(ROOT / "data.py", tmp_path)
     r = subprocess.run(["bash", "run_all.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "SCALE": "paper", "LAGVAE_DATA": str(empty), "PY": sys.executable})
-    assert r.returncode == 2 and "SCALE=paper needs data that is missing" in r.stderr and "yahoo: MISSING" in r.stderr
+    assert r.returncode == 2 and "section paper needs data that is missing" in r.stderr and "yahoo: MISSING" in r.stderr
+
+
+def test_listed_jobs_carry_only_the_users_data_root_and_check_it(tmp_path):
+    """A job list for a cluster: without LAGVAE_DATA no job names a data root of this checkout (each
+    then looks where lagvae does), with it the real-data jobs name it; and listing checks the data as a
+    run would, stopping before any line when a section's corpus is missing."""
+    env = {k: v for k, v in os.environ.items() if k != "LAGVAE_DATA"}
+    fake = tmp_path / "recorder"
+    fake.write_text(RECORDER)
+    fake.chmod(0o755)
+    listing = lambda **e: subprocess.run(["bash", str(ROOT / "run_all.sh"), "--list"], capture_output=True, text=True,
+                                         timeout=120, env={**env, "PY": str(fake), "CALLS": str(tmp_path / "c"),
+                                                           "RUNS": str(tmp_path / "runs"), **e})
+    lines = listing().stdout.splitlines()
+    assert len(lines) > 200 and not any("--data-dir" in line and "--data-dir data " not in line for line in lines)
+    lines = listing(LAGVAE_DATA="/data/root").stdout.splitlines()
+    real = [line for line in lines if "--data synthetic" not in line]
+    assert real and all("--data-dir /data/root " in line for line in real)
+    (tmp_path / "empty").mkdir()
+    r = listing(LAGVAE_DATA=str(tmp_path / "empty"), PY=sys.executable)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "run_all.sh: section protocol needs data that is missing" in r.stderr and "ptb: MISSING" in r.stderr
