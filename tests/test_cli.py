@@ -717,7 +717,7 @@ BAD_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e300", "3.5e38", "1e-320", str
 TEXT_VALUES = {"data": ["synthetic", "omniglot", "nosuch", "text:/nonexistent/x"],
                "dec_kernels": ["3", "5,3", "4", "", "x", "99", "3,-1"],
                "snapshot_iters": ["", "0", "0,3", "-1", "a", "0,,2"], "optim": ["sgd", "adam", "rmsprop"],
-               "rule": ["paper", "adaptive", "fast"]}
+               "rule": ["paper", "adaptive", "fast"], "decay_at": ["", "never", "1,2", "2,1", "0", "/nonexistent/run"]}
 
 
 def flag_values(f):
