@@ -1198,7 +1198,7 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
     batches = epoch_batches(corpus, cfg, rng, ep, device)
     random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
     checks = mi_check_points(cfg, len(batches))
-    progress = Progress(cfg, state.epoch, batches, ep.batch)
+    progress = Progress(cfg, state.epoch, batches, ep.batch, ep.aggressive)
     t0 = last_save = time.time()
     model.train()
     # disable=None: progress bars only on a terminal, never in nohup logs.
@@ -1309,14 +1309,15 @@ class Progress:
     """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
     CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
     batch, inner steps so far, the epoch's train -ELBO so far, the time left in the epoch at its pace,
-    and in the run if every epoch left took as long (an upper bound while aggressive: plain epochs
-    are shorter)."""
+    and at most left in the run, were every epoch of the budget as long (the fifth lr decay usually
+    ends it sooner). Not while aggressive: those epochs cost several times a plain one, so the bound
+    would be hours off (446 min said for a 30-minute main job)."""
 
-    def __init__(self, cfg, epoch, batches, done=0):
+    def __init__(self, cfg, epoch, batches, done=0, aggressive=False):
         """batches: the epoch's; done: how many of them ran before a resume."""
         self.on = progress_lines(cfg)
         self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
-        self.epochs_left = max(0, cfg.epochs - epoch)
+        self.epochs_left = None if aggressive else max(0, cfg.epochs - epoch)
         self.batch = self.done = done
         self.examples = sum(len(b) for b in batches[:done])
         self.start = self.last = time.time()
@@ -1331,9 +1332,11 @@ class Progress:
         self.last = now
         per_batch = (now - self.start) / (self.batch - self.done)
         eta = per_batch * (self.n_batches - self.batch)
+        run = ("" if self.epochs_left is None else
+               f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.n_batches)}")
         print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
               f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
-              f"ETA {mmss(eta)}, run {mmss(eta + self.epochs_left * per_batch * self.n_batches)}", flush=True)
+              f"ETA {mmss(eta)}{run}", flush=True)
 
 
 def seed_all(seed):

@@ -462,9 +462,21 @@ def test_progress_lines_when_stdout_is_not_a_terminal(data_env, tmp_path, capsys
     else:
         assert len(lines) == 8                                  # one per batch at this interval
         assert lines[-1].startswith("epoch   1 | batch 8/8 | inner steps 0 | train -elbo ")
-        assert re.search(r", run 0m\d\ds$", lines[-1])         # the run's ETA too: this was its last epoch
+        assert re.search(r", run ≤ 0m\d\ds$", lines[-1])       # the run's ETA too: this was its last epoch
         assert any(line.startswith("test | batch ") for line in evals)    # and the test evaluation's progress
         assert any(line.startswith("valid | batch ") for line in evals)
+
+
+def test_no_run_eta_while_aggressive(data_env, tmp_path, capsys):
+    """An aggressive epoch costs several plain ones: the run's bound from its pace would be hours off."""
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "4", "--progress-every", "1e-9", "--aggressive",
+                        "--mi-patience", "1", "--iw-samples", "2", "--out", str(tmp_path / "run")]) == 0
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {r["aggressive"] for r in rows} == {True, False}        # both kinds of epoch
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch") and "ETA" in line]
+    for row in rows:
+        mine = [line for line in lines if line.startswith(f"epoch {row['epoch']:3d} | batch")]
+        assert mine and all((", run ≤ " in line) != row["aggressive"] for line in mine)
 
 
 @pytest.mark.slow
