@@ -94,7 +94,7 @@ run() {
 }
 queue_or_list() {    # queue_or_list CMD RUN: print CMD (--list) or queue it, its output appended to RUN.log
   if [ $LIST = 1 ]; then echo "$1${HOURS:+   # ~$HOURS GPU-h}"; else
-    queue+=("$1 >> $2.log 2>&1 || { echo \"run_all.sh: $2 failed (exit \$?), see $2.log\" >&2; exit 1; }")
+    queue+=("{ $1; } >> $2.log 2>&1 || { echo \"run_all.sh: $2 failed (exit \$?), see $2.log\" >&2; exit 1; }")
   fi
 }
 section_done() {     # runs the queue; true when the section's tables can be made
