@@ -2503,17 +2503,22 @@ def format_paired(rows, fmt="md"):
 SPREAD_TABLE = {"aggressive": ("7", "Ours"), "basic": ("8", "VAE")}    # App. D: the mode -> its table
 
 
-def load_spreads(paths):
-    """The JSON written by `eval --eval-seeds N` (one per file), checked: Tables 7 and 8 are made of these."""
-    spreads = []
+def load_evaluations(paths, command, fields):
+    """The JSON that `command` wrote (one per file), each checked to have `fields`."""
+    records = []
     for p in map(Path, paths):
         try:
-            s = json.loads(p.read_text())
+            record = json.loads(p.read_text())
         except (OSError, ValueError) as e:
-            raise UsageError(f"{p}: no readable JSON of `eval --eval-seeds N` ({e})") from None
-        check_record(s, p, {"data": TEXT, "mode": TEXT, "eval_seeds": INTEGER, "mean": SPREAD, "var": SPREAD})
-        spreads.append(s)
-    return spreads
+            raise UsageError(f"{p}: no readable JSON of `{command}` ({e})") from None
+        records.append(check_record(record, p, fields))
+    return records
+
+
+def load_spreads(paths):
+    """Tables 7 and 8 are made of these."""
+    return load_evaluations(paths, "eval --eval-seeds N",
+                            {"data": TEXT, "mode": TEXT, "eval_seeds": INTEGER, "mean": SPREAD, "var": SPREAD})
 
 
 def format_spread(spreads, paper_data=None):
@@ -2541,16 +2546,9 @@ BOUND = ("an object of K -> {mean, sd, groups}", lambda v: isinstance(v, dict) a
 
 
 def load_bounds(paths):
-    """The JSON written by `eval --bound` (one per file), checked."""
-    bounds = []
-    for p in map(Path, paths):
-        try:
-            b = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{p}: no readable JSON of `eval --bound` ({e})") from None
-        bounds.append(check_record(b, p, {"data": TEXT, "mode": TEXT, "seed": INTEGER, "n": INTEGER,
-                                          "exact": ("true or false", lambda v: isinstance(v, bool)), "bound": BOUND}))
-    return bounds
+    return load_evaluations(paths, "eval --bound", {"data": TEXT, "mode": TEXT, "seed": INTEGER, "n": INTEGER,
+                                                    "exact": ("true or false", lambda v: isinstance(v, bool)),
+                                                    "bound": BOUND})
 
 
 def exact_nll(bounds):
