@@ -101,7 +101,8 @@ class Config:
                                     NONNEG, resume=True)
     # May change on --resume, but another count splits float sums otherwise: from there the run is no
     # longer bit-identical to one never stopped (the banner says so).
-    threads: int = arg(0, "CPU threads (0 = torch's default)", (0, 1024, "[]"), resume=True)
+    threads: int = arg(0, "CPU threads (0 = torch's default: every core, or $OMP_NUM_THREADS)", (0, 1024, "[]"),
+                       resume=True)
     # -- model (App. B)
     nz: int = arg(32, "latent dimensions", WIDTH)
     ni: int = arg(512, "word embedding size", WIDTH)
@@ -167,37 +168,42 @@ class Config:
     grid_stride: float = arg(0.1, "stride of the z grid on [-20, 20] for the true posterior mean", (1e-3, 40, "[]"))
     trajectory_iters: int = arg(0, "Figure 3: follow one example through the first N generator updates", NONNEG_INT)
 
+# Every preset names its thread count. The small ones take one: their ops are too short to split, so
+# a second thread only waits for the first, and on a machine with other work a tiny or cpu text run
+# took 27.7 s on two threads and 5.9 s on one (issue 38); the synthetic model steps faster on one
+# thread than on two even on idle cores (RESULTS.md). The paper's models are large enough to use
+# every core (0: torch's default).
 PRESETS = {"text": {
     # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
-    # One thread: a model this small steps faster on one thread than on two (RESULTS.md).
     "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50, threads=1),
     # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
-    "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
+    "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100, threads=0),
     # Sized for 2 CPU cores (ptb, yahoo-small): small enough that the whole text grid runs there,
     # large enough that the plain VAE collapses; 30 epochs because the models level off by then and
     # not by 10; a 3-epoch KL warm-up, the official 10 epochs' share of its 100-epoch budget (Table 9
     # scales the same way). Its run times and the sizes tried first are in RESULTS.md.
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, subset=4000,
-                max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3),
+                max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3, threads=1),
     # The cpu model on a corpus the cpu sizing was not made for (a researcher's own, full Yahoo or
     # Yelp): the whole corpus, vocabulary and documents, and the full IW-NLL; only the model is small.
-    "cpu-full": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, mi_samples=20, warm_up=3),
+    "cpu-full": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, mi_samples=20, warm_up=3,
+                     threads=1),
     # For tests: a few seconds per run.
     "tiny": dict(ni=16, enc_nh=16, dec_nh=16, nz=2, batch_size=8, epochs=2, subset=64,
-                 iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10),
+                 iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10, threads=1),
 }, "image": {
     # App. B.3: ResNet encoder, 13-layer PixelCNN with 64 feature maps, Adam 1e-3, batch 50, lr
     # halved after 20 epochs without improvement; the official image code checks the inner loop
     # every 10 steps and ends aggressive training after 5 epochs without a new best MI.
     "paper": dict(nz=32, enc_nh=64, dec_nh=64, batch_size=50, optim="adam", lr=1e-3, epochs=1000,
-                  decay_patience=20, inner_window=10, mi_patience=5),
+                  decay_patience=20, inner_window=10, mi_patience=5, threads=0),
     # Sized for 2 CPU cores (run times in RESULTS.md). mi_patience 2, not the official 5: with 5, a
     # run this short would stay aggressive nearly to its end.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
                 epochs=12, decay_patience=2, inner_window=10, mi_patience=2, subset=3000, max_test=1000,
-                iw_samples=50),
+                iw_samples=50, threads=1),
     "tiny": dict(nz=4, enc_nh=8, dec_nh=8, dec_kernels="5,3", batch_size=10, optim="adam", lr=1e-3,
-                 epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
+                 epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10, threads=1),
 }}
 # The datasets the cpu preset's cuts were sized for; every other text corpus defaults to cpu-full, so
 # that a researcher's own corpus is never silently shrunk.
@@ -1956,6 +1962,11 @@ def reconstruction_metrics(model, batches, seen):
 CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
 
 
+def given(**flags):
+    """The flags a command was given (None: not given, so the run's own value stands)."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overrides):
     """(model, cfg, corpus) rebuilt from a model.pt and its dataset; refused when the file lacks a
     field, its config is invalid, its weights are not finite or do not fit its config. need_data=False:
@@ -1997,7 +2008,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
         first = next(i for i, (a, b) in enumerate(zip(ck["vocab"], corpus.vocab)) if a != b)
         raise bad(f"its vocabulary is not the one {cfg.data} gives now (id {first}: {ck['vocab'][first]!r} when "
                   f"trained, {corpus.vocab[first]!r} now): its numbers on this data would be wrong")
-    model = build_model(cfg, corpus).to(get_device(cfg))
+    model = build_model(cfg, corpus).to(use_device(cfg))
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:       # missing, unexpected or differently shaped tensors
@@ -2007,7 +2018,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, device="auto", quiet=False,
-                        update=False, eval_seeds=None, bound=None, max_test=None):
+                        update=False, eval_seeds=None, bound=None, max_test=None, threads=None):
     """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
     infinite result is an error, never a number in the report. update: write the evaluation into the
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
@@ -2021,9 +2032,8 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     # --update takes the run's lock before reading model.pt: while the run trains, its model.pt is not
     # yet the one its result.json will stand for.
     with run_lock(Path(ckpt).parent, "--update") if update else contextlib.nullcontext():
-        given = {"iw_samples": iw_samples, "mi_samples": mi_samples, "max_test": max_test}
-        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
-                                             **{k: v for k, v in given.items() if v is not None})
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet, **given(
+            iw_samples=iw_samples, mi_samples=mi_samples, max_test=max_test, threads=threads))
         device = next(model.parameters()).device
         seed_all(cfg.seed)
         test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
@@ -2145,14 +2155,14 @@ def read_new_text(source, vocab, cfg, flag):
     return examples
 
 
-def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", input=None):
+def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", input=None, threads=None):
     """An .npz of q(z|x) for every example of `split` as the run loaded it (--subset applies), in
     file order, or of every line of `input` (a file or - for stdin, raw sentences; no data files
     needed): `mu` and `logvar` (N, nz) from the encoder (SA-VAE's refinement depends on the batch,
     so it is left out), and `labels` (N,) for a labelled corpus (Yelp). Returns the path."""
     name = "input" if input else split
     path = output_file(out, None) if out else Path(ckpt).with_name(f"latents.{name}.npz")
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not input)
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not input, **given(threads=threads))
     if input and corpus.kind != "text":
         raise UsageError(f"--input: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)                       # grey training images are binarized afresh: repeatably
@@ -2197,7 +2207,7 @@ MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: mor
 
 
 def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
-                  temperature=None, max_len=None, interpolate=None, reconstruct=None):
+                  temperature=None, max_len=None, interpolate=None, reconstruct=None, threads=None):
     """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
     text model a text file, also printed (write_text_samples). reconstruct: a file of sentences (or -
     for stdin) to reconstruct instead of the test documents; then no data file is read. Returns the path."""
@@ -2206,7 +2216,7 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
         raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
     if temperature is not None:
         check_number("temperature", temperature, TEMPERATURE)
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct)
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct, **given(threads=threads))
     if reconstruct and corpus.kind != "text":
         raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)
@@ -2945,6 +2955,14 @@ def forked_config(path):
     return {k: v for k, v in saved.items() if k in fields and k not in ("out", "resume", "overwrite")}
 
 
+def add_field_flag(parser, name, note):
+    """A Config field as a flag of a command on a saved model, with the field's own help; unset (None),
+    the run's value stands."""
+    f = next(f for f in dataclasses.fields(Config) if f.name == name)
+    parser.add_argument("--" + name.replace("_", "-"), type={"int": int, "float": float}.get(f.type, f.type),
+                        default=None, metavar=name.upper(), help=f"{config_help()[0][name]} ({note})")
+
+
 def positive(typ):
     """An argparse type: a number of type typ above 0."""
     def parse(text):
@@ -3001,6 +3019,7 @@ def build_parser():
                     help="write the evaluation into the run's result.json, printing each number that changes")
     ev.add_argument("--data-dir", **data_dir)
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(ev, "threads", "default: the run's")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
                     help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
@@ -3017,6 +3036,7 @@ def build_parser():
                     help="prior samples and test reconstructions (default: 32 images, a multiple of 8, or 10 texts)")
     sp.add_argument("--data-dir", **data_dir)
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(sp, "threads", "default: the run's")
     sp.add_argument("--decode", dest="method", choices=["greedy", "sample", "beam"], default=None,
                     help="text: how to generate from p(x|z) (default: greedy)")
     sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
@@ -3035,6 +3055,7 @@ def build_parser():
     en.add_argument("--out", default=None, help=".npz path (default: latents.SPLIT.npz beside the checkpoint)")
     en.add_argument("--data-dir", **data_dir)
     en.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(en, "threads", "default: the run's")
     en.add_argument("--input", default=None, metavar="FILE",
                     help="text: encode these sentences (one a line; - reads stdin) instead of a split; no data files "
                          "are needed (default out: latents.input.npz)")

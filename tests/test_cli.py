@@ -791,3 +791,24 @@ def test_device_strings(device, needle):
     if not torch.cuda.is_available():
         with pytest.raises(lagvae.UsageError, match="no CUDA device is available"):
             lagvae.resolve_config({"device": "cuda:1"})
+
+
+def test_every_preset_names_its_thread_count():
+    """One thread for the small models (they step several times faster on a loaded machine), every core
+    for the paper's; none is left to torch's default by omission."""
+    for kind, presets in lagvae.PRESETS.items():
+        for name, values in presets.items():
+            assert "threads" in values, f"{kind} {name}"
+            assert values["threads"] == (0 if name == "paper" else 1), f"{kind} {name}"
+
+
+@pytest.mark.parametrize("argv", [["eval", "--quiet"], ["samples", "--n", "2"], ["encode"]])
+def test_commands_on_a_saved_model_take_threads_the_runs_by_default(trained, tmp_path, monkeypatch, capsys, argv):
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)      # the test process keeps its own count
+    out = [] if argv[0] == "eval" else ["--out", str(tmp_path / ("s.txt" if argv[0] == "samples" else "l.npz"))]
+    assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out]) == 0
+    assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out, "--threads", "3"]) == 0
+    assert counts == [1, 3]          # the tiny preset's one thread, then the flag's
+    assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out, "--threads", "-1"]) == 2
+    assert "--threads: expected an integer in [0, 1024]" in capsys.readouterr().err
