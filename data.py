@@ -163,16 +163,7 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
         raise MissingData(missing_message(name, missing))
     docs, labels, stats = {}, {}, {}
     for split, path in paths.items():
-        d, lab, empty = read_docs(path, labelled)
-        if take and split in take:
-            d, lab = d[take[split]], lab[take[split]]
-        total = len(d)
-        d, lab = (d[:subset], lab[:subset]) if subset else (d, lab)
-        if not d:
-            raise DataError(f"{name}: no {split} documents in {path}" + (f" (taking {take[split]})" if take else ""))
-        stats[split] = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0,
-                        "documents": total}
-        docs[split], labels[split] = [t[:max_len] if max_len else t for t in d], lab
+        docs[split], labels[split], stats[split] = read_split(name, split, path, subset, labelled, max_len, take)
     if vocab_file:
         vocab = read_vocab(vocab_file)
         stats["train"]["words"] = len(vocab)
@@ -191,6 +182,29 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
                         f"tokens, none in the training text)")
     return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()},
                       labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()})
+
+
+def read_split(name, split, path, subset=0, labelled=False, max_len=0, take=None):
+    """(token lists cut to max_len, labels, stats) of one split's file, as text_corpus reads it."""
+    d, lab, empty = read_docs(path, labelled)
+    if take and split in take:
+        d, lab = d[take[split]], lab[take[split]]
+    total = len(d)
+    d, lab = (d[:subset], lab[:subset]) if subset else (d, lab)
+    if not d:
+        raise DataError(f"{name}: no {split} documents in {path}" + (f" (taking {take[split]})" if take else ""))
+    stats = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0, "documents": total}
+    return [t[:max_len] if max_len else t for t in d], lab, stats
+
+
+def test_corpus(name, path, vocab, subset=0, max_len=0, labelled=False):
+    """A corpus of one test file, read as a model trained on `vocab` read its own test split: no
+    training file is needed, and every word keeps the model's id (others are <unk>)."""
+    if not Path(path).is_file():
+        raise MissingData(f"{path}: no such file")
+    docs, labels, stats = read_split(name, "test", path, subset, labelled, max_len)
+    return TextCorpus(name, vocab, {"test": encode(docs, vocab)}, {"test": labels} if labelled else {},
+                      {"test": stats}, {"test": Path(path)})
 
 
 def encode_new_text(text, vocab, max_len=0):
@@ -583,7 +597,7 @@ def info(root):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="lagvae datasets")
+    ap = argparse.ArgumentParser(description="lagvae datasets", allow_abbrev=False)
     ap.add_argument("--data-dir", default=None, help="data root (default $LAGVAE_DATA or ./data)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="list every dataset and where its files are")

@@ -1967,10 +1967,12 @@ def given(**flags):
     return {k: v for k, v in flags.items() if v is not None}
 
 
-def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overrides):
+def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=None, **overrides):
     """(model, cfg, corpus) rebuilt from a model.pt and its dataset; refused when the file lacks a
     field, its config is invalid, its weights are not finite or do not fit its config. need_data=False:
-    a text model's own vocabulary suffices (the corpus then has no splits) and no data file is read."""
+    a text model's own vocabulary suffices (the corpus then has no splits) and no data file is read.
+    test: a text file read with the model's own vocabulary as the corpus's only split, the test split
+    (no other data file is read)."""
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
     ck = load_pt(ckpt, "cpu", lambda why: bad(f"not a lagvae model checkpoint ({why})"))
     missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
@@ -1991,11 +1993,15 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
     except UsageError as e:
         raise bad(f"its saved config is invalid ({e})") from None
     cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
-    if not need_data and ck.get("vocab") is not None:
-        corpus = datalib.TextCorpus(cfg.data, ck["vocab"], {})
-    elif not need_data and datalib.kind(cfg.data) == "text":
+    if test and datalib.kind(cfg.data) != "text":
+        raise UsageError(f"--test {test}: a file of sentences for a text model; {ckpt} is an image model")
+    if (test or not need_data) and ck.get("vocab") is not None:
+        labelled = datalib.text_spec(cfg.data, ".")[1].get("labelled", False)
+        corpus = (datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled) if test
+                  else datalib.TextCorpus(cfg.data, ck["vocab"], {}))
+    elif test or not need_data and datalib.kind(cfg.data) == "text":
         raise bad("stores no vocabulary (an older checkpoint): new text needs the run's data files, "
-                  "use encode or samples without --input / --reconstruct")
+                  "use eval without --test, encode or samples without --input / --reconstruct")
     else:
         corpus = load_data(cfg, generate=False)
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
@@ -2018,7 +2024,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, device="auto", quiet=False,
-                        update=False, eval_seeds=None, bound=None, max_test=None, threads=None):
+                        update=False, eval_seeds=None, bound=None, max_test=None, threads=None, test=None):
     """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
     infinite result is an error, never a number in the report. update: write the evaluation into the
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
@@ -2027,12 +2033,13 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     if (eval_seeds or bound) and update:
         raise UsageError(f"{'--bound' if bound else '--eval-seeds'}: reports a spread of evaluations; it does not "
                          f"--update result.json")
-    if max_test is not None and update:
-        raise UsageError("--max-test: another test set than the run's; it does not --update result.json")
+    for flag, value in (("--max-test", max_test), ("--test", test)):
+        if value is not None and update:
+            raise UsageError(f"{flag}: another test set than the run's; it does not --update result.json")
     # --update takes the run's lock before reading model.pt: while the run trains, its model.pt is not
     # yet the one its result.json will stand for.
     with run_lock(Path(ckpt).parent, "--update") if update else contextlib.nullcontext():
-        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet, **given(
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, test=test, quiet=quiet, **given(
             iw_samples=iw_samples, mi_samples=mi_samples, max_test=max_test, threads=threads))
         device = next(model.parameters()).device
         seed_all(cfg.seed)
@@ -2989,6 +2996,10 @@ def sample_counts(text):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # A prefix of a flag is an error, never another flag: `eval --data X` is not --data-dir X.
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message):
         """One line in the form of every other error: `lagvae: error: train: argument --nz: ...`."""
         command = self.prog.partition(" ")[2]
@@ -3029,6 +3040,10 @@ def build_parser():
                          "draws, with its spread over disjoint groups of K; --eval-seeds N draws N times")
     ev.add_argument("--max-test", type=int, default=None, metavar="N",
                     help="evaluate on the first N test examples (0 = all; default: the run's)")
+    ev.add_argument("--test", default=None, metavar="FILE",
+                    help="text: score the model on this file (one document a line) instead of its test split, "
+                         "read with the model's own vocabulary and cuts as its test split was; no data files "
+                         "are needed")
     sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
     sp.add_argument("--ckpt", **ckpt)
     sp.add_argument("--out", default=None, help="default: samples.png or samples.txt beside the checkpoint")

@@ -812,3 +812,18 @@ def test_commands_on_a_saved_model_take_threads_the_runs_by_default(trained, tmp
     assert counts == [1, 3]          # the tiny preset's one thread, then the flag's
     assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out, "--threads", "-1"]) == 2
     assert "--threads: expected an integer in [0, 1024]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "--ckpt", "m.pt", "--data", "x"], ["train", "--aggr", "--nz", "0"],
+                                  ["table", "r", "--form", "csv"], ["samples", "--ckpt", "m.pt", "--temp", "2"]])
+def test_a_prefix_of_a_flag_is_refused_not_taken_for_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        lagvae.main(argv)
+    prefix = next(a for a in argv[1:] if a.startswith("--") and a != "--ckpt")
+    assert e.value.code == 2 and f"unrecognized arguments: {prefix}" in capsys.readouterr().err
+
+
+def test_data_py_takes_no_prefix_of_a_flag(capsys):
+    import data as datalib
+    with pytest.raises(SystemExit):
+        datalib.main(["--data", "x", "info"])

@@ -62,6 +62,27 @@ def test_eval_on_another_test_set_says_so_in_the_output_and_result(tmp_path, cap
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_data"] == "other than at training"
 
 
+def test_eval_test_scores_another_file_with_the_models_vocabulary_and_no_other_data(tmp_path, capsys):
+    lines = sentences(200)
+    data = corpus(tmp_path / "a", "c", lines)
+    train(data, tmp_path / "run")
+    ck = str(tmp_path / "run" / "model.pt")
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(lines[100:117]) + "\n")
+    for split in ("train", "valid"):        # the model alone: its own test file and another one
+        (tmp_path / "a" / f"c.{split}.txt").unlink()
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", ck, "--quiet", "--test", str(tmp_path / "a" / "c.test.txt")]) == 0
+    own = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert own["test_data"] == "as trained" and own["iw_nll"] == saved["iw_nll"] and own["n"] == saved["n"]
+    assert lagvae.main(["eval", "--ckpt", ck, "--quiet", "--test", str(other)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 17 and json.loads(out)["test_data"] == "other than at training"
+    assert lagvae.main(["eval", "--ckpt", ck, "--test", str(other), "--update"]) == 2
+    assert "--test: another test set" in capsys.readouterr().err
+
+
 def test_resume_refuses_other_training_data(tmp_path, capsys):
     lines = sentences(200)
     data = corpus(tmp_path / "a", "c", lines)
