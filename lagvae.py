@@ -2,7 +2,7 @@
 "Lagging Inference Networks and Posterior Collapse in Variational Autoencoders" (ICLR 2019).
 
     python lagvae.py train --data synthetic --aggressive --nz 1
-    python lagvae.py eval --ckpt runs/synthetic-aggressive-s0/model.pt
+    python lagvae.py eval --ckpt runs/synthetic-nz1-aggressive-s0/model.pt
     python lagvae.py table runs/*
 
 Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training modes, 5 runs
@@ -88,7 +88,8 @@ class Config:
     # a vocabulary that keeps no word is refused by data.py
     max_vocab: int = arg(0, "text: keep the N most frequent training words (0 = all)", NONNEG_INT)
     max_len: int = arg(0, "text: cut documents to their first N tokens (0 = no cut)", NONNEG_INT)
-    out: str = arg("", "run directory; default runs/<data>-<mode>-s<seed>", resume=True)
+    out: str = arg("", "run directory; default runs/<data>[-<preset>][-nz<nz>]-<mode>-s<seed>, the preset and nz "
+                       "where they are not the default", resume=True)
     # numpy's seeding range
     seed: int = arg(0, "seed of initialization, batch order and noise", (0, 2 ** 32 - 1, "[]"))
     device: str = arg("auto", "auto | cpu | cuda | cuda:N", resume=True)
@@ -283,7 +284,8 @@ def resolve_config(overrides):
     rule = overrides.get("rule", Config.rule)
     if rule not in RULES:
         raise UsageError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset})
+    cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset,
+                    "data": absolute_data(data)})
     for name, limits in NUMBER_RULES.items():
         if not (name == "nz" and cfg.lm):
             check_number(name, getattr(cfg, name), limits)
@@ -359,6 +361,11 @@ def mode_name(cfg):
              f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else "",
              "decayat" if cfg.decay_at else ""]
     return "+".join(p for p in parts if p)
+
+
+def absolute_data(data):
+    """`text:PREFIX` with PREFIX absolute, so that a run's config finds its corpus from any directory."""
+    return "text:" + os.path.abspath(data[len("text:"):]) if data.startswith("text:") else data
 
 
 def use_device(cfg):
@@ -1349,9 +1356,13 @@ def seed_all(seed):
 
 
 def run_dir(cfg):
-    """--out, or a folder directly under runs/ (where `table runs/*` finds it): the data name of
-    `--data text:PREFIX` keeps no path separator, so no `..` in it leads out of runs/."""
-    return Path(cfg.out or f"runs/{cfg.data.replace('/', '_')}-{mode_name(cfg)}-s{cfg.seed}")
+    """--out, or a folder directly under runs/ (where `table runs/*` finds it) named by what tells the run
+    apart: the data (a `text:PREFIX` corpus by its own name, not its path, so no `..` leads out of runs/),
+    the preset and latent size where they are not the defaults, the mode and the seed."""
+    data = "text:" + Path(cfg.data[len("text:"):]).name if cfg.data.startswith("text:") else cfg.data
+    preset = cfg.preset if cfg.preset != DEFAULT_PRESET.get(cfg.data, "cpu-full") else ""
+    nz = f"nz{cfg.nz}" if not cfg.lm and cfg.nz != PRESETS[datalib.kind(cfg.data)][cfg.preset].get("nz", Config.nz) else ""
+    return Path(cfg.out or "runs/" + "-".join(p for p in (data, preset, nz, mode_name(cfg), f"s{cfg.seed}") if p))
 
 
 def environment():
@@ -1414,10 +1425,24 @@ def run_directory(cfg):
             for f in [*RUN_FILES[:-1], *(f.name for p in ("*.tmp", "latents.*.npz") for f in out.glob(p)), RUN_FILES[-1]]:
                 (out / f).unlink(missing_ok=True)
             shutil.rmtree(out / "pretrain", ignore_errors=True)
-        elif old and not cfg.resume:
-            raise UsageError(f"--out {out}: holds a run ({', '.join(old)}); add --resume to continue it "
-                             f"or --overwrite to replace it")
+        elif old:
+            raise UsageError(f"--out {out}: holds {refusal_detail(out, cfg, old)}")
         yield out
+
+
+def refusal_detail(out, cfg, old):
+    """What the run in `out` is and where this one may go: --resume is offered only where it would
+    continue that run, never where its settings differ."""
+    try:
+        changed = settings_changed(read_run_config(out / "config.json", "--out"), cfg)
+    except UsageError:      # no readable config: nothing tells whether --resume would fit
+        changed = None
+    new = f"--out DIR for {'this' if changed else 'a new'} run"
+    if changed:
+        return (f"a run of other settings ({'; '.join(changed)}); give this one its own directory with {new}, or "
+                f"--overwrite to replace that one")
+    return (f"a run ({', '.join(old)}); add --resume to continue it, {new} beside it, or --overwrite to "
+            f"replace it")
 
 
 def nofollow(path, flags):
@@ -1459,19 +1484,32 @@ def resumable(out):
     return False
 
 
+def read_run_config(path, flag):
+    """The config object of a run's config.json; one line naming `flag` and the file when it is none."""
+    try:
+        saved = json.loads(Path(path).read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{flag} {path}: not a lagvae run config ({e})") from None
+    return saved
+
+
+def settings_changed(saved, cfg):
+    """'--flag old -> new' of each field that cfg sets otherwise than the saved config and that --resume
+    may not change (a relative text:PREFIX of an older run is the corpus it names from here)."""
+    saved = {**saved, **({"data": absolute_data(saved["data"])} if isinstance(saved.get("data"), str) else {})}
+    return [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
+            if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
+
+
 def check_resume_config(out, cfg, old):
     """A run's files may be continued only by the settings that made them (config.json says which)."""
     if not (out / "config.json").exists():
         raise UsageError(f"--resume: {out} holds {', '.join(old)} but no config.json, so nothing says which "
                          f"settings made them; restore config.json or start again with --overwrite")
-    try:
-        saved = json.loads((out / "config.json").read_text())["config"]
-        if not isinstance(saved, dict):
-            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--resume: {out}/config.json is not a lagvae run config ({e})") from None
-    changed = [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
-               if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
+    saved = read_run_config(out / "config.json", "--resume")
+    changed = settings_changed(saved, cfg)
     if changed:
         may = [k for k in sorted(RESUMABLE - {"resume"}) if may_change_on_resume(k, saved)]
         raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
@@ -2952,12 +2990,7 @@ def add_config_flags(parser):
 
 def forked_config(path):
     """The fields of a run's config.json, less where it ran and how it was started."""
-    try:
-        saved = json.loads(Path(path).read_text())["config"]
-        if not isinstance(saved, dict):
-            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--config {path}: not a lagvae run config ({e})") from None
+    saved = read_run_config(path, "--config")
     fields = {f.name for f in dataclasses.fields(Config)}
     return {k: v for k, v in saved.items() if k in fields and k not in ("out", "resume", "overwrite")}
 

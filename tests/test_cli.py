@@ -120,7 +120,9 @@ def test_a_finished_run_is_never_overwritten_silently(data_env, tmp_path, capsys
     assert lagvae.main(base) == 0
     before = (out / "result.json").read_text()
     assert lagvae.main(base + ["--seed", "1"]) == 2
-    one_line_error(capsys, str(out), "--overwrite", "--resume")
+    assert "--resume" not in one_line_error(capsys, str(out), "--overwrite", "--out DIR", "--seed 0 -> 1")
+    assert lagvae.main(base) == 2           # the same settings: continuing it is offered too
+    one_line_error(capsys, str(out), "--overwrite", "--out DIR", "--resume")
     assert (out / "result.json").read_text() == before
     (out / "snapshots.jsonl").write_text("stale\n")
     assert lagvae.main(base + ["--seed", "1", "--overwrite"]) == 0
@@ -827,3 +829,12 @@ def test_data_py_takes_no_prefix_of_a_flag(capsys):
     import data as datalib
     with pytest.raises(SystemExit):
         datalib.main(["--data", "x", "info"])
+
+
+def test_default_run_names_carry_the_preset_and_latent_size_where_not_the_default():
+    name = lambda **o: str(lagvae.run_dir(lagvae.resolve_config(o)))
+    assert name(aggressive=True) == "runs/synthetic-aggressive-s0"
+    assert name(aggressive=True, nz=1) == "runs/synthetic-nz1-aggressive-s0"
+    assert name(data="ptb", preset="tiny", seed=2) == "runs/ptb-tiny-basic-s2"
+    assert name(data="ptb", lm=True) == "runs/ptb-lm-s0"
+    assert name(data="text:some/where/corpus", anneal=True) == "runs/text:corpus-basic+anneal-s0"

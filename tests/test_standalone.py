@@ -83,6 +83,21 @@ def test_eval_test_scores_another_file_with_the_models_vocabulary_and_no_other_d
     assert "--test: another test set" in capsys.readouterr().err
 
 
+def test_a_relative_corpus_prefix_is_stored_absolute_so_eval_works_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    corpus(tmp_path / "corpora", "mine", sentences(200))
+    assert lagvae.main(["train", "--data", "text:corpora/mine", "--preset", "tiny", "--epochs", "1", "--quiet",
+                        "--iw-samples", "5"]) == 0
+    run = tmp_path / "runs" / "text:mine-tiny-basic-s0"      # named by the corpus, not its path
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["data"] == f"text:{tmp_path / 'corpora' / 'mine'}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_data"] == "as trained"
+
+
 def test_resume_refuses_other_training_data(tmp_path, capsys):
     lines = sentences(200)
     data = corpus(tmp_path / "a", "c", lines)
