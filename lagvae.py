@@ -1075,8 +1075,14 @@ def train_in(cfg, out, generate=True):
     rng = np.random.default_rng(cfg.seed)
     state = TrainState.new(cfg)
     resuming = cfg.resume and resumable(out)
+    more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if resuming:
         state, opts, threads = load_last(out, model, cfg, rng, device, corpus)
+        if not more() and (out / "result.json").is_file():
+            if not cfg.quiet:
+                print(f"{out}: finished after epoch {state.epoch}, its result.json stands; nothing to resume (a "
+                      f"larger --epochs or --max-decay trains it further)", flush=True)
+            return json.loads((out / "result.json").read_text())
         if state.current is None:      # a divergence in the next epoch goes back here, as in a run never stopped
             keep_good_epoch(out)
     # The first file of a fresh run, so that no file of it is ever without the settings that made it;
@@ -1096,7 +1102,6 @@ def train_in(cfg, out, generate=True):
         print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None,
                                threads if resuming else None)), flush=True)
 
-    more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if more():       # a finished run trained further is unfinished until its new result is written
         (out / "result.json").unlink(missing_ok=True)
     save = lambda: save_last(out / "last.pt", model, opts, state, rng, device, data_identity(corpus))
@@ -2988,11 +2993,11 @@ def add_config_flags(parser):
             group.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
-def forked_config(path):
-    """The fields of a run's config.json, less where it ran and how it was started."""
-    saved = read_run_config(path, "--config")
+def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):
+    """The fields of a run's config.json, less `left`: where it ran and how it was started."""
+    saved = read_run_config(path, flag)
     fields = {f.name for f in dataclasses.fields(Config)}
-    return {k: v for k, v in saved.items() if k in fields and k not in ("out", "resume", "overwrite")}
+    return {k: v for k, v in saved.items() if k in fields and k not in left}
 
 
 def add_field_flag(parser, name, note):
@@ -3147,7 +3152,11 @@ def main(argv=None):
     try:
         cmd = args.pop("cmd")
         if cmd == "train":
-            base = forked_config(args.pop("config")) if "config" in args else {}
+            resumed = Path(args.get("out", ""), "config.json") if args.get("resume") and args.get("out") else None
+            # A resume continues the run's own settings: only the flags given change (those --resume may).
+            base = (forked_config(args.pop("config")) if "config" in args else
+                    forked_config(resumed, "--resume", ("out", "resume", "overwrite", "quiet"))
+                    if resumed and resumed.is_file() else {})
             # A fork reads its data under the parent's data_dir but makes none there: data is generated
             # only under a root that the command line, $LAGVAE_DATA or ./data names.
             train(resolve_config({**base, **args}), generate=not base.get("data_dir") or "data_dir" in args)

@@ -838,3 +838,25 @@ def test_default_run_names_carry_the_preset_and_latent_size_where_not_the_defaul
     assert name(data="ptb", preset="tiny", seed=2) == "runs/ptb-tiny-basic-s2"
     assert name(data="ptb", lm=True) == "runs/ptb-lm-s0"
     assert name(data="text:some/where/corpus", anneal=True) == "runs/text:corpus-basic+anneal-s0"
+
+
+def test_resume_takes_the_runs_config_with_resumable_flags_over_it(data_env, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--aggressive", "--quiet", "--out", str(out)]) == 0
+    assert lagvae.main(["train", "--out", str(out), "--resume", "--nz", "3"]) == 2
+    one_line_error(capsys, "--resume", "--nz 2 -> 3")
+    assert lagvae.main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["preset"], config["aggressive"], config["epochs"]) == ("tiny", True, 2)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_of_a_finished_run_says_so_and_does_nothing(data_env, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    before = {f: (out / f).read_bytes() for f in ("result.json", "config.json", "log.jsonl")}
+    monkeypatch.setattr(lagvae, "evaluate", None)          # no test evaluation runs again
+    capsys.readouterr()
+    assert lagvae.main(["train", "--out", str(out), "--resume"]) == 0
+    assert "finished after epoch 1, its result.json stands; nothing to resume" in capsys.readouterr().out
+    assert before == {f: (out / f).read_bytes() for f in before}
