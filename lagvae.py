@@ -2424,12 +2424,29 @@ def run_state(run):
     return f"diverged at epoch {last.get('epoch')} ({why})" if why else "unfinished (no result.json yet)"
 
 
+# Fields that say where and how a run was run, not what it computes: runs that differ only in these
+# (and the seed) are the same experiment.
+RUN_LOCAL = {"out", "resume", "overwrite", "device", "threads", "quiet", "data_dir", "progress_every",
+             "checkpoint_minutes", "seed"}
+
+
+def run_settings(run):
+    """The fields of a run's config.json that its numbers depend on; None for a run without one."""
+    path = run / "config.json"
+    return ({k: v for k, v in read_run_config(path, "table").items() if k not in RUN_LOCAL}
+            if path.is_file() else None)
+
+
 def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run; an unfinished or diverged run (its lock, taken before any
-    pretraining, or a config.json, but no result.json) is left out with a note on stderr saying which,
-    so tables and figures of a grid can be made while it runs."""
+    """The checked result.json of each run, with its settings (run_settings); an unfinished or diverged
+    run (its lock, taken before any pretraining, or a config.json, but no result.json) is left out with a
+    note on stderr saying which, so tables and figures of a grid can be made while it runs, and so is a
+    file (`table runs/*` also matches the records beside the runs)."""
     results = []
     for d in map(Path, run_dirs):
+        if d.is_file():
+            print(f"lagvae: {d}: a file, not a run directory, left out", file=sys.stderr)
+            continue
         if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json")):
             print(f"lagvae: {d}: {run_state(d)}, left out", file=sys.stderr)
             continue
@@ -2440,7 +2457,7 @@ def load_results(run_dirs, required=RESULT_FIELDS):
         check_record(r, d / "result.json", required, {c: NUMBER for c in TABLE_COLUMNS})
         if (d / "log.jsonl").exists():
             r.update(epoch_stats(read_jsonl(d / "log.jsonl", {"seconds": NUMBER})))
-        results.append({**r, "run": str(d)})
+        results.append({**r, "run": str(d), "settings": run_settings(d)})
     return results
 
 
@@ -2454,10 +2471,12 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
     the paper's table where a mode has rows in several."""
     groups = {}
     for r in results:
-        groups.setdefault((r["data"], r["mode"], r["run"] if by_run else None), []).append(r)
+        settings = json.dumps(r.get("settings"), sort_keys=True)
+        groups.setdefault((r["data"], r["mode"], settings, r["run"] if by_run else None), []).append(r)
     rows = []
-    for (data, mode, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
+    for (data, mode, _, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs),
+               "settings": rs[0].get("settings")}
         if by_run:
             row["run"] = rs[0]["run"]
         for c in TABLE_COLUMNS:
@@ -2466,10 +2485,13 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
         states = [collapse_state(r) for r in rs]
         row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
         rows.append(row)
+    for row in rows:
+        row["differs"] = settings_apart(row, [p for p in rows if (p["data"], p["mode"]) == (row["data"], row["mode"])])
     paper = paper_results(table=paper_table)
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
                 and (not by_run or b["seeds"] == row["seeds"])]
+        base = [b for b in base if b["differs"] == row["differs"]] if len(base) > 1 else base     # e.g. epochs=12
         for c, ratio in (("train_seconds", "time_ratio"), ("steps", "step_ratio")):
             ok = len(base) == 1 and np.isfinite(row[c]) and np.isfinite(base[0][c]) and base[0][c] > 0
             row[ratio] = row[c] / base[0][c] if ok else None      # no ratio for runs without step counts
@@ -2478,6 +2500,16 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
         for c in PAPER_COLUMNS:
             row["paper_" + c] = float(ref[c]) if ref.get(c) else None
     return rows
+
+
+def settings_apart(row, peers):
+    """What sets a row's runs apart from the other rows of its data and mode: `field=value` of each
+    setting that differs among them ("" where none does)."""
+    if row["settings"] is None:
+        return "no config.json" if any(p["settings"] is not None for p in peers) else ""
+    known = [p["settings"] for p in peers if p["settings"] is not None]
+    fields = sorted({k for c in known for k in c if len({json.dumps(c.get(k)) for c in known}) > 1})
+    return " ".join(f"{k}={row['settings'].get(k)}" for k in fields)
 
 
 PAIRED_COLUMNS = {"iw_nll": "nll", "kl": "kl", "mi": "mi", "au": "au"}     # ours -> the paper's column
@@ -2656,7 +2688,8 @@ def format_table(rows, fmt="md", columns=None):
     TABLE_COLUMNS: every one, the time ratio and the paper's time and hours too)."""
     full = fmt == "csv" or columns == TABLE_COLUMNS
     columns = TABLE_COLUMNS if full else columns or COMPACT_COLUMNS
-    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode", "seeds", "runs", "collapsed", "escaped",
+    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode",
+            *(["differs"] if any(r.get("differs") for r in rows) else []), "seeds", "runs", "collapsed", "escaped",
             *columns, *(["time_ratio"] if full else []), "step_ratio", "paper_table",
             *("paper_" + c for c in (PAPER_COLUMNS if full else ["nll", "kl", "mi", "au"]))]
     if fmt == "csv":
