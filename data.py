@@ -207,13 +207,19 @@ def test_corpus(name, path, vocab, subset=0, max_len=0, labelled=False):
                       {"test": stats}, {"test": Path(path)})
 
 
+def new_tokens(line, max_len=0):
+    """A raw sentence's tokens as a model sees them: whitespace-split, cut to max_len, a literal special
+    token as <unk>."""
+    return [UNK if w in SPECIALS else w for w in line.removesuffix("\r").split()[:max_len or None]]
+
+
 def encode_new_text(text, vocab, max_len=0):
     """Raw sentences, one a line, as a model trained on `vocab` sees them: whitespace tokens, cut to
     max_len, <s> ... </s> around. A byte-order mark is dropped; a word outside the vocabulary, or a
     literal special token (<s>, </s>, <pad>: text, not control), becomes <unk>. Every line is one
     example, an empty one too, so outputs line up with inputs. Returns (examples, tokens, unknown)."""
     lines = text.removeprefix("\ufeff").removesuffix("\n").split("\n") if text.strip() else []
-    docs = [[UNK if w in SPECIALS else w for w in line.removesuffix("\r").split()[:max_len or None]] for line in lines]
+    docs = [new_tokens(line, max_len) for line in lines]
     known = set(vocab) - set(SPECIALS)
     return encode(docs, vocab), sum(map(len, docs)), sum(w not in known for d in docs for w in d)
 

@@ -702,10 +702,21 @@ def active_units(mu_all, threshold=0.01):
     return int((mu_all.var(0) > threshold).sum())
 
 
+def unpadded(model, x):
+    """x, refused where a text batch holds <pad>: the models read every position as a word (batches are
+    length buckets, never padded), so a padded batch would give a wrong number without a word."""
+    if model.kind == "text" and bool((x == datalib.SPECIALS.index(datalib.PAD)).any()):
+        raise UsageError("a text batch holds <pad> (id 0), which the model would read as a word: batch "
+                         "documents by length (datalib.batches), or pass sentences to lagvae.nll, encode or "
+                         "reconstruct, which do")
+    return x
+
+
 def iw_log_weights(model, x, k, chunk=100, gen=None, posterior=None):
     """(B, K) log importance weights log p(z_k) + log p(x|z_k) - log q(z_k|x), z_k ~ q(z|x). Samples are
     drawn in chunks so decoder memory stays bounded; only the log-weights are kept.
     posterior: (mu, logvar) to use instead of the encoder's (SA-VAE's refined q)."""
+    unpadded(model, x)
     mu, logvar = posterior if posterior is not None else model.encode(x)
     budget = max(1, 2 ** 25 // (x.size(0) * model.elements_per_sample(x)))
     log_w = []
@@ -1966,7 +1977,7 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
     for i, x in evaluation_batches(batches, cfg, desc):
         if stoppable:
             STOP.check(f"the {desc} evaluation, batch {i + 1} of {len(batches)} (training is over)")
-        mu0, logvar0 = model.encode(x)
+        mu0, logvar0 = model.encode(unpadded(model, x))
         mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
         if cfg.savae:
             sums["amortized"] += float(gaussian_kl(mu0, logvar0).sum()
@@ -2042,7 +2053,9 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
         labelled = datalib.text_spec(cfg.data, ".")[1].get("labelled", False)
         corpus = (datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled) if test
                   else datalib.TextCorpus(cfg.data, ck["vocab"], {}))
-    elif test or not need_data and datalib.kind(cfg.data) == "text":
+    elif not need_data and datalib.kind(cfg.data) == "image":       # the model needs no image to be built
+        corpus = datalib.ImageData(cfg.data, {}, "none")
+    elif test or not need_data:
         raise bad("stores no vocabulary (an older checkpoint): new text needs the run's data files, "
                   "use eval without --test, encode or samples without --input / --reconstruct")
     else:
@@ -2062,7 +2075,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
         model.load_state_dict(weights)
     except RuntimeError as e:       # missing, unexpected or differently shaped tensors
         raise bad(f"its weights do not fit its config ({e})") from None
-    model.fingerprints = ck.get("fingerprints")
+    model.fingerprints, model.epoch = ck.get("fingerprints"), ck.get("epoch")
     return model, cfg, corpus
 
 
@@ -2302,6 +2315,12 @@ def write_image_samples(model, cfg, corpus, path, n):
     return path
 
 
+def sentence(vocab, ids):
+    """The words of token ids; a decoding ends at </s> or is cut at max_len ("...")."""
+    text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
+    return text if EOS in ids else text + " ..."
+
+
 def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temperature, max_len, interpolate,
                        what="test documents"):
     """n sentences decoded from the prior; the first n documents of `test` (the test split, or the
@@ -2315,10 +2334,7 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
 
-    def words(ids):                          # a decoding ends at </s> or is cut at max_len ("...")
-        text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
-        return text if EOS in ids else text + " ..."
-
+    words = functools.partial(sentence, vocab)
     generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
     how = method + (f" (beam size {beam_size})" if method == "beam" else
                     f" (temperature {temperature:g})" if method == "sample" else "")
@@ -2338,6 +2354,68 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
     print(text, end="")
     write_atomic(path, text.encode())
     return path
+
+
+# The Python API: a saved model and sentences in, numbers and sentences out. Each function batches by
+# length on the model's device, so no batch is padded and no tensor is on the wrong device.
+
+def load(path, device="auto", threads=None):
+    """A saved model from a run directory or its model.pt, in eval mode on `device`, with its config
+    (model.cfg) and, for text, its vocabulary (model.vocab); no data file is read."""
+    ckpt = Path(path) / "model.pt" if Path(path).is_dir() else Path(path)
+    model, cfg, corpus = load_checkpoint(ckpt, device=device, need_data=False, **given(threads=threads))
+    model.cfg, model.vocab = cfg, getattr(corpus, "vocab", None)
+    return model.eval()
+
+
+def save(model, path):
+    """A model from load() (trained further or not) as a model.pt that load() and every command read."""
+    atomic_save({"config": asdict(model.cfg), "model": model.state_dict(),
+                 "vocab_size": len(model.vocab) if model.vocab is not None else None, "epoch": model.epoch,
+                 "vocab": model.vocab, "specials": datalib.SPECIALS if model.vocab is not None else None,
+                 "fingerprints": model.fingerprints}, Path(path))
+    return Path(path)
+
+
+def examples_of(model, sentences):
+    """Sentences (strings) as the model's token ids, tokenized as its training data was."""
+    if model.kind != "text" or isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+        raise UsageError("expected a list of sentences (strings) and a text model from lagvae.load")
+    return datalib.encode([datalib.new_tokens(s, model.cfg.max_len) for s in sentences], model.vocab)
+
+
+def encode(model, sentences):
+    """(mu, logvar) of q(z|x), (N, nz) each, for each sentence, in their order."""
+    return encode_examples(model, examples_of(model, sentences), model.cfg.batch_size)
+
+
+@in_eval_mode
+def nll(model, sentences, k=500, seed=0):
+    """The importance-weighted -log p(x) of each sentence (N,) with k samples, on q(z|x) as evaluation
+    uses it (SA-VAE: refined), in their order."""
+    examples, dev = examples_of(model, sentences), next(model.parameters()).device
+    gen = torch.Generator(dev).manual_seed(seed)
+    out = torch.empty(len(examples))
+    for idx in datalib.length_buckets(examples, model.cfg.batch_size):
+        x = torch.stack([examples[i] for i in idx]).to(dev)
+        out[idx] = iw_nll(model, x, k, model.cfg.iw_chunk, gen, refine(model, x, *model.encode(x), model.cfg, gen=gen)).cpu()
+    return out
+
+
+def reconstruct(model, sentences, method="greedy", beam_size=5, max_len=50):
+    """Each sentence decoded from its posterior mean."""
+    mu = encode(model, sentences)[0]
+    return [sentence(model.vocab, ids) for ids in decode(model, mu, max_len, method, beam_size).tolist()]
+
+
+def sample(model, n, method="greedy", beam_size=5, temperature=1.0, max_len=50, seed=0):
+    """n sentences decoded from z ~ N(0, I)."""
+    if model.kind != "text":
+        raise UsageError("sample: sentences come from a text model (an image model's: the samples command)")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(dev).manual_seed(seed)
+    z = torch.randn(n, model.cfg.nz, device=dev, generator=gen)
+    return [sentence(model.vocab, ids) for ids in decode(model, z, max_len, method, beam_size, temperature, gen).tolist()]
 
 
 # ------------------------------------------------------------------------------------------------
