@@ -1773,6 +1773,9 @@ def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
     if any(cut_docs.values()):
         counts = ", ".join(f"{k:,} {split}" for split, k in cut_docs.items())
         cuts.append(f"{counts} {unit} cut to {cfg.max_len} tokens ({via('max_len')})")
+    blank = {split: stats.get(split, {}).get("empty", 0) for split in n}
+    if any(blank.values()):       # a blank line is no document: the counts above are of the lines with words
+        cuts.append(f"blank lines skipped: {', '.join(f'{k:,} {split}' for split, k in blank.items())}")
     if cfg.max_test and cfg.max_test < n["test"]:
         cuts.append(f"test evaluated on its first {cfg.max_test:,} {unit} ({via('max_test')})")
     if cfg.iw_samples and cfg.iw_samples < 500 and not cfg.lm:
@@ -2222,7 +2225,8 @@ def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", i
     """An .npz of q(z|x) for every example of `split` as the run loaded it (--subset applies), in
     file order, or of every line of `input` (a file or - for stdin, raw sentences; no data files
     needed): `mu` and `logvar` (N, nz) from the encoder (SA-VAE's refinement depends on the batch,
-    so it is left out), and `labels` (N,) for a labelled corpus (Yelp). Returns the path."""
+    so it is left out), `labels` (N,) for a labelled corpus (Yelp), and for a split of text `line` (N,):
+    each example's line number in its file (blank lines are no examples). Returns the path."""
     name = "input" if input else split
     path = output_file(out, None) if out else Path(ckpt).with_name(f"latents.{name}.npz")
     model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not input, **given(threads=threads))
@@ -2232,8 +2236,11 @@ def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", i
     examples = read_new_text(input, corpus.vocab, cfg, "--input") if input else corpus.splits[split]
     mu, logvar = encode_examples(model, examples, cfg.batch_size, corpus.prepare)
     labels = None if input else getattr(corpus, "labels", {}).get(split)
+    # Rows keyed to the source file: blank lines are no documents, so row i is not line i + 1.
+    lines = None if input else getattr(corpus, "lines", {}).get(split)
+    extra = {**({"labels": np.array(labels)} if labels else {}), **({"line": np.array(lines)} if lines else {})}
     # A file object: np.savez would append .npz to a name.
-    atomic_save({"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(), **({"labels": np.array(labels)} if labels else {})},
+    atomic_save({"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(), **extra},
                 path, lambda arrays, f: np.savez(f, **arrays))
     return path
 

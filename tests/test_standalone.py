@@ -3,6 +3,7 @@ refused or named, a researcher's own corpus is not cut, and a run says what it d
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,6 +97,23 @@ def test_a_relative_corpus_prefix_is_stored_absolute_so_eval_works_from_any_dire
     capsys.readouterr()
     assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["test_data"] == "as trained"
+
+
+def test_blank_lines_are_counted_in_the_cut_line_and_encoded_rows_keep_their_line_numbers(tmp_path, capsys):
+    lines = sentences(200)
+    lines[3:3], lines[10:10] = ["", "  "], [""]          # three blank lines among the first dozen
+    data = corpus(tmp_path / "a", "c", lines, valid=lines[20:40], test=["w1 w2", "", "w3"])
+    capsys.readouterr()
+    assert lagvae.main(["train", "--data", data, "--preset", "tiny", "--subset", "0", "--epochs", "1",
+                        "--iw-samples", "5", "--out", str(tmp_path / "run")]) == 0
+    cut = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cut:"))
+    assert "blank lines skipped: 3 train, 0 valid, 1 test" in cut
+    assert lagvae.main(["encode", "--ckpt", str(tmp_path / "run" / "model.pt"), "--split", "test",
+                        "--out", str(tmp_path / "z.npz")]) == 0
+    assert np.load(tmp_path / "z.npz")["line"].tolist() == [1, 3]
+    assert lagvae.main(["encode", "--ckpt", str(tmp_path / "run" / "model.pt"), "--split", "train",
+                        "--out", str(tmp_path / "z.npz")]) == 0
+    assert np.load(tmp_path / "z.npz")["line"].tolist()[2:5] == [3, 6, 7]
 
 
 def test_resume_refuses_other_training_data(tmp_path, capsys):
