@@ -232,6 +232,10 @@ class UsageError(Exception):
     """Bad flag or file; the CLI prints it as one line and exits with code 2."""
 
 
+class DataMissing(UsageError):
+    """The data files of a run are not there (a command that needs only the model goes on without them)."""
+
+
 MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
 
 
@@ -1412,6 +1416,8 @@ def load_data(cfg, generate=True):
     not made anew under whatever --data-dir says)."""
     try:
         return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len, generate)
+    except datalib.MissingData as e:
+        raise DataMissing(str(e)) from None
     except datalib.DataError as e:
         raise UsageError(str(e)) from None
 
@@ -2286,7 +2292,11 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
         raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
     if temperature is not None:
         check_number("temperature", temperature, TEMPERATURE)
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct, **given(threads=threads))
+    try:
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct, **given(threads=threads))
+    except DataMissing as e:        # prior samples need only the model
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=False, **given(threads=threads))
+        print(f"lagvae: note: {e}; writing prior samples only", file=sys.stderr)
     if reconstruct and corpus.kind != "text":
         raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)
@@ -2295,7 +2305,7 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
         raise UsageError(f"--out {out}: the samples of a {corpus.kind} model go to a {suffix} file")
     path = path or Path(ckpt).with_name("samples" + suffix)
     if corpus.kind == "text":
-        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits["test"]
+        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits.get("test", [])
         return write_text_samples(model, cfg, corpus.vocab, docs, path, 10 if n is None else n, method or "greedy",
                                   beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate,
                                   "your sentences" if reconstruct else "test documents")
@@ -2314,10 +2324,11 @@ def write_image_samples(model, cfg, corpus, path, n):
     if n < 8 or n % 8:
         raise UsageError(f"--n: expected a multiple of 8 (grid rows of 8) from 8 to {MAX_SAMPLES}, got {n}")
     dev = next(model.parameters()).device
-    prior = sample_pixels(model, torch.randn(n, cfg.nz, device=dev))
-    test = corpus.splits["test"][:n].to(dev)
-    recon = sample_pixels(model, model.encode(test)[0])
-    rows = [prior] + [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
+    rows = [sample_pixels(model, torch.randn(n, cfg.nz, device=dev))]
+    if "test" in corpus.splits:     # without the data: prior samples only
+        test = corpus.splits["test"][:n].to(dev)
+        recon = sample_pixels(model, model.encode(test)[0])
+        rows += [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
     save_image(torch.cat(rows), path, nrow=8, padding=2, pad_value=0.5)
     return path
 
@@ -2339,19 +2350,21 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
         raise UsageError(f"--interpolate: expected two indices of {what} below {len(test)}, got {interpolate}")
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
-    max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
+    # its words and </s>; without documents (prior samples only) the run's cut, else 50
+    max_len = max_len or (max(len(d) for d in test) - 1 if test else cfg.max_len or 50)
 
     words = functools.partial(sentence, vocab)
     generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
     how = method + (f" (beam size {beam_size})" if method == "beam" else
                     f" (temperature {temperature:g})" if method == "sample" else "")
-    docs = test[:n]
-    mu, logvar = encode_examples(model, docs, cfg.batch_size)
     lines = [f"# {cfg.data}, {mode_name(cfg)}: {how} decoding, at most {max_len} tokens", "",
-             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen)), "",
-             f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
-    for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
-        lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
+             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen))]
+    docs = test[:n]
+    if docs:
+        mu, logvar = encode_examples(model, docs, cfg.batch_size)
+        lines += ["", f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
+        for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
+            lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
     if interpolate:
         ends = encode_examples(model, [test[i] for i in interpolate], cfg.batch_size)[0]
         t = torch.linspace(0, 1, 7, device=dev)[:, None]

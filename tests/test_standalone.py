@@ -220,9 +220,15 @@ def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_
     out = capsys.readouterr().out
     assert "## your sentences" in out and "original  w1 w2 w3" in out
     assert "original  w4 <unk> <unk> <unk> <unk>" in out
-    assert lagvae.main(["samples", "--ckpt", "run/model.pt"]) == 2     # the test documents need the corpus
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "missing" in err
+    assert lagvae.main(["samples", "--ckpt", "run/model.pt", "--n", "3"]) == 0     # the prior needs only the model
+    out, err = capsys.readouterr()
+    assert "writing prior samples only" in err and "missing" in err
+    assert len(sample_lines(out, "from the prior")) == 3 + 1 and "## test documents" not in out     # and the path
+
+
+def sample_lines(text, title):
+    block = text.split("## " + title, 1)[1].split("\n## ", 1)[0]
+    return [line for line in block.splitlines()[1:] if line]
 
 
 def test_new_text_is_tokenized_as_the_training_data_was():
