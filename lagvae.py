@@ -35,6 +35,7 @@ import sys
 import time
 import threading
 import tokenize
+import warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def epochs_unless_cyclical(saved):
 
 @dataclass
 class Config:
-    data: str = arg("synthetic", "dataset name (see data.py)")
+    data: str = arg("synthetic", "dataset: synthetic, yahoo, yelp, ptb, yahoo-small, omniglot, or text:PREFIX "
+                                 "for the corpus PREFIX.{train,valid,test}.txt")
     preset: str = arg("", "synthetic | paper | cpu | cpu-full | tiny; default synthetic (synthetic data), cpu "
                           "(ptb, yahoo-small, omniglot) or cpu-full (any other corpus: nothing cut)")
     data_dir: str = arg("", "data root; default $LAGVAE_DATA or ./data", resume=True)
@@ -132,7 +134,7 @@ class Config:
                             'run directory whose decay epochs to repeat (default: on a plateau)')
     # -- aggressive inference-network training (Algorithm 1, Sec. 4.2)
     aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update")
-    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (RULES)")
+    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (README: Training modes)")
     inner_window: int = arg(15, "inner loop stops when the mean loss of a window stops falling", COUNT)
     inner_z: float = arg(0.0, "... or falls by less than inner_z standard errors (0 = the paper's test)", NONNEG)
     max_inner_steps: int = arg(100, "most inner steps per decoder update", COUNT)
@@ -506,8 +508,10 @@ class TextVAE(VAE):
     def __init__(self, vocab_size, cfg):
         super().__init__()
         self.nz, self.vocab_size = cfg.nz, vocab_size
-        self.encoder = LSTMEncoder(vocab_size, cfg)
-        self.decoder = LSTMDecoder(vocab_size, cfg)
+        with warnings.catch_warnings():     # --lm (nz 0): its z layers are empty by design, torch warns of them
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+            self.encoder = LSTMEncoder(vocab_size, cfg)
+            self.decoder = LSTMDecoder(vocab_size, cfg)
         uniform_init(self, cfg.shifted_init)
 
     @staticmethod
@@ -2037,6 +2041,8 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
     test: a text file read with the model's own vocabulary as the corpus's only split, the test split
     (no other data file is read)."""
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
+    if not Path(ckpt).is_file():
+        raise bad("no such file" if not Path(ckpt).exists() else "not a file (a run directory? its model.pt)")
     ck = load_pt(ckpt, "cpu", lambda why: bad(f"not a lagvae model checkpoint ({why})"))
     missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
     if missing:
@@ -2209,6 +2215,10 @@ def encode_examples(model, examples, batch_size, prepare=lambda x: x):
     return torch.cat(mus)[inverse], torch.cat(logvars)[inverse]
 
 
+def counted(n, noun):
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def read_new_text(source, vocab, cfg, flag):
     """Sentences from a file or `-` (stdin), tokenized as the training data was; says on stderr how many
     tokens were outside the vocabulary."""
@@ -2222,8 +2232,8 @@ def read_new_text(source, vocab, cfg, flag):
     examples, tokens, unknown = datalib.encode_new_text(text, vocab, cfg.max_len)
     if not examples:
         raise UsageError(f"{flag} {source}: no sentences (expected one a line)")
-    print(f"lagvae: {flag} {source}: {len(examples)} sentences, {tokens} tokens, {unknown} outside the "
-          f"vocabulary (read as <unk>)", file=sys.stderr)
+    print(f"lagvae: {flag} {source}: {counted(len(examples), 'sentence')}, {counted(tokens, 'token')}, {unknown} "
+          f"outside the vocabulary (read as <unk>)", file=sys.stderr)
     return examples
 
 
@@ -2884,7 +2894,9 @@ def plot_dynamics(runs, out):
         epochs = [r["epoch"] for r in log]
         ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
         ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
-        ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z))")
+        # Both MI and KL - MI are Monte Carlo estimates: on a collapsed model either may dip below 0.
+        ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z)), estimated")
+        ax.axhline(0, color="grey", lw=0.5)
         ax.set(xlabel="epoch", ylabel="nats", title=run_mode(run))
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -3180,7 +3192,7 @@ def build_parser():
     intro, examples = __doc__.split("\n\n")[:2]
     ap = Parser(prog="lagvae", description=f"{intro}\n\nexamples:\n{examples}",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=Parser)
     tr = sub.add_parser(
         "train", help="train a VAE (flags map onto Config fields)",
         description="Train a VAE. A preset (--preset) fills the fields first and explicit flags override it; "
@@ -3327,6 +3339,8 @@ def main(argv=None):
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:
+        if sys.stderr.isatty():       # the progress bar's line is unfinished: the message starts its own
+            print(file=sys.stderr)
         fail(e)
         return e.exit_code
     except (MemoryError, RuntimeError) as e:

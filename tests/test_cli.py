@@ -860,3 +860,45 @@ def test_resume_of_a_finished_run_says_so_and_does_nothing(data_env, tmp_path, c
     assert lagvae.main(["train", "--out", str(out), "--resume"]) == 0
     assert "finished after epoch 1, its result.json stands; nothing to resume" in capsys.readouterr().out
     assert before == {f: (out / f).read_bytes() for f in before}
+
+
+def test_help_names_no_internals(capsys):
+    for argv in (["--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            lagvae.main(argv)
+        out = capsys.readouterr().out
+        assert not any(internal in out for internal in ("{train,eval", "see data.py", "(RULES)")), out
+    with pytest.raises(SystemExit):
+        lagvae.main(["nosuch"])
+    assert "argument COMMAND: invalid choice" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_named_as_missing(tmp_path, capsys):
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "model.pt")]) == 2
+    assert "no such file" in one_line_error(capsys, "--ckpt")
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path)]) == 2
+    assert "a run directory? its model.pt" in one_line_error(capsys, "--ckpt")
+
+
+def test_one_sentence_is_one_sentence(trained, tmp_path, capsys):
+    (tmp_path / "one.txt").write_text("1 2 3\n")
+    assert lagvae.main(["encode", "--ckpt", str(trained / "model.pt"), "--input", str(tmp_path / "one.txt"),
+                        "--out", str(tmp_path / "z.npz")]) == 0
+    assert ": 1 sentence, 3 tokens," in capsys.readouterr().err
+
+
+def test_a_language_model_builds_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lagvae.TextVAE(12, lagvae.resolve_config({"preset": "tiny", "lm": True}))
+
+
+def test_an_interrupt_on_a_terminal_starts_its_own_line(monkeypatch, capsys):
+    import signal
+
+    def interrupted(*args, **kwargs):
+        raise lagvae.Interrupted(signal.SIGINT, "epoch 1 batch 3")
+    monkeypatch.setattr(lagvae, "train", interrupted)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert lagvae.main(["train", "--preset", "tiny"]) == 130
+    assert capsys.readouterr().err.startswith("\nlagvae: error: interrupted by SIGINT")
