@@ -1098,6 +1098,7 @@ def train_in(cfg, out, generate=True):
     if resuming:
         state, opts, threads = load_last(out, model, cfg, rng, device, corpus)
         if not more() and (out / "result.json").is_file():
+            load_best(out / "model.pt", device)      # the result stands for a model that is there and readable
             if not cfg.quiet:
                 print(f"{out}: finished after epoch {state.epoch}, its result.json stands; nothing to resume (a "
                       f"larger --epochs or --max-decay trains it further)", flush=True)

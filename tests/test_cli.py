@@ -398,7 +398,8 @@ def test_encode_exports_latents(text_run, tmp_path, capsys):
     z = np.load(out)
     model, cfg, corpus = lagvae.load_checkpoint(text_run)
     model.eval()
-    assert set(z.files) == {"mu", "logvar"} and z["mu"].shape == z["logvar"].shape == (64, cfg.nz)
+    assert set(z.files) == {"mu", "logvar", "line"} and z["mu"].shape == z["logvar"].shape == (64, cfg.nz)
+    assert z["line"].tolist() == list(range(1, 65))         # the synthetic files have no blank line
     with torch.no_grad():
         for i in (0, 17, 63):
             mu, logvar = model.encode(corpus.splits["test"][i][None])
