@@ -68,6 +68,7 @@ class TextCorpus:
     labels: dict = field(default_factory=dict)    # split -> list of labels (labelled corpora)
     stats: dict = field(default_factory=dict)     # split -> empty, truncated, documents (before --subset)
     files: dict = field(default_factory=dict)     # split -> path
+    lines: dict = field(default_factory=dict)     # split -> the file's line number (from 1) of each document
     kind = "text"
 
     @property
@@ -94,9 +95,10 @@ LABEL = re.compile(r"-?[0-9]+")     # ASCII digits only: int() also takes other 
 
 
 def read_docs(path, labelled=False):
-    """Token lists (and labels) of a one-document-per-line file, plus the number of empty lines."""
+    """Token lists (and labels) of a one-document-per-line file, the number of empty lines, and the line
+    number of each document (empty lines are no documents, so the two numberings differ)."""
     text = read_utf8(path)
-    docs, labels, empty = [], [], 0
+    docs, labels, empty, numbers = [], [], 0, []
     # split("\n"), not splitlines(): the latter also breaks at form feeds and other Unicode separators.
     for n, line in enumerate(text.removesuffix("\n").split("\n"), 1):
         line = line.removesuffix("\r")
@@ -112,11 +114,12 @@ def read_docs(path, labelled=False):
             empty += 1
             continue
         docs.append(toks)
+        numbers.append(n)
         if labelled:
             labels.append(int(label))
     if not docs:
         raise DataError(f"{path}: no documents (expected one whitespace-tokenized document per line)")
-    return docs, labels, empty
+    return docs, labels, empty, numbers
 
 
 def read_vocab(path):
@@ -161,18 +164,10 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
     missing = sorted({str(p) for p in paths.values() if not Path(p).is_file()})
     if missing:
         raise MissingData(missing_message(name, missing))
-    docs, labels, stats = {}, {}, {}
+    docs, labels, stats, lines = {}, {}, {}, {}
     for split, path in paths.items():
-        d, lab, empty = read_docs(path, labelled)
-        if take and split in take:
-            d, lab = d[take[split]], lab[take[split]]
-        total = len(d)
-        d, lab = (d[:subset], lab[:subset]) if subset else (d, lab)
-        if not d:
-            raise DataError(f"{name}: no {split} documents in {path}" + (f" (taking {take[split]})" if take else ""))
-        stats[split] = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0,
-                        "documents": total}
-        docs[split], labels[split] = [t[:max_len] if max_len else t for t in d], lab
+        docs[split], labels[split], stats[split], lines[split] = read_split(name, split, path, subset, labelled,
+                                                                             max_len, take)
     if vocab_file:
         vocab = read_vocab(vocab_file)
         stats["train"]["words"] = len(vocab)
@@ -190,7 +185,37 @@ def text_corpus(name, paths, subset=0, labelled=False, vocab_file=None, max_voca
                         f"{vocab_file or 'the training split'}{cap}: {len(known)} words besides the special "
                         f"tokens, none in the training text)")
     return TextCorpus(name, vocab, {s: encode(d, vocab) for s, d in docs.items()},
-                      labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()})
+                      labels if labelled else {}, stats, {s: Path(p) for s, p in paths.items()}, lines)
+
+
+def read_split(name, split, path, subset=0, labelled=False, max_len=0, take=None):
+    """(token lists cut to max_len, labels, stats, line numbers) of one split's file, as text_corpus
+    reads it."""
+    d, lab, empty, numbers = read_docs(path, labelled)
+    if take and split in take:
+        d, lab, numbers = d[take[split]], lab[take[split]], numbers[take[split]]
+    total = len(d)
+    d, lab, numbers = (d[:subset], lab[:subset], numbers[:subset]) if subset else (d, lab, numbers)
+    if not d:
+        raise DataError(f"{name}: no {split} documents in {path}" + (f" (taking {take[split]})" if take else ""))
+    stats = {"empty": empty, "truncated": sum(len(t) > max_len for t in d) if max_len else 0, "documents": total}
+    return [t[:max_len] if max_len else t for t in d], lab, stats, numbers
+
+
+def test_corpus(name, path, vocab, subset=0, max_len=0, labelled=False):
+    """A corpus of one test file, read as a model trained on `vocab` read its own test split: no
+    training file is needed, and every word keeps the model's id (others are <unk>)."""
+    if not Path(path).is_file():
+        raise MissingData(f"{path}: no such file")
+    docs, labels, stats, numbers = read_split(name, "test", path, subset, labelled, max_len)
+    return TextCorpus(name, vocab, {"test": encode(docs, vocab)}, {"test": labels} if labelled else {},
+                      {"test": stats}, {"test": Path(path)}, {"test": numbers})
+
+
+def new_tokens(line, max_len=0):
+    """A raw sentence's tokens as a model sees them: whitespace-split, cut to max_len, a literal special
+    token as <unk>."""
+    return [UNK if w in SPECIALS else w for w in line.removesuffix("\r").split()[:max_len or None]]
 
 
 def encode_new_text(text, vocab, max_len=0):
@@ -199,7 +224,7 @@ def encode_new_text(text, vocab, max_len=0):
     literal special token (<s>, </s>, <pad>: text, not control), becomes <unk>. Every line is one
     example, an empty one too, so outputs line up with inputs. Returns (examples, tokens, unknown)."""
     lines = text.removeprefix("\ufeff").removesuffix("\n").split("\n") if text.strip() else []
-    docs = [[UNK if w in SPECIALS else w for w in line.removesuffix("\r").split()[:max_len or None]] for line in lines]
+    docs = [new_tokens(line, max_len) for line in lines]
     known = set(vocab) - set(SPECIALS)
     return encode(docs, vocab), sum(map(len, docs)), sum(w not in known for d in docs for w in d)
 
@@ -583,7 +608,7 @@ def info(root):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="lagvae datasets")
+    ap = argparse.ArgumentParser(description="lagvae datasets", allow_abbrev=False)
     ap.add_argument("--data-dir", default=None, help="data root (default $LAGVAE_DATA or ./data)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="list every dataset and where its files are")

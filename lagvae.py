@@ -2,7 +2,7 @@
 "Lagging Inference Networks and Posterior Collapse in Variational Autoencoders" (ICLR 2019).
 
     python lagvae.py train --data synthetic --aggressive --nz 1
-    python lagvae.py eval --ckpt runs/synthetic-aggressive-s0/model.pt
+    python lagvae.py eval --ckpt runs/synthetic-nz1-aggressive-s0/model.pt
     python lagvae.py table runs/*
 
 Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training modes, 5 runs
@@ -35,6 +35,7 @@ import sys
 import time
 import threading
 import tokenize
+import warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def epochs_unless_cyclical(saved):
 
 @dataclass
 class Config:
-    data: str = arg("synthetic", "dataset name (see data.py)")
+    data: str = arg("synthetic", "dataset: synthetic, yahoo, yelp, ptb, yahoo-small, omniglot, or text:PREFIX "
+                                 "for the corpus PREFIX.{train,valid,test}.txt")
     preset: str = arg("", "synthetic | paper | cpu | cpu-full | tiny; default synthetic (synthetic data), cpu "
                           "(ptb, yahoo-small, omniglot) or cpu-full (any other corpus: nothing cut)")
     data_dir: str = arg("", "data root; default $LAGVAE_DATA or ./data", resume=True)
@@ -88,7 +90,8 @@ class Config:
     # a vocabulary that keeps no word is refused by data.py
     max_vocab: int = arg(0, "text: keep the N most frequent training words (0 = all)", NONNEG_INT)
     max_len: int = arg(0, "text: cut documents to their first N tokens (0 = no cut)", NONNEG_INT)
-    out: str = arg("", "run directory; default runs/<data>-<mode>-s<seed>", resume=True)
+    out: str = arg("", "run directory; default runs/<data>[-<preset>][-nz<nz>]-<mode>-s<seed>, the preset and nz "
+                       "where they are not the default", resume=True)
     # numpy's seeding range
     seed: int = arg(0, "seed of initialization, batch order and noise", (0, 2 ** 32 - 1, "[]"))
     device: str = arg("auto", "auto | cpu | cuda | cuda:N", resume=True)
@@ -101,7 +104,8 @@ class Config:
                                     NONNEG, resume=True)
     # May change on --resume, but another count splits float sums otherwise: from there the run is no
     # longer bit-identical to one never stopped (the banner says so).
-    threads: int = arg(0, "CPU threads (0 = torch's default)", (0, 1024, "[]"), resume=True)
+    threads: int = arg(0, "CPU threads (0 = torch's default: every core, or $OMP_NUM_THREADS)", (0, 1024, "[]"),
+                       resume=True)
     # -- model (App. B)
     nz: int = arg(32, "latent dimensions", WIDTH)
     ni: int = arg(512, "word embedding size", WIDTH)
@@ -130,7 +134,7 @@ class Config:
                             'run directory whose decay epochs to repeat (default: on a plateau)')
     # -- aggressive inference-network training (Algorithm 1, Sec. 4.2)
     aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update")
-    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (RULES)")
+    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (README: Training modes)")
     inner_window: int = arg(15, "inner loop stops when the mean loss of a window stops falling", COUNT)
     inner_z: float = arg(0.0, "... or falls by less than inner_z standard errors (0 = the paper's test)", NONNEG)
     max_inner_steps: int = arg(100, "most inner steps per decoder update", COUNT)
@@ -167,37 +171,42 @@ class Config:
     grid_stride: float = arg(0.1, "stride of the z grid on [-20, 20] for the true posterior mean", (1e-3, 40, "[]"))
     trajectory_iters: int = arg(0, "Figure 3: follow one example through the first N generator updates", NONNEG_INT)
 
+# Every preset names its thread count. The small ones take one: their ops are too short to split, so
+# a second thread only waits for the first, and on a machine with other work a tiny or cpu text run
+# took 27.7 s on two threads and 5.9 s on one (issue 38); the synthetic model steps faster on one
+# thread than on two even on idle cores (RESULTS.md). The paper's models are large enough to use
+# every core (0: torch's default).
 PRESETS = {"text": {
     # App. B.1: 50-d embeddings, 50 hidden units, batch 16; the official config trains <= 50 epochs.
-    # One thread: a model this small steps faster on one thread than on two (RESULTS.md).
     "synthetic": dict(ni=50, enc_nh=50, dec_nh=50, nz=2, batch_size=16, epochs=50, threads=1),
     # App. B.2 (Yahoo/Yelp): 512-d embeddings, 1024 hidden, nz 32, batch 32.
-    "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100),
+    "paper": dict(ni=512, enc_nh=1024, dec_nh=1024, nz=32, batch_size=32, epochs=100, threads=0),
     # Sized for 2 CPU cores (ptb, yahoo-small): small enough that the whole text grid runs there,
     # large enough that the plain VAE collapses; 30 epochs because the models level off by then and
     # not by 10; a 3-epoch KL warm-up, the official 10 epochs' share of its 100-epoch budget (Table 9
     # scales the same way). Its run times and the sizes tried first are in RESULTS.md.
     "cpu": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, subset=4000,
-                max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3),
+                max_vocab=2000, max_len=30, max_test=500, iw_samples=50, mi_samples=20, warm_up=3, threads=1),
     # The cpu model on a corpus the cpu sizing was not made for (a researcher's own, full Yahoo or
     # Yelp): the whole corpus, vocabulary and documents, and the full IW-NLL; only the model is small.
-    "cpu-full": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, mi_samples=20, warm_up=3),
+    "cpu-full": dict(ni=64, enc_nh=128, dec_nh=128, nz=32, batch_size=32, epochs=30, mi_samples=20, warm_up=3,
+                     threads=1),
     # For tests: a few seconds per run.
     "tiny": dict(ni=16, enc_nh=16, dec_nh=16, nz=2, batch_size=8, epochs=2, subset=64,
-                 iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10),
+                 iw_samples=20, iw_chunk=10, inner_window=3, max_inner_steps=10, threads=1),
 }, "image": {
     # App. B.3: ResNet encoder, 13-layer PixelCNN with 64 feature maps, Adam 1e-3, batch 50, lr
     # halved after 20 epochs without improvement; the official image code checks the inner loop
     # every 10 steps and ends aggressive training after 5 epochs without a new best MI.
     "paper": dict(nz=32, enc_nh=64, dec_nh=64, batch_size=50, optim="adam", lr=1e-3, epochs=1000,
-                  decay_patience=20, inner_window=10, mi_patience=5),
+                  decay_patience=20, inner_window=10, mi_patience=5, threads=0),
     # Sized for 2 CPU cores (run times in RESULTS.md). mi_patience 2, not the official 5: with 5, a
     # run this short would stay aggressive nearly to its end.
     "cpu": dict(nz=32, enc_nh=32, dec_nh=32, dec_kernels="7,5,3", batch_size=50, optim="adam", lr=1e-3,
                 epochs=12, decay_patience=2, inner_window=10, mi_patience=2, subset=3000, max_test=1000,
-                iw_samples=50),
+                iw_samples=50, threads=1),
     "tiny": dict(nz=4, enc_nh=8, dec_nh=8, dec_kernels="5,3", batch_size=10, optim="adam", lr=1e-3,
-                 epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10),
+                 epochs=2, subset=40, iw_samples=10, iw_chunk=5, inner_window=3, max_inner_steps=10, threads=1),
 }}
 # The datasets the cpu preset's cuts were sized for; every other text corpus defaults to cpu-full, so
 # that a researcher's own corpus is never silently shrunk.
@@ -223,6 +232,10 @@ RULES = {"paper": {}, "adaptive": dict(mi_checks=4, mi_tol=0.05, mi_floor=0.2)}
 
 class UsageError(Exception):
     """Bad flag or file; the CLI prints it as one line and exits with code 2."""
+
+
+class DataMissing(UsageError):
+    """The data files of a run are not there (a command that needs only the model goes on without them)."""
 
 
 MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
@@ -277,7 +290,8 @@ def resolve_config(overrides):
     rule = overrides.get("rule", Config.rule)
     if rule not in RULES:
         raise UsageError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset})
+    cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset,
+                    "data": absolute_data(data)})
     for name, limits in NUMBER_RULES.items():
         if not (name == "nz" and cfg.lm):
             check_number(name, getattr(cfg, name), limits)
@@ -353,6 +367,11 @@ def mode_name(cfg):
              f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else "",
              "decayat" if cfg.decay_at else ""]
     return "+".join(p for p in parts if p)
+
+
+def absolute_data(data):
+    """`text:PREFIX` with PREFIX absolute, so that a run's config finds its corpus from any directory."""
+    return "text:" + os.path.abspath(data[len("text:"):]) if data.startswith("text:") else data
 
 
 def use_device(cfg):
@@ -489,8 +508,10 @@ class TextVAE(VAE):
     def __init__(self, vocab_size, cfg):
         super().__init__()
         self.nz, self.vocab_size = cfg.nz, vocab_size
-        self.encoder = LSTMEncoder(vocab_size, cfg)
-        self.decoder = LSTMDecoder(vocab_size, cfg)
+        with warnings.catch_warnings():     # --lm (nz 0): its z layers are empty by design, torch warns of them
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+            self.encoder = LSTMEncoder(vocab_size, cfg)
+            self.decoder = LSTMDecoder(vocab_size, cfg)
         uniform_init(self, cfg.shifted_init)
 
     @staticmethod
@@ -689,10 +710,21 @@ def active_units(mu_all, threshold=0.01):
     return int((mu_all.var(0) > threshold).sum())
 
 
+def unpadded(model, x):
+    """x, refused where a text batch holds <pad>: the models read every position as a word (batches are
+    length buckets, never padded), so a padded batch would give a wrong number without a word."""
+    if model.kind == "text" and bool((x == datalib.SPECIALS.index(datalib.PAD)).any()):
+        raise UsageError("a text batch holds <pad> (id 0), which the model would read as a word: batch "
+                         "documents by length (datalib.batches), or pass sentences to lagvae.nll, encode or "
+                         "reconstruct, which do")
+    return x
+
+
 def iw_log_weights(model, x, k, chunk=100, gen=None, posterior=None):
     """(B, K) log importance weights log p(z_k) + log p(x|z_k) - log q(z_k|x), z_k ~ q(z|x). Samples are
     drawn in chunks so decoder memory stays bounded; only the log-weights are kept.
     posterior: (mu, logvar) to use instead of the encoder's (SA-VAE's refined q)."""
+    unpadded(model, x)
     mu, logvar = posterior if posterior is not None else model.encode(x)
     budget = max(1, 2 ** 25 // (x.size(0) * model.elements_per_sample(x)))
     log_w = []
@@ -1062,8 +1094,15 @@ def train_in(cfg, out, generate=True):
     rng = np.random.default_rng(cfg.seed)
     state = TrainState.new(cfg)
     resuming = cfg.resume and resumable(out)
+    more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if resuming:
         state, opts, threads = load_last(out, model, cfg, rng, device, corpus)
+        if not more() and (out / "result.json").is_file():
+            load_best(out / "model.pt", device)      # the result stands for a model that is there and readable
+            if not cfg.quiet:
+                print(f"{out}: finished after epoch {state.epoch}, its result.json stands; nothing to resume (a "
+                      f"larger --epochs or --max-decay trains it further)", flush=True)
+            return json.loads((out / "result.json").read_text())
         if state.current is None:      # a divergence in the next epoch goes back here, as in a run never stopped
             keep_good_epoch(out)
     # The first file of a fresh run, so that no file of it is ever without the settings that made it;
@@ -1083,7 +1122,6 @@ def train_in(cfg, out, generate=True):
         print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None,
                                threads if resuming else None)), flush=True)
 
-    more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if more():       # a finished run trained further is unfinished until its new result is written
         (out / "result.json").unlink(missing_ok=True)
     save = lambda: save_last(out / "last.pt", model, opts, state, rng, device, data_identity(corpus))
@@ -1346,9 +1384,13 @@ def seed_all(seed):
 
 
 def run_dir(cfg):
-    """--out, or a folder directly under runs/ (where `table runs/*` finds it): the data name of
-    `--data text:PREFIX` keeps no path separator, so no `..` in it leads out of runs/."""
-    return Path(cfg.out or f"runs/{cfg.data.replace('/', '_')}-{mode_name(cfg)}-s{cfg.seed}")
+    """--out, or a folder directly under runs/ (where `table runs/*` finds it) named by what tells the run
+    apart: the data (a `text:PREFIX` corpus by its own name, not its path, so no `..` leads out of runs/),
+    the preset and latent size where they are not the defaults, the mode and the seed."""
+    data = "text:" + Path(cfg.data[len("text:"):]).name if cfg.data.startswith("text:") else cfg.data
+    preset = cfg.preset if cfg.preset != DEFAULT_PRESET.get(cfg.data, "cpu-full") else ""
+    nz = f"nz{cfg.nz}" if not cfg.lm and cfg.nz != PRESETS[datalib.kind(cfg.data)][cfg.preset].get("nz", Config.nz) else ""
+    return Path(cfg.out or "runs/" + "-".join(p for p in (data, preset, nz, mode_name(cfg), f"s{cfg.seed}") if p))
 
 
 def environment():
@@ -1382,6 +1424,8 @@ def load_data(cfg, generate=True):
     not made anew under whatever --data-dir says)."""
     try:
         return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len, generate)
+    except datalib.MissingData as e:
+        raise DataMissing(str(e)) from None
     except datalib.DataError as e:
         raise UsageError(str(e)) from None
 
@@ -1411,10 +1455,24 @@ def run_directory(cfg):
             for f in [*RUN_FILES[:-1], *(f.name for p in ("*.tmp", "latents.*.npz") for f in out.glob(p)), RUN_FILES[-1]]:
                 (out / f).unlink(missing_ok=True)
             shutil.rmtree(out / "pretrain", ignore_errors=True)
-        elif old and not cfg.resume:
-            raise UsageError(f"--out {out}: holds a run ({', '.join(old)}); add --resume to continue it "
-                             f"or --overwrite to replace it")
+        elif old:
+            raise UsageError(f"--out {out}: holds {refusal_detail(out, cfg, old)}")
         yield out
+
+
+def refusal_detail(out, cfg, old):
+    """What the run in `out` is and where this one may go: --resume is offered only where it would
+    continue that run, never where its settings differ."""
+    try:
+        changed = settings_changed(read_run_config(out / "config.json", "--out"), cfg)
+    except UsageError:      # no readable config: nothing tells whether --resume would fit
+        changed = None
+    new = f"--out DIR for {'this' if changed else 'a new'} run"
+    if changed:
+        return (f"a run of other settings ({'; '.join(changed)}); give this one its own directory with {new}, or "
+                f"--overwrite to replace that one")
+    return (f"a run ({', '.join(old)}); add --resume to continue it, {new} beside it, or --overwrite to "
+            f"replace it")
 
 
 def nofollow(path, flags):
@@ -1456,19 +1514,32 @@ def resumable(out):
     return False
 
 
+def read_run_config(path, flag):
+    """The config object of a run's config.json; one line naming `flag` and the file when it is none."""
+    try:
+        saved = json.loads(Path(path).read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{flag} {path}: not a lagvae run config ({e})") from None
+    return saved
+
+
+def settings_changed(saved, cfg):
+    """'--flag old -> new' of each field that cfg sets otherwise than the saved config and that --resume
+    may not change (a relative text:PREFIX of an older run is the corpus it names from here)."""
+    saved = {**saved, **({"data": absolute_data(saved["data"])} if isinstance(saved.get("data"), str) else {})}
+    return [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
+            if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
+
+
 def check_resume_config(out, cfg, old):
     """A run's files may be continued only by the settings that made them (config.json says which)."""
     if not (out / "config.json").exists():
         raise UsageError(f"--resume: {out} holds {', '.join(old)} but no config.json, so nothing says which "
                          f"settings made them; restore config.json or start again with --overwrite")
-    try:
-        saved = json.loads((out / "config.json").read_text())["config"]
-        if not isinstance(saved, dict):
-            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--resume: {out}/config.json is not a lagvae run config ({e})") from None
-    changed = [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
-               if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
+    saved = read_run_config(out / "config.json", "--resume")
+    changed = settings_changed(saved, cfg)
     if changed:
         may = [k for k in sorted(RESUMABLE - {"resume"}) if may_change_on_resume(k, saved)]
         raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
@@ -1716,6 +1787,9 @@ def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
     if any(cut_docs.values()):
         counts = ", ".join(f"{k:,} {split}" for split, k in cut_docs.items())
         cuts.append(f"{counts} {unit} cut to {cfg.max_len} tokens ({via('max_len')})")
+    blank = {split: stats.get(split, {}).get("empty", 0) for split in n}
+    if any(blank.values()):       # a blank line is no document: the counts above are of the lines with words
+        cuts.append(f"blank lines skipped: {', '.join(f'{k:,} {split}' for split, k in blank.items())}")
     if cfg.max_test and cfg.max_test < n["test"]:
         cuts.append(f"test evaluated on its first {cfg.max_test:,} {unit} ({via('max_test')})")
     if cfg.iw_samples and cfg.iw_samples < 500 and not cfg.lm:
@@ -1920,7 +1994,7 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
     for i, x in evaluation_batches(batches, cfg, desc):
         if stoppable:
             STOP.check(f"the {desc} evaluation, batch {i + 1} of {len(batches)} (training is over)")
-        mu0, logvar0 = model.encode(x)
+        mu0, logvar0 = model.encode(unpadded(model, x))
         mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
         if cfg.savae:
             sums["amortized"] += float(gaussian_kl(mu0, logvar0).sum()
@@ -1959,11 +2033,20 @@ def reconstruction_metrics(model, batches, seen):
 CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
 
 
-def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overrides):
+def given(**flags):
+    """The flags a command was given (None: not given, so the run's own value stands)."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=None, **overrides):
     """(model, cfg, corpus) rebuilt from a model.pt and its dataset; refused when the file lacks a
     field, its config is invalid, its weights are not finite or do not fit its config. need_data=False:
-    a text model's own vocabulary suffices (the corpus then has no splits) and no data file is read."""
+    a text model's own vocabulary suffices (the corpus then has no splits) and no data file is read.
+    test: a text file read with the model's own vocabulary as the corpus's only split, the test split
+    (no other data file is read)."""
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
+    if not Path(ckpt).is_file():
+        raise bad("no such file" if not Path(ckpt).exists() else "not a file (a run directory? its model.pt)")
     ck = load_pt(ckpt, "cpu", lambda why: bad(f"not a lagvae model checkpoint ({why})"))
     missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
     if missing:
@@ -1983,11 +2066,17 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
     except UsageError as e:
         raise bad(f"its saved config is invalid ({e})") from None
     cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
-    if not need_data and ck.get("vocab") is not None:
-        corpus = datalib.TextCorpus(cfg.data, ck["vocab"], {})
-    elif not need_data and datalib.kind(cfg.data) == "text":
+    if test and datalib.kind(cfg.data) != "text":
+        raise UsageError(f"--test {test}: a file of sentences for a text model; {ckpt} is an image model")
+    if (test or not need_data) and ck.get("vocab") is not None:
+        labelled = datalib.text_spec(cfg.data, ".")[1].get("labelled", False)
+        corpus = (datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled) if test
+                  else datalib.TextCorpus(cfg.data, ck["vocab"], {}))
+    elif not need_data and datalib.kind(cfg.data) == "image":       # the model needs no image to be built
+        corpus = datalib.ImageData(cfg.data, {}, "none")
+    elif test or not need_data:
         raise bad("stores no vocabulary (an older checkpoint): new text needs the run's data files, "
-                  "use encode or samples without --input / --reconstruct")
+                  "use eval without --test, encode or samples without --input / --reconstruct")
     else:
         corpus = load_data(cfg, generate=False)
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
@@ -2000,17 +2089,17 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, **overri
         first = next(i for i, (a, b) in enumerate(zip(ck["vocab"], corpus.vocab)) if a != b)
         raise bad(f"its vocabulary is not the one {cfg.data} gives now (id {first}: {ck['vocab'][first]!r} when "
                   f"trained, {corpus.vocab[first]!r} now): its numbers on this data would be wrong")
-    model = build_model(cfg, corpus).to(get_device(cfg))
+    model = build_model(cfg, corpus).to(use_device(cfg))
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:       # missing, unexpected or differently shaped tensors
         raise bad(f"its weights do not fit its config ({e})") from None
-    model.fingerprints = ck.get("fingerprints")
+    model.fingerprints, model.epoch = ck.get("fingerprints"), ck.get("epoch")
     return model, cfg, corpus
 
 
 def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, device="auto", quiet=False,
-                        update=False, eval_seeds=None, bound=None, max_test=None):
+                        update=False, eval_seeds=None, bound=None, max_test=None, threads=None, test=None):
     """Rebuild the model saved at `ckpt` and evaluate it on its dataset's test split; a NaN or
     infinite result is an error, never a number in the report. update: write the evaluation into the
     run's result.json (e.g. MI with more draws for runs that finished with one), keeping its training
@@ -2019,14 +2108,14 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
     if (eval_seeds or bound) and update:
         raise UsageError(f"{'--bound' if bound else '--eval-seeds'}: reports a spread of evaluations; it does not "
                          f"--update result.json")
-    if max_test is not None and update:
-        raise UsageError("--max-test: another test set than the run's; it does not --update result.json")
+    for flag, value in (("--max-test", max_test), ("--test", test)):
+        if value is not None and update:
+            raise UsageError(f"{flag}: another test set than the run's; it does not --update result.json")
     # --update takes the run's lock before reading model.pt: while the run trains, its model.pt is not
     # yet the one its result.json will stand for.
     with run_lock(Path(ckpt).parent, "--update") if update else contextlib.nullcontext():
-        given = {"iw_samples": iw_samples, "mi_samples": mi_samples, "max_test": max_test}
-        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, quiet=quiet,
-                                             **{k: v for k, v in given.items() if v is not None})
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, test=test, quiet=quiet, **given(
+            iw_samples=iw_samples, mi_samples=mi_samples, max_test=max_test, threads=threads))
         device = next(model.parameters()).device
         seed_all(cfg.seed)
         test = [b.to(device) for b in corpus.batches("test", cfg.batch_size, limit=cfg.max_test)]
@@ -2130,6 +2219,10 @@ def encode_examples(model, examples, batch_size, prepare=lambda x: x):
     return torch.cat(mus)[inverse], torch.cat(logvars)[inverse]
 
 
+def counted(n, noun):
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def read_new_text(source, vocab, cfg, flag):
     """Sentences from a file or `-` (stdin), tokenized as the training data was; says on stderr how many
     tokens were outside the vocabulary."""
@@ -2143,27 +2236,31 @@ def read_new_text(source, vocab, cfg, flag):
     examples, tokens, unknown = datalib.encode_new_text(text, vocab, cfg.max_len)
     if not examples:
         raise UsageError(f"{flag} {source}: no sentences (expected one a line)")
-    print(f"lagvae: {flag} {source}: {len(examples)} sentences, {tokens} tokens, {unknown} outside the "
-          f"vocabulary (read as <unk>)", file=sys.stderr)
+    print(f"lagvae: {flag} {source}: {counted(len(examples), 'sentence')}, {counted(tokens, 'token')}, {unknown} "
+          f"outside the vocabulary (read as <unk>)", file=sys.stderr)
     return examples
 
 
-def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", input=None):
+def export_latents(ckpt, split="test", out=None, data_dir=None, device="auto", input=None, threads=None):
     """An .npz of q(z|x) for every example of `split` as the run loaded it (--subset applies), in
     file order, or of every line of `input` (a file or - for stdin, raw sentences; no data files
     needed): `mu` and `logvar` (N, nz) from the encoder (SA-VAE's refinement depends on the batch,
-    so it is left out), and `labels` (N,) for a labelled corpus (Yelp). Returns the path."""
+    so it is left out), `labels` (N,) for a labelled corpus (Yelp), and for a split of text `line` (N,):
+    each example's line number in its file (blank lines are no examples). Returns the path."""
     name = "input" if input else split
     path = output_file(out, None) if out else Path(ckpt).with_name(f"latents.{name}.npz")
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not input)
+    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not input, **given(threads=threads))
     if input and corpus.kind != "text":
         raise UsageError(f"--input: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)                       # grey training images are binarized afresh: repeatably
     examples = read_new_text(input, corpus.vocab, cfg, "--input") if input else corpus.splits[split]
     mu, logvar = encode_examples(model, examples, cfg.batch_size, corpus.prepare)
     labels = None if input else getattr(corpus, "labels", {}).get(split)
+    # Rows keyed to the source file: blank lines are no documents, so row i is not line i + 1.
+    lines = None if input else getattr(corpus, "lines", {}).get(split)
+    extra = {**({"labels": np.array(labels)} if labels else {}), **({"line": np.array(lines)} if lines else {})}
     # A file object: np.savez would append .npz to a name.
-    atomic_save({"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(), **({"labels": np.array(labels)} if labels else {})},
+    atomic_save({"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(), **extra},
                 path, lambda arrays, f: np.savez(f, **arrays))
     return path
 
@@ -2200,7 +2297,7 @@ MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: mor
 
 
 def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=None, beam_size=None,
-                  temperature=None, max_len=None, interpolate=None, reconstruct=None):
+                  temperature=None, max_len=None, interpolate=None, reconstruct=None, threads=None):
     """Prior samples and test reconstructions of a saved model: for an image model a PNG grid, for a
     text model a text file, also printed (write_text_samples). reconstruct: a file of sentences (or -
     for stdin) to reconstruct instead of the test documents; then no data file is read. Returns the path."""
@@ -2209,7 +2306,11 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
         raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
     if temperature is not None:
         check_number("temperature", temperature, TEMPERATURE)
-    model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct)
+    try:
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct, **given(threads=threads))
+    except DataMissing as e:        # prior samples need only the model
+        model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=False, **given(threads=threads))
+        print(f"lagvae: note: {e}; writing prior samples only", file=sys.stderr)
     if reconstruct and corpus.kind != "text":
         raise UsageError(f"--reconstruct: sentences go to a text model; {ckpt} is an image model")
     seed_all(cfg.seed)
@@ -2218,7 +2319,7 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
         raise UsageError(f"--out {out}: the samples of a {corpus.kind} model go to a {suffix} file")
     path = path or Path(ckpt).with_name("samples" + suffix)
     if corpus.kind == "text":
-        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits["test"]
+        docs = read_new_text(reconstruct, corpus.vocab, cfg, "--reconstruct") if reconstruct else corpus.splits.get("test", [])
         return write_text_samples(model, cfg, corpus.vocab, docs, path, 10 if n is None else n, method or "greedy",
                                   beam_size or 5, 1.0 if temperature is None else temperature, max_len, interpolate,
                                   "your sentences" if reconstruct else "test documents")
@@ -2237,12 +2338,19 @@ def write_image_samples(model, cfg, corpus, path, n):
     if n < 8 or n % 8:
         raise UsageError(f"--n: expected a multiple of 8 (grid rows of 8) from 8 to {MAX_SAMPLES}, got {n}")
     dev = next(model.parameters()).device
-    prior = sample_pixels(model, torch.randn(n, cfg.nz, device=dev))
-    test = corpus.splits["test"][:n].to(dev)
-    recon = sample_pixels(model, model.encode(test)[0])
-    rows = [prior] + [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
+    rows = [sample_pixels(model, torch.randn(n, cfg.nz, device=dev))]
+    if "test" in corpus.splits:     # without the data: prior samples only
+        test = corpus.splits["test"][:n].to(dev)
+        recon = sample_pixels(model, model.encode(test)[0])
+        rows += [t for i in range(0, n, 8) for t in (test[i:i + 8], recon[i:i + 8])]
     save_image(torch.cat(rows), path, nrow=8, padding=2, pad_value=0.5)
     return path
+
+
+def sentence(vocab, ids):
+    """The words of token ids; a decoding ends at </s> or is cut at max_len ("...")."""
+    text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
+    return text if EOS in ids else text + " ..."
 
 
 def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temperature, max_len, interpolate,
@@ -2256,22 +2364,21 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
         raise UsageError(f"--interpolate: expected two indices of {what} below {len(test)}, got {interpolate}")
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
-    max_len = max_len or max(len(d) for d in test) - 1       # its words and </s>
+    # its words and </s>; without documents (prior samples only) the run's cut, else 50
+    max_len = max_len or (max(len(d) for d in test) - 1 if test else cfg.max_len or 50)
 
-    def words(ids):                          # a decoding ends at </s> or is cut at max_len ("...")
-        text = " ".join(vocab[i] for i in ids if i not in (PAD, BOS, EOS)) or "(empty)"
-        return text if EOS in ids else text + " ..."
-
+    words = functools.partial(sentence, vocab)
     generate = lambda z: list(map(words, decode(model, z, max_len, method, beam_size, temperature, gen).tolist()))
     how = method + (f" (beam size {beam_size})" if method == "beam" else
                     f" (temperature {temperature:g})" if method == "sample" else "")
-    docs = test[:n]
-    mu, logvar = encode_examples(model, docs, cfg.batch_size)
     lines = [f"# {cfg.data}, {mode_name(cfg)}: {how} decoding, at most {max_len} tokens", "",
-             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen)), "",
-             f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
-    for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
-        lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
+             "## from the prior, z ~ N(0, I)", *generate(torch.randn(n, cfg.nz, device=dev, generator=gen))]
+    docs = test[:n]
+    if docs:
+        mu, logvar = encode_examples(model, docs, cfg.batch_size)
+        lines += ["", f"## {what}: the original, then decoded from the posterior mean and from a posterior sample"]
+        for d, m, s in zip(docs, generate(mu), generate(sample_z(mu, logvar, 1, gen)[:, 0])):
+            lines += ["", f"original  {words(d.tolist())}", f"mean      {m}", f"sample    {s}"]
     if interpolate:
         ends = encode_examples(model, [test[i] for i in interpolate], cfg.batch_size)[0]
         t = torch.linspace(0, 1, 7, device=dev)[:, None]
@@ -2281,6 +2388,68 @@ def write_text_samples(model, cfg, vocab, test, path, n, method, beam_size, temp
     print(text, end="")
     write_atomic(path, text.encode())
     return path
+
+
+# The Python API: a saved model and sentences in, numbers and sentences out. Each function batches by
+# length on the model's device, so no batch is padded and no tensor is on the wrong device.
+
+def load(path, device="auto", threads=None):
+    """A saved model from a run directory or its model.pt, in eval mode on `device`, with its config
+    (model.cfg) and, for text, its vocabulary (model.vocab); no data file is read."""
+    ckpt = Path(path) / "model.pt" if Path(path).is_dir() else Path(path)
+    model, cfg, corpus = load_checkpoint(ckpt, device=device, need_data=False, **given(threads=threads))
+    model.cfg, model.vocab = cfg, getattr(corpus, "vocab", None)
+    return model.eval()
+
+
+def save(model, path):
+    """A model from load() (trained further or not) as a model.pt that load() and every command read."""
+    atomic_save({"config": asdict(model.cfg), "model": model.state_dict(),
+                 "vocab_size": len(model.vocab) if model.vocab is not None else None, "epoch": model.epoch,
+                 "vocab": model.vocab, "specials": datalib.SPECIALS if model.vocab is not None else None,
+                 "fingerprints": model.fingerprints}, Path(path))
+    return Path(path)
+
+
+def examples_of(model, sentences):
+    """Sentences (strings) as the model's token ids, tokenized as its training data was."""
+    if model.kind != "text" or isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+        raise UsageError("expected a list of sentences (strings) and a text model from lagvae.load")
+    return datalib.encode([datalib.new_tokens(s, model.cfg.max_len) for s in sentences], model.vocab)
+
+
+def encode(model, sentences):
+    """(mu, logvar) of q(z|x), (N, nz) each, for each sentence, in their order."""
+    return encode_examples(model, examples_of(model, sentences), model.cfg.batch_size)
+
+
+@in_eval_mode
+def nll(model, sentences, k=500, seed=0):
+    """The importance-weighted -log p(x) of each sentence (N,) with k samples, on q(z|x) as evaluation
+    uses it (SA-VAE: refined), in their order."""
+    examples, dev = examples_of(model, sentences), next(model.parameters()).device
+    gen = torch.Generator(dev).manual_seed(seed)
+    out = torch.empty(len(examples))
+    for idx in datalib.length_buckets(examples, model.cfg.batch_size):
+        x = torch.stack([examples[i] for i in idx]).to(dev)
+        out[idx] = iw_nll(model, x, k, model.cfg.iw_chunk, gen, refine(model, x, *model.encode(x), model.cfg, gen=gen)).cpu()
+    return out
+
+
+def reconstruct(model, sentences, method="greedy", beam_size=5, max_len=50):
+    """Each sentence decoded from its posterior mean."""
+    mu = encode(model, sentences)[0]
+    return [sentence(model.vocab, ids) for ids in decode(model, mu, max_len, method, beam_size).tolist()]
+
+
+def sample(model, n, method="greedy", beam_size=5, temperature=1.0, max_len=50, seed=0):
+    """n sentences decoded from z ~ N(0, I)."""
+    if model.kind != "text":
+        raise UsageError("sample: sentences come from a text model (an image model's: the samples command)")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(dev).manual_seed(seed)
+    z = torch.randn(n, model.cfg.nz, device=dev, generator=gen)
+    return [sentence(model.vocab, ids) for ids in decode(model, z, max_len, method, beam_size, temperature, gen).tolist()]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -2367,12 +2536,29 @@ def run_state(run):
     return f"diverged at epoch {last.get('epoch')} ({why})" if why else "unfinished (no result.json yet)"
 
 
+# Fields that say where and how a run was run, not what it computes: runs that differ only in these
+# (and the seed) are the same experiment.
+RUN_LOCAL = {"out", "resume", "overwrite", "device", "threads", "quiet", "data_dir", "progress_every",
+             "checkpoint_minutes", "seed"}
+
+
+def run_settings(run):
+    """The fields of a run's config.json that its numbers depend on; None for a run without one."""
+    path = run / "config.json"
+    return ({k: v for k, v in read_run_config(path, "table").items() if k not in RUN_LOCAL}
+            if path.is_file() else None)
+
+
 def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run; an unfinished or diverged run (its lock, taken before any
-    pretraining, or a config.json, but no result.json) is left out with a note on stderr saying which,
-    so tables and figures of a grid can be made while it runs."""
+    """The checked result.json of each run, with its settings (run_settings); an unfinished or diverged
+    run (its lock, taken before any pretraining, or a config.json, but no result.json) is left out with a
+    note on stderr saying which, so tables and figures of a grid can be made while it runs, and so is a
+    file (`table runs/*` also matches the records beside the runs)."""
     results = []
     for d in map(Path, run_dirs):
+        if d.is_file():
+            print(f"lagvae: {d}: a file, not a run directory, left out", file=sys.stderr)
+            continue
         if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json")):
             print(f"lagvae: {d}: {run_state(d)}, left out", file=sys.stderr)
             continue
@@ -2383,7 +2569,7 @@ def load_results(run_dirs, required=RESULT_FIELDS):
         check_record(r, d / "result.json", required, {c: NUMBER for c in TABLE_COLUMNS})
         if (d / "log.jsonl").exists():
             r.update(epoch_stats(read_jsonl(d / "log.jsonl", {"seconds": NUMBER})))
-        results.append({**r, "run": str(d)})
+        results.append({**r, "run": str(d), "settings": run_settings(d)})
     return results
 
 
@@ -2397,10 +2583,12 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
     the paper's table where a mode has rows in several."""
     groups = {}
     for r in results:
-        groups.setdefault((r["data"], r["mode"], r["run"] if by_run else None), []).append(r)
+        settings = json.dumps(r.get("settings"), sort_keys=True)
+        groups.setdefault((r["data"], r["mode"], settings, r["run"] if by_run else None), []).append(r)
     rows = []
-    for (data, mode, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs)}
+    for (data, mode, _, _), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        row = {"data": data, "mode": mode, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs),
+               "settings": rs[0].get("settings")}
         if by_run:
             row["run"] = rs[0]["run"]
         for c in TABLE_COLUMNS:
@@ -2409,10 +2597,13 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
         states = [collapse_state(r) for r in rs]
         row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
         rows.append(row)
+    for row in rows:
+        row["differs"] = settings_apart(row, [p for p in rows if (p["data"], p["mode"]) == (row["data"], row["mode"])])
     paper = paper_results(table=paper_table)
     for row in rows:
         base = [b for b in rows if b["data"] == row["data"] and b["mode"] == "basic"
                 and (not by_run or b["seeds"] == row["seeds"])]
+        base = [b for b in base if b["differs"] == row["differs"]] if len(base) > 1 else base     # e.g. epochs=12
         for c, ratio in (("train_seconds", "time_ratio"), ("steps", "step_ratio")):
             ok = len(base) == 1 and np.isfinite(row[c]) and np.isfinite(base[0][c]) and base[0][c] > 0
             row[ratio] = row[c] / base[0][c] if ok else None      # no ratio for runs without step counts
@@ -2421,6 +2612,16 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
         for c in PAPER_COLUMNS:
             row["paper_" + c] = float(ref[c]) if ref.get(c) else None
     return rows
+
+
+def settings_apart(row, peers):
+    """What sets a row's runs apart from the other rows of its data and mode: `field=value` of each
+    setting that differs among them ("" where none does)."""
+    if row["settings"] is None:
+        return "no config.json" if any(p["settings"] is not None for p in peers) else ""
+    known = [p["settings"] for p in peers if p["settings"] is not None]
+    fields = sorted({k for c in known for k in c if len({json.dumps(c.get(k)) for c in known}) > 1})
+    return " ".join(f"{k}={row['settings'].get(k)}" for k in fields)
 
 
 PAIRED_COLUMNS = {"iw_nll": "nll", "kl": "kl", "mi": "mi", "au": "au"}     # ours -> the paper's column
@@ -2597,7 +2798,8 @@ def format_table(rows, fmt="md", columns=None):
     TABLE_COLUMNS: every one, the time ratio and the paper's time and hours too)."""
     full = fmt == "csv" or columns == TABLE_COLUMNS
     columns = TABLE_COLUMNS if full else columns or COMPACT_COLUMNS
-    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode", "seeds", "runs", "collapsed", "escaped",
+    head = [*(["run"] if rows and "run" in rows[0] else []), "data", "mode",
+            *(["differs"] if any(r.get("differs") for r in rows) else []), "seeds", "runs", "collapsed", "escaped",
             *columns, *(["time_ratio"] if full else []), "step_ratio", "paper_table",
             *("paper_" + c for c in (PAPER_COLUMNS if full else ["nll", "kl", "mi", "au"]))]
     if fmt == "csv":
@@ -2694,7 +2896,9 @@ def plot_dynamics(runs, out):
         epochs = [r["epoch"] for r in log]
         ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
         ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
-        ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z))")
+        # Both MI and KL - MI are Monte Carlo estimates: on a collapsed model either may dip below 0.
+        ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z)), estimated")
+        ax.axhline(0, color="grey", lw=0.5)
         ax.set(xlabel="epoch", ylabel="nats", title=run_mode(run))
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -2934,16 +3138,19 @@ def add_config_flags(parser):
             group.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
-def forked_config(path):
-    """The fields of a run's config.json, less where it ran and how it was started."""
-    try:
-        saved = json.loads(Path(path).read_text())["config"]
-        if not isinstance(saved, dict):
-            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--config {path}: not a lagvae run config ({e})") from None
+def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):
+    """The fields of a run's config.json, less `left`: where it ran and how it was started."""
+    saved = read_run_config(path, flag)
     fields = {f.name for f in dataclasses.fields(Config)}
-    return {k: v for k, v in saved.items() if k in fields and k not in ("out", "resume", "overwrite")}
+    return {k: v for k, v in saved.items() if k in fields and k not in left}
+
+
+def add_field_flag(parser, name, note):
+    """A Config field as a flag of a command on a saved model, with the field's own help; unset (None),
+    the run's value stands."""
+    f = next(f for f in dataclasses.fields(Config) if f.name == name)
+    parser.add_argument("--" + name.replace("_", "-"), type={"int": int, "float": float}.get(f.type, f.type),
+                        default=None, metavar=name.upper(), help=f"{config_help()[0][name]} ({note})")
 
 
 def positive(typ):
@@ -2972,6 +3179,10 @@ def sample_counts(text):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # A prefix of a flag is an error, never another flag: `eval --data X` is not --data-dir X.
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message):
         """One line in the form of every other error: `lagvae: error: train: argument --nz: ...`."""
         command = self.prog.partition(" ")[2]
@@ -2983,7 +3194,7 @@ def build_parser():
     intro, examples = __doc__.split("\n\n")[:2]
     ap = Parser(prog="lagvae", description=f"{intro}\n\nexamples:\n{examples}",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=Parser)
     tr = sub.add_parser(
         "train", help="train a VAE (flags map onto Config fields)",
         description="Train a VAE. A preset (--preset) fills the fields first and explicit flags override it; "
@@ -3002,6 +3213,7 @@ def build_parser():
                     help="write the evaluation into the run's result.json, printing each number that changes")
     ev.add_argument("--data-dir", **data_dir)
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(ev, "threads", "default: the run's")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
                     help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
@@ -3011,6 +3223,10 @@ def build_parser():
                          "draws, with its spread over disjoint groups of K; --eval-seeds N draws N times")
     ev.add_argument("--max-test", type=int, default=None, metavar="N",
                     help="evaluate on the first N test examples (0 = all; default: the run's)")
+    ev.add_argument("--test", default=None, metavar="FILE",
+                    help="text: score the model on this file (one document a line) instead of its test split, "
+                         "read with the model's own vocabulary and cuts as its test split was; no data files "
+                         "are needed")
     sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
     sp.add_argument("--ckpt", **ckpt)
     sp.add_argument("--out", default=None, help="default: samples.png or samples.txt beside the checkpoint")
@@ -3018,6 +3234,7 @@ def build_parser():
                     help="prior samples and test reconstructions (default: 32 images, a multiple of 8, or 10 texts)")
     sp.add_argument("--data-dir", **data_dir)
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(sp, "threads", "default: the run's")
     sp.add_argument("--decode", dest="method", choices=["greedy", "sample", "beam"], default=None,
                     help="text: how to generate from p(x|z) (default: greedy)")
     sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
@@ -3036,6 +3253,7 @@ def build_parser():
     en.add_argument("--out", default=None, help=".npz path (default: latents.SPLIT.npz beside the checkpoint)")
     en.add_argument("--data-dir", **data_dir)
     en.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(en, "threads", "default: the run's")
     en.add_argument("--input", default=None, metavar="FILE",
                     help="text: encode these sentences (one a line; - reads stdin) instead of a split; no data files "
                          "are needed (default out: latents.input.npz)")
@@ -3079,7 +3297,11 @@ def main(argv=None):
     try:
         cmd = args.pop("cmd")
         if cmd == "train":
-            base = forked_config(args.pop("config")) if "config" in args else {}
+            resumed = Path(args.get("out", ""), "config.json") if args.get("resume") and args.get("out") else None
+            # A resume continues the run's own settings: only the flags given change (those --resume may).
+            base = (forked_config(args.pop("config")) if "config" in args else
+                    forked_config(resumed, "--resume", ("out", "resume", "overwrite", "quiet"))
+                    if resumed and resumed.is_file() else {})
             # A fork reads its data under the parent's data_dir but makes none there: data is generated
             # only under a root that the command line, $LAGVAE_DATA or ./data names.
             train(resolve_config({**base, **args}), generate=not base.get("data_dir") or "data_dir" in args)
@@ -3119,6 +3341,8 @@ def main(argv=None):
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:
+        if sys.stderr.isatty():       # the progress bar's line is unfinished: the message starts its own
+            print(file=sys.stderr)
         fail(e)
         return e.exit_code
     except (MemoryError, RuntimeError) as e:

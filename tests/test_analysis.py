@@ -108,7 +108,7 @@ def test_paper_data_sets_ptb_rows_beside_yelp_whatever_the_rule(tmp_path, capsys
 
 def fake_trained_run(root, name, mode, kl):
     d = fake_run(root, name, mode=mode, kl=kl, mi=kl / 2, au=int(kl > 0.5))
-    (d / "config.json").write_text(json.dumps({"mode": mode}))
+    (d / "config.json").write_text(json.dumps({"mode": mode, "config": {}}))
     (d / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "val_mi": kl / 2 * e, "val_kl": kl * e, "seconds": 1.0}) + "\n"
                                          for e in (1, 2, 3)))
     g = np.random.default_rng(0)
@@ -409,3 +409,25 @@ def test_the_bound_table_sets_each_model_beside_its_seeds_exact_lm(tmp_path, cap
     assert lagvae.main(["table", "--bound", str(tmp_path / "bad.json")]) == 2
     assert "bound" in one_error_line(capsys)
 
+
+
+def configured_run(root, name, seed=0, **config):
+    d = fake_run(root, name, seed=seed)
+    base = lagvae.asdict(lagvae.resolve_config({"preset": "tiny", "seed": seed}))
+    (d / "config.json").write_text(json.dumps({"config": {**base, **config}}))
+    return d
+
+
+def test_table_pools_only_runs_whose_settings_agree_and_says_what_differs(tmp_path, capsys):
+    dirs = [configured_run(tmp_path, "a0", 0, out="x", threads=4, device="cpu"),
+            configured_run(tmp_path, "a1", 1, out="y", quiet=True, data_dir="/d"),
+            configured_run(tmp_path, "short", 0, epochs=12)]
+    (tmp_path / "evalseeds-synthetic.json").write_text("{}")          # a record beside the runs
+    capsys.readouterr()
+    assert lagvae.main(["table", *map(str, dirs), str(tmp_path / "evalseeds-synthetic.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "evalseeds-synthetic.json: a file, not a run directory, left out" in err
+    rows = {r["differs"]: r for r in lagvae.summarize(lagvae.load_results(dirs))}
+    assert rows.keys() == {"epochs=2", "epochs=12"}
+    assert (rows["epochs=2"]["seeds"], rows["epochs=12"]["seeds"]) == ([0, 1], [0])
+    assert "| synthetic | basic | epochs=12 | 0 | 1 |" in out

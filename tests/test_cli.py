@@ -120,7 +120,9 @@ def test_a_finished_run_is_never_overwritten_silently(data_env, tmp_path, capsys
     assert lagvae.main(base) == 0
     before = (out / "result.json").read_text()
     assert lagvae.main(base + ["--seed", "1"]) == 2
-    one_line_error(capsys, str(out), "--overwrite", "--resume")
+    assert "--resume" not in one_line_error(capsys, str(out), "--overwrite", "--out DIR", "--seed 0 -> 1")
+    assert lagvae.main(base) == 2           # the same settings: continuing it is offered too
+    one_line_error(capsys, str(out), "--overwrite", "--out DIR", "--resume")
     assert (out / "result.json").read_text() == before
     (out / "snapshots.jsonl").write_text("stale\n")
     assert lagvae.main(base + ["--seed", "1", "--overwrite"]) == 0
@@ -396,7 +398,8 @@ def test_encode_exports_latents(text_run, tmp_path, capsys):
     z = np.load(out)
     model, cfg, corpus = lagvae.load_checkpoint(text_run)
     model.eval()
-    assert set(z.files) == {"mu", "logvar"} and z["mu"].shape == z["logvar"].shape == (64, cfg.nz)
+    assert set(z.files) == {"mu", "logvar", "line"} and z["mu"].shape == z["logvar"].shape == (64, cfg.nz)
+    assert z["line"].tolist() == list(range(1, 65))         # the synthetic files have no blank line
     with torch.no_grad():
         for i in (0, 17, 63):
             mu, logvar = model.encode(corpus.splits["test"][i][None])
@@ -803,3 +806,112 @@ def test_device_strings(device, needle):
     if not torch.cuda.is_available():
         with pytest.raises(lagvae.UsageError, match="no CUDA device is available"):
             lagvae.resolve_config({"device": "cuda:1"})
+
+
+def test_every_preset_names_its_thread_count():
+    """One thread for the small models (they step several times faster on a loaded machine), every core
+    for the paper's; none is left to torch's default by omission."""
+    for kind, presets in lagvae.PRESETS.items():
+        for name, values in presets.items():
+            assert "threads" in values, f"{kind} {name}"
+            assert values["threads"] == (0 if name == "paper" else 1), f"{kind} {name}"
+
+
+@pytest.mark.parametrize("argv", [["eval", "--quiet"], ["samples", "--n", "2"], ["encode"]])
+def test_commands_on_a_saved_model_take_threads_the_runs_by_default(trained, tmp_path, monkeypatch, capsys, argv):
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)      # the test process keeps its own count
+    out = [] if argv[0] == "eval" else ["--out", str(tmp_path / ("s.txt" if argv[0] == "samples" else "l.npz"))]
+    assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out]) == 0
+    assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out, "--threads", "3"]) == 0
+    assert counts == [1, 3]          # the tiny preset's one thread, then the flag's
+    assert lagvae.main([*argv, "--ckpt", str(trained / "model.pt"), *out, "--threads", "-1"]) == 2
+    assert "--threads: expected an integer in [0, 1024]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "--ckpt", "m.pt", "--data", "x"], ["train", "--aggr", "--nz", "0"],
+                                  ["table", "r", "--form", "csv"], ["samples", "--ckpt", "m.pt", "--temp", "2"]])
+def test_a_prefix_of_a_flag_is_refused_not_taken_for_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        lagvae.main(argv)
+    prefix = next(a for a in argv[1:] if a.startswith("--") and a != "--ckpt")
+    assert e.value.code == 2 and f"unrecognized arguments: {prefix}" in capsys.readouterr().err
+
+
+def test_data_py_takes_no_prefix_of_a_flag(capsys):
+    import data as datalib
+    with pytest.raises(SystemExit):
+        datalib.main(["--data", "x", "info"])
+
+
+def test_default_run_names_carry_the_preset_and_latent_size_where_not_the_default():
+    name = lambda **o: str(lagvae.run_dir(lagvae.resolve_config(o)))
+    assert name(aggressive=True) == "runs/synthetic-aggressive-s0"
+    assert name(aggressive=True, nz=1) == "runs/synthetic-nz1-aggressive-s0"
+    assert name(data="ptb", preset="tiny", seed=2) == "runs/ptb-tiny-basic-s2"
+    assert name(data="ptb", lm=True) == "runs/ptb-lm-s0"
+    assert name(data="text:some/where/corpus", anneal=True) == "runs/text:corpus-basic+anneal-s0"
+
+
+def test_resume_takes_the_runs_config_with_resumable_flags_over_it(data_env, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--aggressive", "--quiet", "--out", str(out)]) == 0
+    assert lagvae.main(["train", "--out", str(out), "--resume", "--nz", "3"]) == 2
+    one_line_error(capsys, "--resume", "--nz 2 -> 3")
+    assert lagvae.main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["preset"], config["aggressive"], config["epochs"]) == ("tiny", True, 2)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_of_a_finished_run_says_so_and_does_nothing(data_env, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    before = {f: (out / f).read_bytes() for f in ("result.json", "config.json", "log.jsonl")}
+    monkeypatch.setattr(lagvae, "evaluate", None)          # no test evaluation runs again
+    capsys.readouterr()
+    assert lagvae.main(["train", "--out", str(out), "--resume"]) == 0
+    assert "finished after epoch 1, its result.json stands; nothing to resume" in capsys.readouterr().out
+    assert before == {f: (out / f).read_bytes() for f in before}
+
+
+def test_help_names_no_internals(capsys):
+    for argv in (["--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            lagvae.main(argv)
+        out = capsys.readouterr().out
+        assert not any(internal in out for internal in ("{train,eval", "see data.py", "(RULES)")), out
+    with pytest.raises(SystemExit):
+        lagvae.main(["nosuch"])
+    assert "argument COMMAND: invalid choice" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_named_as_missing(tmp_path, capsys):
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "model.pt")]) == 2
+    assert "no such file" in one_line_error(capsys, "--ckpt")
+    assert lagvae.main(["eval", "--ckpt", str(tmp_path)]) == 2
+    assert "a run directory? its model.pt" in one_line_error(capsys, "--ckpt")
+
+
+def test_one_sentence_is_one_sentence(trained, tmp_path, capsys):
+    (tmp_path / "one.txt").write_text("1 2 3\n")
+    assert lagvae.main(["encode", "--ckpt", str(trained / "model.pt"), "--input", str(tmp_path / "one.txt"),
+                        "--out", str(tmp_path / "z.npz")]) == 0
+    assert ": 1 sentence, 3 tokens," in capsys.readouterr().err
+
+
+def test_a_language_model_builds_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lagvae.TextVAE(12, lagvae.resolve_config({"preset": "tiny", "lm": True}))
+
+
+def test_an_interrupt_on_a_terminal_starts_its_own_line(monkeypatch, capsys):
+    import signal
+
+    def interrupted(*args, **kwargs):
+        raise lagvae.Interrupted(signal.SIGINT, "epoch 1 batch 3")
+    monkeypatch.setattr(lagvae, "train", interrupted)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert lagvae.main(["train", "--preset", "tiny"]) == 130
+    assert capsys.readouterr().err.startswith("\nlagvae: error: interrupted by SIGINT")

@@ -229,3 +229,34 @@ def test_bound_sample_counts_must_divide_the_largest(value, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--bound: expected sample counts" in err[0]
 
+
+
+def api_model():
+    """A tiny text model as lagvae.load gives one: its config and vocabulary attached, in eval mode."""
+    model, cfg = tiny_model(vocab=12)
+    model.cfg, model.vocab = cfg, lagvae.datalib.SPECIALS + [f"w{i}" for i in range(8)]
+    return model.eval()
+
+
+def test_a_padded_batch_is_refused_never_read_as_words():
+    model, cfg = tiny_model(vocab=12)
+    x = random_batch(vocab=12, batch=2, length=6)
+    x[0, 3], x[0, 4:] = 2, 0                       # a shorter sentence padded after its </s>
+    for call in (lambda: lagvae.evaluate(model, [x], cfg), lambda: lagvae.iw_nll(model, x, 5)):
+        with pytest.raises(lagvae.UsageError, match="<pad>"):
+            call()
+
+
+def test_sentences_are_batched_by_length_and_come_back_in_their_order():
+    model = api_model()
+    short, long = "w1 w2", "w3 w4 w5 w6 <s>"
+    both = lagvae.nll(model, [long, short], k=10)
+    assert both.shape == (2,) and torch.isfinite(both).all()
+    assert torch.equal(lagvae.nll(model, [short, long], k=10), both.flip(0))       # the same draws, in order
+    assert lagvae.nll(model, [short], k=10)[0] == both[1]
+    mu, logvar = lagvae.encode(model, [long, short])
+    ids = lagvae.datalib.encode_new_text(f"{long}\n{short}\n", model.vocab)[0]
+    assert torch.equal(mu, lagvae.encode_examples(model, ids, 8)[0])
+    assert len(lagvae.reconstruct(model, [long, short])) == 2 and len(lagvae.sample(model, 3)) == 3
+    with pytest.raises(lagvae.UsageError, match="list of sentences"):
+        lagvae.nll(model, "w1 w2")

@@ -613,7 +613,7 @@ def test_a_resume_on_another_thread_count_says_it_is_no_longer_exact(data_env, f
     out, threads = run_copy(finished, tmp_path), torch.get_num_threads()
     saved = torch.load(out / "last.pt", weights_only=True)["threads"]
     try:
-        assert lagvae.main(BASE[:-3] + ["--iw-samples", "5", "--epochs", "1", "--out", str(out), "--resume",
+        assert lagvae.main(BASE[:-3] + ["--iw-samples", "5", "--epochs", "2", "--out", str(out), "--resume",
                                         "--threads", str(saved + 1)]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -3,6 +3,7 @@ refused or named, a researcher's own corpus is not cut, and a run says what it d
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,59 @@ def test_eval_on_another_test_set_says_so_in_the_output_and_result(tmp_path, cap
     assert json.loads(out)["test_data"] == "other than at training"
     assert "the test set is not the one" in err
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_data"] == "other than at training"
+
+
+def test_eval_test_scores_another_file_with_the_models_vocabulary_and_no_other_data(tmp_path, capsys):
+    lines = sentences(200)
+    data = corpus(tmp_path / "a", "c", lines)
+    train(data, tmp_path / "run")
+    ck = str(tmp_path / "run" / "model.pt")
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(lines[100:117]) + "\n")
+    for split in ("train", "valid"):        # the model alone: its own test file and another one
+        (tmp_path / "a" / f"c.{split}.txt").unlink()
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", ck, "--quiet", "--test", str(tmp_path / "a" / "c.test.txt")]) == 0
+    own = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert own["test_data"] == "as trained" and own["iw_nll"] == saved["iw_nll"] and own["n"] == saved["n"]
+    assert lagvae.main(["eval", "--ckpt", ck, "--quiet", "--test", str(other)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 17 and json.loads(out)["test_data"] == "other than at training"
+    assert lagvae.main(["eval", "--ckpt", ck, "--test", str(other), "--update"]) == 2
+    assert "--test: another test set" in capsys.readouterr().err
+
+
+def test_a_relative_corpus_prefix_is_stored_absolute_so_eval_works_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    corpus(tmp_path / "corpora", "mine", sentences(200))
+    assert lagvae.main(["train", "--data", "text:corpora/mine", "--preset", "tiny", "--epochs", "1", "--quiet",
+                        "--iw-samples", "5"]) == 0
+    run = tmp_path / "runs" / "text:mine-tiny-basic-s0"      # named by the corpus, not its path
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["data"] == f"text:{tmp_path / 'corpora' / 'mine'}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert lagvae.main(["eval", "--ckpt", str(run / "model.pt"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_data"] == "as trained"
+
+
+def test_blank_lines_are_counted_in_the_cut_line_and_encoded_rows_keep_their_line_numbers(tmp_path, capsys):
+    lines = sentences(200)
+    lines[3:3], lines[10:10] = ["", "  "], [""]          # three blank lines among the first dozen
+    data = corpus(tmp_path / "a", "c", lines, valid=lines[20:40], test=["w1 w2", "", "w3"])
+    capsys.readouterr()
+    assert lagvae.main(["train", "--data", data, "--preset", "tiny", "--subset", "0", "--epochs", "1",
+                        "--iw-samples", "5", "--out", str(tmp_path / "run")]) == 0
+    cut = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cut:"))
+    assert "blank lines skipped: 3 train, 0 valid, 1 test" in cut
+    assert lagvae.main(["encode", "--ckpt", str(tmp_path / "run" / "model.pt"), "--split", "test",
+                        "--out", str(tmp_path / "z.npz")]) == 0
+    assert np.load(tmp_path / "z.npz")["line"].tolist() == [1, 3]
+    assert lagvae.main(["encode", "--ckpt", str(tmp_path / "run" / "model.pt"), "--split", "train",
+                        "--out", str(tmp_path / "z.npz")]) == 0
+    assert np.load(tmp_path / "z.npz")["line"].tolist()[2:5] == [3, 6, 7]
 
 
 def test_resume_refuses_other_training_data(tmp_path, capsys):
@@ -166,9 +220,15 @@ def test_a_run_directory_copied_alone_encodes_and_reconstructs_new_text_without_
     out = capsys.readouterr().out
     assert "## your sentences" in out and "original  w1 w2 w3" in out
     assert "original  w4 <unk> <unk> <unk> <unk>" in out
-    assert lagvae.main(["samples", "--ckpt", "run/model.pt"]) == 2     # the test documents need the corpus
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "missing" in err
+    assert lagvae.main(["samples", "--ckpt", "run/model.pt", "--n", "3"]) == 0     # the prior needs only the model
+    out, err = capsys.readouterr()
+    assert "writing prior samples only" in err and "missing" in err
+    assert len(sample_lines(out, "from the prior")) == 3 + 1 and "## test documents" not in out     # and the path
+
+
+def sample_lines(text, title):
+    block = text.split("## " + title, 1)[1].split("\n## ", 1)[0]
+    return [line for line in block.splitlines()[1:] if line]
 
 
 def test_new_text_is_tokenized_as_the_training_data_was():
@@ -179,12 +239,21 @@ def test_new_text_is_tokenized_as_the_training_data_was():
 
 
 def test_the_readmes_python_example_runs(data_env, tmp_path, monkeypatch, capsys):
-    """README "From Python": its code block, executed as written (in a scratch directory)."""
+    """README "From Python": its code block, executed as written with this clone's path, in a scratch
+    directory where neither module is importable but through the path the example puts there."""
+    import sys
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## From Python", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0].replace("/path/to/lagvae", str(ROOT))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    for name in ("lagvae", "data"):
+        monkeypatch.delitem(sys.modules, name)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("torch.Size([2, 2]) tensor([")
     assert (tmp_path / "runs" / "api-demo" / "model.pt").exists()
+    again = lagvae.load(tmp_path / "runs" / "api-demo" / "copy.pt")       # save, then load: the same model
+    first = lagvae.load(tmp_path / "runs" / "api-demo")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
+    assert again.vocab == first.vocab and again.epoch == first.epoch == 1
