@@ -136,7 +136,7 @@ def test_resume_needs_the_runs_config(data_env, tmp_path, capsys):
     (out / "config.json").write_text('{"config": null}')
     assert lagvae.main(BASE + ["--epochs", "2", "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "config.json is not a lagvae run config" in err[0]
+    assert len(err) == 1 and "config.json: not a lagvae run config" in err[0]
     assert lagvae.RUN_FILES[-1] == "config.json"
     (out / "config.json").write_text(config)
     (out / "last.pt.tmp").write_text("half")
