@@ -447,6 +447,7 @@ def test_synthetic_splits_have_the_sizes_readme_states():
     assert tuple(datalib.SYNTH_SPLITS.values()) == SPLIT_SIZES["synthetic"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("LAGVAE_DATA"), reason="LAGVAE_DATA is not set (shared data)")
 @pytest.mark.parametrize("name", ["ptb", "yahoo-small"])
 def test_shared_text_splits_have_the_sizes_readme_states(name):

@@ -39,7 +39,7 @@ def test_kl_decomposition_exact_with_shared_samples(enc, seed):
 
 def test_kl_decomposition_analytic_within_monte_carlo_error():
     g = torch.Generator().manual_seed(1)
-    n = 4000
+    n = 2000
     mu = torch.randn(n, 3, generator=g, dtype=torch.float64)
     logvar = torch.randn(n, 3, generator=g, dtype=torch.float64) - 1
     z = sample_z(mu, logvar, 1, g)[:, 0]

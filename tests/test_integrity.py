@@ -39,6 +39,7 @@ def kill_after(monkeypatch, name, calls):
     monkeypatch.setattr(lagvae, name, wrapped)
 
 
+@pytest.mark.slow
 def test_a_kill_between_an_epochs_log_row_and_its_checkpoint_leaves_no_repeated_row(data_env, tmp_path, monkeypatch):
     """The log row of epoch 2 is written, the process dies before the end-of-epoch last.pt (which
     still holds the batch checkpoint of epoch 2): the resumed log must not hold epoch 2 twice."""

@@ -314,6 +314,7 @@ def test_run_all_lists_the_papers_grid_with_gpu_hours_and_checks_its_data(tmp_pa
     assert r.returncode == 2 and "section paper needs data that is missing" in r.stderr and "yahoo: MISSING" in r.stderr
 
 
+@pytest.mark.slow
 def test_listed_jobs_carry_only_the_users_data_root_and_check_it(tmp_path):
     """A job list for a cluster: without LAGVAE_DATA no job names a data root of this checkout (each
     then looks where lagvae does), with it the real-data jobs name it; and listing checks the data as a
