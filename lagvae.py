@@ -10,6 +10,7 @@ Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training mo
 8 benchmark, 9 CLI. Paper equations are tagged `# Eq. N`.
 """
 import argparse
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -171,6 +172,31 @@ class Config:
     grid_stride: float = arg(0.1, "stride of the z grid on [-20, 20] for the true posterior mean", (1e-3, 40, "[]"))
     trajectory_iters: int = arg(0, "Figure 3: follow one example through the first N generator updates", NONNEG_INT)
 
+# Mode flags in the order of their parts in the mode name ("+" starts a part, else it extends the last): the name,
+# implied settings, refusals (of what would train otherwise than named) and the autoencoder's reset (ae_off) read it.
+Mode = collections.namedtuple("Mode", "off part method implies excludes needs clash why latent ae_off", defaults=(
+    "", False, {}, (), (), "--{} and --{} are alternative {}; pick one", "", True, False))
+MODES = {
+    "nz": Mode(0),          # not a mode: the latent size, which --lm excludes with every mode that needs a latent
+    "lm": Mode(False, "+lm", method=True, implies=dict(nz=0, iw_samples=1), latent=False,      # log p(x) is exact
+               clash="--{}: the language-model baseline has no latent; drop --{}"),
+    "savae": Mode(False, "+savae", method=True, excludes=("aggressive",), why="remedies"),
+    "aggressive": Mode(False, "+aggressive", method=True),
+    "inner_steps": Mode(0, "-inner{}", needs=("aggressive",), clash="--{}: a fixed inner-loop budget needs --{}"),
+    "rule": Mode("paper", "-{}", needs=("aggressive",), clash="", latent=False),     # inert without it: not refused
+    "pretrain_encoder": Mode(False, "+pretrain", method=True, implies=dict(anneal=True, kl_start=0.0, free_bits=0.5),
+                             ae_off=True),     # Li et al. 2019 anneal from 0, with free bits
+    "anneal": Mode(False, "+anneal", excludes=("cyclical",), why="KL schedules", ae_off=True),
+    "warm_up_iters": Mode(0, "{}", needs=("anneal",), clash="--{}: a warm-up length needs --{}", ae_off=True),
+    "cyclical": Mode(0, "+cyclical{}", ae_off=True),
+    "beta": Mode(1.0, "+beta{:g}"),
+    "free_bits": Mode(0.0, "+fb{:g}", ae_off=True),
+    "bn_gamma": Mode(0.0, "+bn{:g}"),
+    "encoder_lr_mult": Mode(1.0, "+enclr{:g}"),
+    "decay_at": Mode("", "+decayat", latent=False, ae_off=True),     # the autoencoder's decays are its own
+}
+MODES["lm"] = MODES["lm"]._replace(excludes=tuple(f for f, m in MODES.items() if m.latent))
+
 # Every preset names its thread count. The small ones take one: their ops are too short to split, so
 # a second thread only waits for the first, and on a machine with other work a tiny or cpu text run
 # took 27.7 s on two threads and 5.9 s on one (issue 38); the synthetic model steps faster on one
@@ -281,12 +307,7 @@ def resolve_config(overrides):
     preset = overrides.get("preset") or DEFAULT_PRESET.get(data, "cpu-full")
     if preset not in presets:
         raise UsageError(f"--preset: unknown preset {preset!r} for {data} (expected one of {', '.join(presets)})")
-    implied = {}
-    if overrides.get("pretrain_encoder"):
-        # Li et al. 2019 follow the pretraining with annealing from 0 and free bits.
-        implied = {"anneal": True, "kl_start": 0.0, "free_bits": 0.5}
-    if overrides.get("lm"):
-        implied = {"nz": 0, "iw_samples": 1}      # log p(x) is exact: one "sample" suffices
+    implied = {k: v for f, m in MODES.items() if overrides.get(f, m.off) != m.off for k, v in m.implies.items()}
     rule = overrides.get("rule", Config.rule)
     if rule not in RULES:
         raise UsageError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
@@ -295,21 +316,11 @@ def resolve_config(overrides):
     for name, limits in NUMBER_RULES.items():
         if not (name == "nz" and cfg.lm):
             check_number(name, getattr(cfg, name), limits)
-    # A mode flag that another makes meaningless would train something else than its mode name says.
-    latent = {"--nz": cfg.nz, "--aggressive": cfg.aggressive, "--savae": cfg.savae, "--bn-gamma": cfg.bn_gamma,
-              "--free-bits": cfg.free_bits, "--pretrain-encoder": cfg.pretrain_encoder, "--anneal": cfg.anneal,
-              "--cyclical": cfg.cyclical, "--beta": cfg.beta != 1, "--encoder-lr-mult": cfg.encoder_lr_mult != 1}
-    if cfg.lm and any(latent.values()):
-        raise UsageError(f"--lm: the language-model baseline has no latent; drop "
-                         f"{', '.join(k for k, v in latent.items() if v)}")
-    if cfg.savae and cfg.aggressive:
-        raise UsageError("--savae and --aggressive are alternative remedies; pick one")
-    if cfg.anneal and cfg.cyclical:
-        raise UsageError("--anneal and --cyclical are alternative KL schedules; pick one")
-    if cfg.inner_steps and not cfg.aggressive:
-        raise UsageError("--inner-steps: a fixed inner-loop budget needs --aggressive")
-    if cfg.warm_up_iters and not cfg.anneal:
-        raise UsageError("--warm-up-iters: a warm-up length needs --anneal")
+    on = lambda f: getattr(cfg, f) != MODES[f].off
+    for f, m in MODES.items():
+        wrong = [g for g in m.excludes if on(g)] or [g for g in m.needs if not on(g)]
+        if on(f) and wrong and m.clash:
+            raise UsageError(m.clash.format(f.replace("_", "-"), ", --".join(wrong).replace("_", "-"), m.why))
     try:
         kernels = [int(k) for k in cfg.dec_kernels.split(",")]
     except ValueError:
@@ -354,19 +365,9 @@ def decay_epochs(decay_at):
 
 
 def mode_name(cfg):
-    """Canonical mode, e.g. 'aggressive+anneal', 'savae', 'basic+beta0.4', 'pretrain+anneal+fb0.5'."""
-    base = ("lm" if cfg.lm else "savae" if cfg.savae else "pretrain" if cfg.pretrain_encoder else
-            "aggressive" + (f"-inner{cfg.inner_steps}" if cfg.inner_steps else "")
-            + ("-adaptive" if cfg.rule == "adaptive" else "") if cfg.aggressive else "basic")
-    parts = [base,
-             (f"anneal{cfg.warm_up_iters}" if cfg.warm_up_iters else "anneal") if cfg.anneal else "",
-             f"cyclical{cfg.cyclical}" if cfg.cyclical else "",
-             f"beta{cfg.beta:g}" if cfg.beta != 1 else "",
-             f"fb{cfg.free_bits:g}" if cfg.free_bits else "",
-             f"bn{cfg.bn_gamma:g}" if cfg.bn_gamma else "",
-             f"enclr{cfg.encoder_lr_mult:g}" if cfg.encoder_lr_mult != 1 else "",
-             "decayat" if cfg.decay_at else ""]
-    return "+".join(p for p in parts if p)
+    on = lambda f: getattr(cfg, f) != MODES[f].off
+    name = "".join(m.part.format(getattr(cfg, f)) for f, m in MODES.items() if on(f) and all(map(on, m.needs)))
+    return name[1:] if any(m.method and on(f) for f, m in MODES.items()) else "basic" + name
 
 
 def absolute_data(data):
@@ -1068,10 +1069,9 @@ def pretrain_encoder(cfg, out, model, device):
     freshly initialized. Returns the autoencoder's result (its seconds and gradient steps count
     towards the run's: they are part of what the method costs)."""
     pre = out / "pretrain"
-    ae = dataclasses.replace(cfg, pretrain_encoder=False, beta=0.0, anneal=False, cyclical=0, free_bits=0.0,
-                             decay_at="", iw_samples=0, out=str(pre), overwrite=False,
-                             resume=cfg.resume and (pre / "last.pt").is_file())
-    result = train(ae)
+    ae = {**asdict(cfg), **{f: m.off for f, m in MODES.items() if m.ae_off}, "beta": 0.0, "iw_samples": 0,
+          "out": str(pre), "overwrite": False, "resume": cfg.resume and (pre / "last.pt").is_file()}
+    result = train(resolve_config(ae))
     enc = load_best(pre / "model.pt", device)["model"]
     model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in enc.items() if k.startswith("encoder.")})
     return result

@@ -853,6 +853,46 @@ def test_default_run_names_carry_the_preset_and_latent_size_where_not_the_defaul
     assert name(data="text:some/where/corpus", anneal=True) == "runs/text:corpus-basic+anneal-s0"
 
 
+@pytest.mark.parametrize("over,mode", [
+    ({}, "basic"), ({"lm": True}, "lm"), ({"savae": True}, "savae"), ({"savae": True, "anneal": True}, "savae+anneal"),
+    ({"aggressive": True, "rule": "adaptive"}, "aggressive-adaptive"), ({"aggressive": True, "inner_steps": 10},
+    "aggressive-inner10"), ({"aggressive": True, "inner_steps": 10, "rule": "adaptive"}, "aggressive-inner10-adaptive"),
+    ({"rule": "adaptive"}, "basic"), ({"anneal": True, "warm_up_iters": 390}, "basic+anneal390"),
+    ({"free_bits": 0.125}, "basic+fb0.125"), ({"cyclical": 4}, "basic+cyclical4"), ({"bn_gamma": 0.6}, "basic+bn0.6"),
+    ({"encoder_lr_mult": 2}, "basic+enclr2"), ({"decay_at": "3,5"}, "basic+decayat"), ({"beta": 0.2}, "basic+beta0.2"),
+    ({"pretrain_encoder": True}, "pretrain+anneal+fb0.5"),
+    ({"pretrain_encoder": True, "aggressive": True}, "aggressive+pretrain+anneal+fb0.5"),
+    ({"pretrain_encoder": True, "savae": True}, "savae+pretrain+anneal+fb0.5"),
+])
+def test_the_mode_name_says_every_mode_that_trains(over, mode):
+    """Pretraining precedes a remedy, it does not replace it: with --aggressive or --savae the name, and so
+    the default run directory and the table row, are not plain pretraining's."""
+    cfg = lagvae.resolve_config({"data": "ptb", **over})
+    assert lagvae.mode_name(cfg) == mode
+    assert lagvae.run_dir(cfg) == Path(f"runs/ptb-{mode}-s0")
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("runs/*/config.json")), ids=lambda p: p.parent.name)
+def test_every_saved_run_keeps_its_mode_name(path):
+    """The mode name keys tables, figures and run directories: the committed runs keep theirs."""
+    saved = json.loads(path.read_text())
+    mode = lagvae.mode_name(lagvae.resolve_config(lagvae.forked_config(path)))
+    result = path.with_name("result.json")
+    assert mode == saved["mode"] == (json.loads(result.read_text())["mode"] if result.is_file() else mode)
+
+
+def test_the_pretraining_autoencoder_saves_a_config_that_resolves(data_env, tmp_path, capsys):
+    """The autoencoder drops the KL schedule with everything that needs it (--warm-up-iters needs
+    --anneal), so its saved config is valid and its model.pt evaluates like any other."""
+    out = tmp_path / "run"
+    assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--quiet", "--iw-samples", "2",
+                        "--pretrain-encoder", "--warm-up-iters", "30", "--out", str(out)]) == 0
+    assert lagvae.main(["eval", "--ckpt", str(out / "pretrain" / "model.pt"), "--iw-samples", "2", "--quiet"]) == 0
+    saved = json.loads((out / "pretrain" / "config.json").read_text())
+    assert lagvae.mode_name(lagvae.resolve_config(lagvae.forked_config(out / "pretrain" / "config.json"))) == \
+        saved["mode"] == "basic+beta0"
+
+
 def test_resume_takes_the_runs_config_with_resumable_flags_over_it(data_env, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--aggressive", "--quiet", "--out", str(out)]) == 0
