@@ -248,7 +248,7 @@ def test_every_mode_trains_on_images(omni_env, tmp_path, flags):
 
 
 @pytest.mark.slow
-def test_samples_grid_png(omni_env, tmp_path):
+def test_samples_grid_png(omni_env, tmp_path, capsys):
     from PIL import Image
     out = tmp_path / "run"
     lagvae.main(["train", "--data", "omniglot", "--preset", "tiny", "--epochs", "1", "--quiet", "--out", str(out)])
@@ -257,6 +257,11 @@ def test_samples_grid_png(omni_env, tmp_path):
     assert img.size == (8 * 28 + 9 * 2, 3 * 28 + 4 * 2)      # prior row, then test and reconstruction rows
     assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--n", "5"]) == 2
     assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--decode", "beam"]) == 2    # text only
+    (tmp_path / "nodata").mkdir()            # the model without its data: the prior row alone, and a note
+    assert lagvae.main(["samples", "--ckpt", str(out / "model.pt"), "--n", "8", "--data-dir",
+                        str(tmp_path / "nodata"), "--out", str(tmp_path / "prior.png")]) == 0
+    assert Image.open(tmp_path / "prior.png").size == (8 * 28 + 9 * 2, 28 + 2 * 2)
+    assert "writing prior samples only" in capsys.readouterr().err
 
 
 @pytest.mark.slow
