@@ -1828,10 +1828,8 @@ class StopRequest:
             os._exit(128 + signum)
         self.signum = signum
 
-    def check(self, where, save=None):
+    def check(self, where):
         if self.signum is not None:
-            if save:
-                save()
             raise Interrupted(self.signum, where)
 
 
@@ -3131,11 +3129,10 @@ def add_config_flags(parser):
         text = (helps.get(f.name, "") + (f" [{note}]" if note else "")).replace("%", "%%")
         group = sections.setdefault(groups[f.name], parser.add_argument_group(groups[f.name]))
         flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
+        if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            group.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+            group.add_argument(flag, type=f.type, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
 def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):
@@ -3149,8 +3146,8 @@ def add_field_flag(parser, name, note):
     """A Config field as a flag of a command on a saved model, with the field's own help; unset (None),
     the run's value stands."""
     f = next(f for f in dataclasses.fields(Config) if f.name == name)
-    parser.add_argument("--" + name.replace("_", "-"), type={"int": int, "float": float}.get(f.type, f.type),
-                        default=None, metavar=name.upper(), help=f"{config_help()[0][name]} ({note})")
+    parser.add_argument("--" + name.replace("_", "-"), type=f.type, default=None, metavar=name.upper(),
+                        help=f"{config_help()[0][name]} ({note})")
 
 
 def positive(typ):

@@ -450,7 +450,7 @@ def test_help_explains_every_train_flag(capsys):
     shown = "".join(capsys.readouterr().out.split())          # argparse wraps lines
     for f in dataclasses.fields(lagvae.Config):
         flag = "--" + f.name.replace("_", "-")
-        usage = f"{flag},--no-{flag[2:]}" if f.type in (bool, "bool") else flag + f.name.upper()
+        usage = f"{flag},--no-{flag[2:]}" if f.type is bool else flag + f.name.upper()
         assert usage + "".join(helps[f.name].split()) in shown, f.name
     assert "[default32;presets:synthetic2,tiny2,imagetiny4]" in shown
     with pytest.raises(SystemExit):
