@@ -211,7 +211,7 @@ if want protocol; then
   fi
 fi
 
-# Issue 24: the likelihood claims decided by paired seeds. ptb at the cpu scale, seeds 0-9, the
+# The likelihood claims decided by paired seeds. ptb at the cpu scale, seeds 0-9, the
 # paper's central rows; runs of one seed share the initialization and batch order, so B - A per seed
 # removes the seed's own luck. Seed by seed, Ours first, so that two lanes finish a seed together
 # (Ours ~49 min against the other four's ~47) and a grid cut short still has whole seeds to pair.
@@ -250,7 +250,7 @@ if want paired; then
   fi
 fi
 
-# Issues 2 and 10 / Figure 2: scalar latent on synthetic data, no annealing, 5 seeds: basic, aggressive
+# Figure 2: scalar latent on synthetic data, no annealing, 5 seeds: basic, aggressive
 # with the paper's rules and with the adaptive rules; posterior-mean snapshots after 0, 200 and 2000
 # generator updates and at the end. Cheap runs first, so that partial tables fill in early.
 if want synthetic; then
@@ -271,7 +271,7 @@ if want synthetic; then
   fi
 fi
 
-# Issue 11 / Tables 1, 3 and 5 on the real text available offline (cpu preset, seeds 0-2): every
+# Tables 1, 3 and 5 on the real text available offline (cpu preset, seeds 0-2): every
 # row of the paper's Table 1 and the later remedies, on ptb and yahoo-small. The paper's own rows (LM,
 # VAE, VAE + anneal, Ours, Ours + anneal) get all three seeds before the remedies start, so that a
 # grid cut short still has the central comparison. SA-VAE costs 11x a basic run's gradient steps and
@@ -320,7 +320,7 @@ if want text; then
     text_rows $seed "savae:--savae" "savae-anneal:--savae --anneal"
   done
   # Table 4 on the CPU last: its result is already had from the same preset on a GPU (RESULTS.md), and
-  # the issue asks Table 1's rows, SA-VAE's included, for three seeds first.
+  # Table 1's rows, SA-VAE's included, get their three seeds first.
   for n in 10 30 50 70; do
     run ptb-cpu-inner$n-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --inner-steps $n --seed 0
   done
@@ -342,7 +342,7 @@ if want text; then
   fi
 fi
 
-# Issue 4: every training mode, one seed, synthetic data (nz 2), 2,000 training sentences, 6 epochs,
+# Every training mode, one seed, synthetic data (nz 2), 2,000 training sentences, 6 epochs,
 # IW-NLL with 100 samples on the first 500 test sentences.
 if want modes; then
   for flags in "" "--aggressive" "--anneal" "--aggressive --anneal" "--beta 0.4" "--savae" "--savae --anneal" \
@@ -358,7 +358,7 @@ if want modes; then
   fi
 fi
 
-# Issue 5: Omniglot, cpu preset, basic vs aggressive (2 seeds), the PixelCNN without z (exact NLL),
+# Omniglot, cpu preset, basic vs aggressive (2 seeds), the PixelCNN without z (exact NLL),
 # and seed 0 of both trained for 30 epochs instead of 12.
 if want omniglot; then
   need omniglot omniglot
@@ -381,7 +381,7 @@ if want omniglot; then
   fi
 fi
 
-# Issue 29 / Tables 7 and 8 (App. D): the evaluation's own noise. Seed 0 of Ours and of the VAE on each
+# Tables 7 and 8 (App. D): the evaluation's own noise. Seed 0 of Ours and of the VAE on each
 # dataset, evaluated with 10 evaluation seeds. The JSON are committed; the checkpoints they need are not.
 if want spread; then
   need spread ptb yahoo-small omniglot
