@@ -28,6 +28,7 @@ Validation is the last 2,000 training images after a fixed-seed shuffle. Trainin
 and are binarized afresh at every use; validation and test are binarized once with a fixed seed.
 """
 import argparse
+import functools
 import os
 import re
 import sys
@@ -416,8 +417,25 @@ def load_chardata(path):
 
 
 def load_raw_npz(paths):
+    """Train and test arrays of the raw 105 x 105 drawings, downsampled to 28 x 28. The downsampling
+    takes seconds, so it is done once per process for the files as they are (path, size and time of
+    last change: a file written anew is read anew); callers copy before they change an array."""
+    return converted_npz(tuple((str(p), *file_stamp(p)) for p in paths))
+
+
+def file_stamp(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def converted_npz(stamped):
     imgs = []
-    for p in paths:
+    for path, _, _ in stamped:
+        p = Path(path)
         try:
             with np.load(p) as f:
                 x = f["images"]

@@ -531,9 +531,10 @@ def test_aggressive_training_ends_when_validation_mi_stops_climbing(data_env, tm
     the epochs after it has ended train jointly (log rows say which, and count the steps)."""
     scripted_validation(monkeypatch, mi_full=mi)
     out = tmp_path / "run"
+    # two batches an epoch: the switch acts between epochs, so their number is what matters
     lagvae.train(lagvae.resolve_config({"preset": "tiny", "aggressive": True, "epochs": 6, "iw_samples": 0,
-                                        "mi_patience": patience, "decay_patience": 100, "quiet": True,
-                                        "out": str(out)}))
+                                        "subset": 16, "mi_patience": patience, "decay_patience": 100,
+                                        "quiet": True, "out": str(out)}))
     log = lagvae.read_jsonl(out / "log.jsonl")
     assert [int(r["aggressive"]) for r in log] == aggressive
     for r in log:
