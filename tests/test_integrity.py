@@ -184,23 +184,28 @@ def test_a_test_evaluation_that_is_not_finite_writes_no_result(data_env, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(synth_root, uninterrupted_run, tmp_path, sig):
-    """A scheduler's SIGTERM (or Ctrl-C) mid-run: one line, exit 128 + signal, last.pt at a batch
-    boundary; the resumed run's log, result and weights are those of a run never stopped."""
+def test_a_signal_saves_at_the_next_batch_and_the_resumed_run_is_exact(synth_root, uninterrupted_run, tmp_path):
+    """A scheduler's SIGTERM mid-run, then Ctrl-C (SIGINT) in the resumed run: each is one line, exit
+    128 + signal, last.pt at a batch boundary; the run resumed twice ends with the log, result and
+    weights of a run never stopped."""
     base = subprocess_train(synth_root)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight, stopped = uninterrupted_run, tmp_path / "stopped"
-    proc = subprocess.Popen(base + ["--out", str(stopped)], env=env, stderr=subprocess.PIPE, text=True)
-    while not (stopped / "config.json").exists():
-        assert proc.poll() is None
-        time.sleep(0.02)
-    time.sleep(1.0)                   # into the training batches
-    proc.send_signal(sig)
-    err = proc.communicate(timeout=300)[1].strip().splitlines()
-    assert proc.returncode == 128 + sig, err
-    assert len(err) == 1 and f"interrupted by {signal.Signals(sig).name} at " in err[0] and "--resume" in err[0]
-    assert not (stopped / "result.json").exists() and (stopped / "last.pt").exists()
+    config = stopped / "config.json"
+    # The resumed run rewrites config.json once its checks pass; a signal before its first batch is
+    # honoured there, one after its last in its test evaluation: the same line and exit code.
+    for sig, resume, wait in ((signal.SIGTERM, [], 1.0), (signal.SIGINT, ["--resume"], 0.3)):
+        before = config.stat().st_mtime_ns if config.exists() else None
+        proc = subprocess.Popen(base + ["--out", str(stopped), *resume], env=env, stderr=subprocess.PIPE, text=True)
+        while not config.exists() or config.stat().st_mtime_ns == before:
+            assert proc.poll() is None
+            time.sleep(0.02)
+        time.sleep(wait)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=300)[1].strip().splitlines()
+        assert proc.returncode == 128 + sig, err
+        assert len(err) == 1 and f"interrupted by {signal.Signals(sig).name} at " in err[0] and "--resume" in err[0]
+        assert not (stopped / "result.json").exists() and (stopped / "last.pt").exists()
     subprocess.run(base + ["--out", str(stopped), "--resume"], check=True, env=env, timeout=600)
     assert untimed(lagvae.read_jsonl(straight / "log.jsonl")) == untimed(lagvae.read_jsonl(stopped / "log.jsonl"))
     results = untimed(json.loads((d / "result.json").read_text()) for d in (straight, stopped))
