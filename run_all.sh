@@ -185,10 +185,11 @@ BOUND_KS=$([ $TINY = 1 ] && echo 1,2,4 || echo 1,50,500,5000)
 BOUND_SEEDS=${BOUND_SEEDS:-$([ $TINY = 1 ] && echo 0 || echo "0 1 2")}
 bound_cmd() {    # bound_cmd RUN: the command that writes $T/bound-RUN.json from RUN's model.pt
   local ckpt=$T/$1/model.pt json=$T/bound-$1.json
-  echo "{ [ -f $json ] || { [ -f $ckpt ] || { echo \"run_all.sh: $json needs $ckpt (checkpoints are not" \
-       "committed); retrain $1 with RUNS=another directory\" >&2; false; } && OMP_NUM_THREADS=1 $PY lagvae.py eval" \
-       "--ckpt $ckpt ${DATA:+--data-dir $DATA} --bound $BOUND_KS --max-test 500 --eval-seeds 2 --quiet > $json.tmp && mv" \
-       "$json.tmp $json; }; }"
+  # A run finished on another machine has no model.pt here: its bound is left out, said, not a failure.
+  echo "{ [ -f $json ] || if [ -f $ckpt ]; then OMP_NUM_THREADS=1 $PY lagvae.py eval --ckpt $ckpt" \
+       "${DATA:+--data-dir $DATA} --bound $BOUND_KS --max-test 500 --eval-seeds 2 --quiet > $json.tmp && mv" \
+       "$json.tmp $json; else echo \"run_all.sh: note: $json needs $ckpt (checkpoints are not committed);" \
+       "its bound is left out\" >&2; fi; }"
 }
 if want protocol; then
   need protocol ptb
