@@ -5,9 +5,10 @@
     python lagvae.py eval --ckpt runs/synthetic-nz1-aggressive-s0/model.pt
     python lagvae.py table runs/*
 
-Sections: 1 config & presets, 2 models, 3 objectives & estimators, 4 training modes, 5 runs
-(directories, checkpoints, resume, signals), 6 evaluation, 7 analysis (tables, figures),
-8 benchmark, 9 CLI. Paper equations are tagged `# Eq. N`.
+Sections, each using only those above it: 1 config & presets, 2 models, 3 objectives & estimators,
+4 runs (directories, checkpoints, resume, signals), 5 evaluation, 6 training modes, 7 saved models
+(eval, samples, latents, Python API), 8 analysis (tables, figures), 9 benchmark, 10 CLI. Paper
+equations are tagged `# Eq. N`.
 """
 import argparse
 import collections
@@ -861,7 +862,709 @@ def in_eval_mode(fn):
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. Training modes. One loop (train) with small pieces: `update` steps the encoder, the decoder or
+# 4. Runs: the run directory and its files, checkpoints and --resume, locks, signals, the start banner.
+# Every file of a run is written atomically or counted in last.pt, so after any crash they agree.
+
+def mmss(seconds):
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+
+
+def progress_lines(cfg):
+    """Progress as lines (nohup logs, CI) where no tqdm bar shows: stdout is not a terminal."""
+    return cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
+
+
+class Progress:
+    """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
+    CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
+    batch, inner steps so far, the epoch's train -ELBO so far, the time left in the epoch at its pace,
+    and at most left in the run, were every epoch of the budget as long (the fifth lr decay usually
+    ends it sooner). Not while aggressive: those epochs cost several times a plain one, so the bound
+    would be hours off (446 min said for a 30-minute main job)."""
+
+    def __init__(self, cfg, epoch, batches, done=0, aggressive=False):
+        """batches: the epoch's; done: how many of them ran before a resume."""
+        self.on = progress_lines(cfg)
+        self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
+        self.epochs_left = None if aggressive else max(0, cfg.epochs - epoch)
+        self.batch = self.done = done
+        self.examples = sum(len(b) for b in batches[:done])
+        self.start = self.last = time.time()
+
+    def step(self, examples, inner_steps, sums):
+        """After a batch of `examples`; sums: the epoch's (rec, kl) sums, read only when printing."""
+        self.batch += 1
+        self.examples += examples
+        now = time.time()
+        if not self.on or now - self.last < self.every:
+            return
+        self.last = now
+        per_batch = (now - self.start) / (self.batch - self.done)
+        eta = per_batch * (self.n_batches - self.batch)
+        run = ("" if self.epochs_left is None else
+               f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.n_batches)}")
+        print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
+              f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
+              f"ETA {mmss(eta)}{run}", flush=True)
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_dir(cfg):
+    """--out, or a folder directly under runs/ (where `table runs/*` finds it) named by what tells the run
+    apart: the data (a `text:PREFIX` corpus by its own name, not its path, so no `..` leads out of runs/),
+    the preset and latent size where they are not the defaults, the mode and the seed."""
+    data = "text:" + Path(cfg.data[len("text:"):]).name if cfg.data.startswith("text:") else cfg.data
+    preset = cfg.preset if cfg.preset != DEFAULT_PRESET.get(cfg.data, "cpu-full") else ""
+    nz = f"nz{cfg.nz}" if not cfg.lm and cfg.nz != PRESETS[datalib.kind(cfg.data)][cfg.preset].get("nz", Config.nz) else ""
+    return Path(cfg.out or "runs/" + "-".join(p for p in (data, preset, nz, mode_name(cfg), f"s{cfg.seed}") if p))
+
+
+def environment():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "processor": processor(), "git_commit": commit or None}
+
+
+def processor():
+    """The CPU's model name and whether it has AVX-512: the same seed takes another trajectory on
+    another processor (its float kernels differ), so a run records where it ran."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None
+    field = lambda key: next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                              if line.split(":", 1)[0].strip() == key), None)
+    # A VM may name only the vendor ("AMD EPYC"); family and model tell its generations apart.
+    detail = [f"family {field('cpu family')} model {field('model')}"] * (field("cpu family") is not None)
+    detail += ["AVX-512"] * (" avx512f" in info)
+    name = field("model name") or platform.processor() or "unknown"
+    return name + (f" ({', '.join(detail)})" if detail else "")
+
+
+def load_data(cfg, generate=True):
+    """cfg's dataset; generate=False: synthetic data must already be there (a checkpoint's data is found,
+    not made anew under whatever --data-dir says)."""
+    try:
+        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len, generate)
+    except datalib.MissingData as e:
+        raise DataMissing(str(e)) from None
+    except datalib.DataError as e:
+        raise UsageError(str(e)) from None
+
+
+RUN_FILES = ("result.json", "last.pt", "epoch.pt", "model.pt", "log.jsonl", "snapshots.jsonl", "trajectory.jsonl",
+             "samples.png", "samples.txt", "config.json")     # removed in this order: config.json goes last
+
+
+APPENDED = ("log.jsonl", "snapshots.jsonl", "trajectory.jsonl")      # the run files that grow by rows
+
+
+@contextlib.contextmanager
+def run_directory(cfg):
+    """The run directory, locked against a second writer for as long as this run lasts (flock: the
+    lock goes with the process however it ends, so a killed run never leaves it stuck). A directory
+    that holds a run is refused unless resuming (with the same config) or overwriting, and an
+    overwrite removes every file of the old run first, so nothing stale is mixed into the new one."""
+    out = run_dir(cfg)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; expected a run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, "--out"):
+        old = [f for f in RUN_FILES if (out / f).exists()] + ["pretrain/"] * (out / "pretrain").exists()
+        if old and cfg.resume:
+            check_resume_config(out, cfg, old)
+        elif old and cfg.overwrite:
+            for f in [*RUN_FILES[:-1], *(f.name for p in ("*.tmp", "latents.*.npz") for f in out.glob(p)), RUN_FILES[-1]]:
+                (out / f).unlink(missing_ok=True)
+            shutil.rmtree(out / "pretrain", ignore_errors=True)
+        elif old:
+            raise UsageError(f"--out {out}: holds {refusal_detail(out, cfg, old)}")
+        yield out
+
+
+def refusal_detail(out, cfg, old):
+    """What the run in `out` is and where this one may go: --resume is offered only where it would
+    continue that run, never where its settings differ."""
+    try:
+        changed = settings_changed(read_run_config(out / "config.json", "--out"), cfg)
+    except UsageError:      # no readable config: nothing tells whether --resume would fit
+        changed = None
+    new = f"--out DIR for {'this' if changed else 'a new'} run"
+    if changed:
+        return (f"a run of other settings ({'; '.join(changed)}); give this one its own directory with {new}, or "
+                f"--overwrite to replace that one")
+    return (f"a run ({', '.join(old)}); add --resume to continue it, {new} beside it, or --overwrite to "
+            f"replace it")
+
+
+def nofollow(path, flags):
+    """An opener for open(): a run's own files are never symbolic links, so one planted in the run
+    folder is refused instead of followed to whatever it points at."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{path}: is a symbolic link; a run's files are never links, so it is not followed "
+                             f"(remove it)") from None
+        raise
+
+
+@contextlib.contextmanager
+def run_lock(out, flag):
+    """The run directory's lock (flock: it goes with the process however it ends, so a killed run
+    never leaves it stuck), refused while another process holds it."""
+    with open(out / ".lock", "a", opener=nofollow) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{flag} {out}: another lagvae process is writing this run directory") from None
+        yield
+
+
+def resumable(out):
+    """Whether --resume continues from last.pt. A run killed before its first checkpoint has nothing to
+    lose and starts afresh; one whose training left records but no last.pt is refused, not retrained."""
+    if (out / "last.pt").is_file():
+        return True
+    left = [f for f in ("model.pt", "epoch.pt", "result.json") if (out / f).exists()]
+    rows = (out / "log.jsonl").read_bytes().splitlines() if (out / "log.jsonl").is_file() else []
+    left += ["log.jsonl rows"] * any(b'"diverged":' not in r for r in rows)     # a first epoch that diverged is no loss
+    if left:
+        hint = "rename epoch.pt (the last validated epoch) to last.pt" if "epoch.pt" in left else "restore last.pt"
+        raise UsageError(f"--resume: {out} has no last.pt but holds {', '.join(left)} of training, whose state is "
+                         f"lost; {hint}, or start again with --overwrite")
+    return False
+
+
+def read_run_config(path, flag):
+    """The config object of a run's config.json; one line naming `flag` and the file when it is none."""
+    try:
+        saved = json.loads(Path(path).read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{flag} {path}: not a lagvae run config ({e})") from None
+    return saved
+
+
+def settings_changed(saved, cfg):
+    """'--flag old -> new' of each field that cfg sets otherwise than the saved config and that --resume
+    may not change (a relative text:PREFIX of an older run is the corpus it names from here)."""
+    saved = {**saved, **({"data": absolute_data(saved["data"])} if isinstance(saved.get("data"), str) else {})}
+    return [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
+            if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
+
+
+def check_resume_config(out, cfg, old):
+    """A run's files may be continued only by the settings that made them (config.json says which)."""
+    if not (out / "config.json").exists():
+        raise UsageError(f"--resume: {out} holds {', '.join(old)} but no config.json, so nothing says which "
+                         f"settings made them; restore config.json or start again with --overwrite")
+    saved = read_run_config(out / "config.json", "--resume")
+    changed = settings_changed(saved, cfg)
+    if changed:
+        may = [k for k in sorted(RESUMABLE - {"resume"}) if may_change_on_resume(k, saved)]
+        raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in may)} may change"
+                         + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
+
+
+def decays_of_run(run):
+    """A finished run's decay epochs as a --decay-at value: the epochs after which its lr fell, and its
+    last epoch where the decays ended it (it stopped short of --epochs)."""
+    if not (run / "result.json").is_file():
+        raise UsageError(f"--decay-at {run}: not a finished run (no result.json), so its decays are not all known")
+    try:
+        saved = json.loads((run / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--decay-at {run}: no readable config.json ({e})") from None
+    check_record(saved, run / "config.json", {"epochs": INTEGER})
+    rows = read_jsonl(run / "log.jsonl", {"epoch": INTEGER, "lr": NUMBER})
+    epochs = [a["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"]]
+    epochs += [rows[-1]["epoch"]] if rows and len(rows) < saved["epochs"] else []
+    return ",".join(map(str, epochs)) or "never"
+
+
+def atomic_save(obj, path, write=None):
+    """Write to a temporary file, flush it to disk and rename, so that a kill or a power cut leaves the
+    old file or the new one, never half of one. The bytes are made in memory first, so that a full
+    disk is the OS's own error, one line naming the file and the cause (torch.save names neither). A
+    stale temporary file (or a link under its name) is removed, never written through."""
+    tmp = Path(str(path) + ".tmp")
+    buf = io.BytesIO()
+    (write or torch.save)(obj, buf)
+    try:
+        tmp.unlink(missing_ok=True)
+        with open(tmp, "xb", opener=nofollow) as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(Path(path).parent, os.O_RDONLY)      # the rename itself reaches the disk too
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def append_row(path, row):
+    """One JSON row at the end of an appended run file; a full disk is one line naming the file."""
+    try:
+        with open(path, "a", opener=nofollow) as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def write_atomic(path, data):
+    """Bytes to `path` through atomic_save."""
+    atomic_save(data, path, lambda d, f: f.write(d))
+
+
+def write_json(path, obj):
+    write_atomic(path, json.dumps(obj, indent=2).encode())
+
+
+def fingerprint(examples):
+    """sha256 of a split as the model sees it (token ids or pixels, in order)."""
+    h = hashlib.sha256()
+    for x in ([examples] if torch.is_tensor(examples) else examples):
+        h.update(np.int64(x.numel()).tobytes())
+        h.update(x.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_identity(corpus):
+    """What a model needs to stand alone: the words of its ids (text), the special tokens, and
+    fingerprints of the data it was trained and tested on, to tell later data apart. Hashed once per
+    corpus (a full corpus takes a while), not at every new best epoch."""
+    if not hasattr(corpus, "identity"):
+        corpus.identity = {"vocab": getattr(corpus, "vocab", None),
+                           "specials": datalib.SPECIALS if corpus.kind == "text" else None,
+                           "fingerprints": {split: fingerprint(corpus.splits[split]) for split in ("train", "test")}}
+    return corpus.identity
+
+
+def save_last(path, model, opts, state, rng, device, identity):
+    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not),
+    and with weights_only. `rows`: how many rows of each appended file belong to this state, so a resume
+    cuts each to exactly those, whatever was appended between this checkpoint and a crash. `identity`
+    (data_identity): the data trained on, which a resume must train on too, model.pt or not; `threads`:
+    another count splits float sums otherwise, so a resume says when the numbers stop being exact."""
+    rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
+    atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
+                 "state": state.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                 "rows": rows, "threads": torch.get_num_threads(), **identity}, path)
+
+
+def count_rows(path):
+    return len(path.read_bytes().splitlines())
+
+
+def kept_rows(path, n, last):
+    """The first n rows of an appended run file, each parsed: fewer than n, or a torn row among them,
+    means the run's files disagree with last.pt."""
+    disagree = f"the run's files disagree (restore {path.name} or start again with --overwrite)"
+    try:
+        lines = path.read_bytes().splitlines()[:n]
+    except OSError as e:
+        raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
+    if len(lines) < n:
+        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
+    for i, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
+    return lines
+
+
+def keep_rows(out, counts, last):
+    """Cut each appended file to the rows `last` counts, once every file has been checked."""
+    kept = {name: kept_rows(out / name, n, last) for name, n in counts.items()}
+    for name, lines in kept.items():
+        write_atomic(out / name, b"".join(line + b"\n" for line in lines))
+
+
+def keep_good_epoch(out):
+    """Keep the checkpoint of the epoch that just validated as epoch.pt (a hard link: no copy), so that a
+    divergence found at the next validation can go back to it past the batch checkpoints between."""
+    tmp = out / "epoch.pt.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out / "last.pt", tmp)
+    except OSError:                 # a file system without hard links
+        shutil.copyfile(out / "last.pt", tmp)
+    os.replace(tmp, out / "epoch.pt")
+
+
+def load_last(out, model, cfg, rng, device, corpus):
+    """(state, optimizers, the thread count it was written with or None) from <out>/last.pt, refused on
+    other data; log and snapshot records written after it are dropped, so the resumed run appends
+    exactly what the uninterrupted run would have."""
+    last = out / "last.pt"
+    bad = lambda why: UsageError(f"--resume: cannot continue from {last} ({why})")
+    ck = load_pt(last, device, bad)
+    if not isinstance(ck, dict) or "state" not in ck:
+        raise bad("it holds no training state: a model.pt?")
+    check_resumed_data(out, corpus, ck)
+    try:
+        model.load_state_dict(ck["model"])
+        state = TrainState.new(cfg)
+        state.load_state_dict(ck["state"])
+        opts = make_optimizers(model, cfg, state.lr)
+        for name, opt in opts.items():
+            opt.load_state_dict(ck["opts"][name])
+    except Exception as e:      # a file from other flags: say which and why
+        raise bad(short_reason(e)) from None
+    rng.bit_generator.state = ck["rng"]
+    torch.set_rng_state(ck["torch_rng"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(ck["cuda_rng"], device)
+    if "rows" in ck:
+        keep_rows(out, ck["rows"], last)
+    else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
+        keep_rows(out, {"log.jsonl": state.epoch - (state.current is not None)}, last)
+        for name in ("snapshots.jsonl", "trajectory.jsonl"):
+            if (out / name).is_file():
+                try:
+                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
+                write_atomic(out / name, "".join(r + "\n" for r in keep).encode())
+    return state, opts, ck.get("threads")
+
+
+def short_reason(e):
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def load_pt(path, device, bad):
+    """The dict of tensors and plain data in a .pt file, unpickled with weights_only: a checkpoint is
+    data, and a crafted one must not run the code it carries (a model file is what researchers download
+    and pass on). bad(why) makes the error that names the file as its caller knows it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise bad(short_reason(e)) from None
+        call = re.search(r"GLOBAL (\S+)", str(e))
+        raise bad(f"it holds {'a call of ' + call[1] if call else 'objects'} besides tensors and plain data, which "
+                  f"no lagvae checkpoint does; refused unread, so that no code in it runs") from None
+    except Exception as e:          # truncated, garbage, another format: unpickling fails in many ways
+        raise bad(short_reason(e)) from None
+
+
+CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
+
+
+def load_best(path, device):
+    """A best model the run wrote (model.pt), or one line naming it when it cannot be read or is not one
+    (a last.pt copied over it holds weights too, of another epoch)."""
+    ck = load_pt(path, device, lambda why: UsageError(f"{path}: not readable as a lagvae checkpoint ({why}); the run's "
+                                                      f"best model is lost, retrain with --overwrite"))
+    missing = [k for k in (*CHECKPOINT_FIELDS, "epoch") if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        hint = " (it holds training state: a last.pt?)" if isinstance(ck, dict) and "state" in ck else ""
+        raise UsageError(f"{path}: not a best model of a run (no {', '.join(missing)}){hint}; restore model.pt "
+                         f"or retrain with --overwrite")
+    return ck
+
+
+def check_resumed_data(out, corpus, last):
+    """A resumed run must train on the data it started on: its last.pt says which, or where that is
+    older than the record, its best model."""
+    saved = last if "fingerprints" in last else load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
+    if "fingerprints" not in saved:
+        return
+    now = data_identity(corpus)
+    what = ("vocabulary" if saved["vocab"] != now["vocab"] else
+            "training data" if saved["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
+    if what:
+        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
+                         f"--data-dir?); resume it on its own data")
+
+
+def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
+    """What a run is about to do, before its first batch: where, on what, and every cut of the data;
+    resumed: the state it continues, written with `threads` CPU threads."""
+    n = {split: len(corpus.splits[split]) for split in ("train", "valid", "test")}
+    unit = "documents" if corpus.kind == "text" else "images"
+    lines = [f"run {out} | {device}, {torch.get_num_threads()} thread(s) | --preset {cfg.preset} | mode "
+             f"{mode_name(cfg)} | seed {cfg.seed}",
+             f"data {cfg.data}: train {n['train']:,} / valid {n['valid']:,} / test {n['test']:,} {unit}"
+             + (f" | vocabulary {corpus.vocab_size:,} | documents "
+                + (f"up to {cfg.max_len} tokens" if cfg.max_len else "of any length") if corpus.kind == "text" else "")
+             + f" | {sum(p.numel() for p in model.parameters()):,} parameters"]
+    preset = PRESETS[datalib.kind(cfg.data)][cfg.preset]
+    via = lambda f: f"--{f.replace('_', '-')} {getattr(cfg, f)}" + (f" from --preset {cfg.preset}"
+                                                                      if preset.get(f) == getattr(cfg, f) else "")
+    stats = getattr(corpus, "stats", {})
+    cuts = [f"{split} {n[split]:,} of {stats[split]['documents']:,} {unit} ({via('subset')})"
+            for split in ("train", "valid", "test") if stats.get(split, {}).get("documents", 0) > n[split]]
+    if stats.get("train", {}).get("words", 0) > getattr(corpus, "vocab_size", 0):
+        cuts.append(f"vocabulary {corpus.vocab_size:,} of {stats['train']['words']:,} words ({via('max_vocab')})")
+    cut_docs = {split: stats.get(split, {}).get("truncated", 0) for split in n}
+    if any(cut_docs.values()):
+        counts = ", ".join(f"{k:,} {split}" for split, k in cut_docs.items())
+        cuts.append(f"{counts} {unit} cut to {cfg.max_len} tokens ({via('max_len')})")
+    blank = {split: stats.get(split, {}).get("empty", 0) for split in n}
+    if any(blank.values()):       # a blank line is no document: the counts above are of the lines with words
+        cuts.append(f"blank lines skipped: {', '.join(f'{k:,} {split}' for split, k in blank.items())}")
+    if cfg.max_test and cfg.max_test < n["test"]:
+        cuts.append(f"test evaluated on its first {cfg.max_test:,} {unit} ({via('max_test')})")
+    if cfg.iw_samples and cfg.iw_samples < 500 and not cfg.lm:
+        cuts.append(f"IW-NLL with {cfg.iw_samples} samples, the paper 500 ({via('iw_samples')})")
+    lines.append("cut: " + "; ".join(cuts) if cuts else "cut: nothing (whole corpus, vocabulary and documents)")
+    if resumed:
+        where = (f"epoch {resumed.epoch} batch {resumed.current.batch}" if resumed.current is not None
+                 else f"the end of epoch {resumed.epoch}")
+        lines.append(f"resuming from {where}")
+        if threads and threads != torch.get_num_threads():
+            lines.append(f"note: last.pt was written with {threads} thread(s), this resume runs "
+                         f"{torch.get_num_threads()}: float sums split otherwise, so from here the numbers differ "
+                         f"from a run never stopped in their last digits (same --threads keeps the resume exact)")
+    elif cfg.resume:
+        lines.append("resuming: no last.pt (stopped before its first checkpoint), so starting afresh")
+    return lines
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached a run, which saved its state at a batch boundary and stopped."""
+
+    def __init__(self, signum, where):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; last.pt holds that point, "
+                         f"continue with --resume")
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """The signal handler: it only notes the signal, and the batch loop saves and stops at the next
+    batch boundary (a scheduler's SIGTERM, e.g. SLURM's --signal before preemption, loses nothing). A
+    second Ctrl-C exits at once."""
+    signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def check(self, where):
+        if self.signum is not None:
+            raise Interrupted(self.signum, where)
+
+
+STOP = StopRequest()
+
+
+@contextlib.contextmanager
+def stopping_on_signals():
+    if threading.current_thread() is not threading.main_thread():      # signal handlers live there only
+        yield
+        return
+    old = {s: signal.signal(s, STOP) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if STOP not in old.values():      # the outermost run: a nested one (--pretrain-encoder's) passes it on
+            STOP.signum = None
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Evaluation: one pass over batches for every mode and dataset (validation and test); decoding text
+# from z.
+
+PAD, BOS, EOS = (datalib.SPECIALS.index(t) for t in (datalib.PAD, datalib.BOS, datalib.EOS))
+
+
+def nonfinite(metrics):
+    """'name value' of every NaN or infinite metric."""
+    return [f"{k} {v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+def perplexity(nats, tokens):
+    """exp(nats per token); infinite past float range (over ~709 nats per token) rather than an
+    OverflowError, so a diverged model is reported, not crashed on."""
+    try:
+        return math.exp(nats / tokens)
+    except OverflowError:
+        return math.inf
+
+
+@in_eval_mode
+def decode(model, z, max_len, method="greedy", beam_size=1, temperature=1.0, gen=None):
+    """Token ids (N, L <= max_len) generated by the text decoder from z (N, nz), all rows at once, in
+    eval mode (no dropout). A row ends at its first </s> (PAD after it) or is cut at max_len.
+    greedy: the most likely next token; sample: a draw from the next-token distribution with its
+    logits divided by `temperature` (-> 0: greedy); beam: beam search keeping the beam_size prefixes of highest total
+    log-probability, finished ones competing unchanged with longer ones (no length normalization),
+    and returning the best (beam size 1 is greedy)."""
+    k = beam_size if method == "beam" else 1
+    n, dev = z.size(0), z.device
+    z = z.repeat_interleave(k, 0)
+    state = model.decoder.init_state(z)
+    tok = torch.full((n * k,), BOS, device=dev)
+    score = torch.zeros(n, k, device=dev)
+    score[:, 1:] = -math.inf                # the k copies of the start: only one may expand
+    done = torch.zeros(n * k, dtype=torch.bool, device=dev)
+    seqs = tok.new_empty(n * k, 0)
+    for _ in range(max_len):
+        logits, state = model.decoder.step(tok, z, state)
+        logp = logits.log_softmax(-1)
+        logp[:, [PAD, BOS]] = -math.inf      # never a target in training, so never a word to emit
+        logp[done] = -math.inf
+        logp[done, PAD] = 0.0                # a finished row only pads, at no cost
+        if method == "sample":
+            tok = torch.multinomial((logp / temperature).softmax(-1), 1, generator=gen)[:, 0]
+        else:
+            score, idx = (score.view(-1, 1) + logp).view(n, -1).topk(k, -1)
+            tok = idx.view(-1) % logp.size(1)
+            if k > 1:                        # each new prefix continues the beam it came from
+                src = (idx // logp.size(1) + k * torch.arange(n, device=dev)[:, None]).view(-1)
+                seqs, done, state = seqs[src], done[src], tuple(s[:, src] for s in state)
+        seqs = torch.cat([seqs, tok[:, None]], 1)
+        done = done | (tok == EOS)
+        if done.all():
+            break
+    return seqs.view(n, k, -1)[:, 0]
+
+
+def reconstruction_hits(model, x, mu):
+    """Tokens of x (words and </s>) that greedy decoding from z = mu puts at their own position, the
+    decoder feeding on its own outputs (no teacher forcing); every position after an early </s> is a
+    miss. A collapsed model reproduces only what the language model guesses; one that uses z more."""
+    y = decode(model, mu, x.size(1) - 1)
+    return int((y == x[:, 1:y.size(1) + 1]).sum())
+
+
+@in_eval_mode
+def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_samples=1, stoppable=False):
+    """Per-example -ELBO (`elbo`), `rec`, analytic `kl`; `mi` as the paper computes it (each
+    minibatch is the mixture, weighted average over batches, at most log B); `mi_full` with the whole
+    set as the mixture; active units `au`; for text `elbo_ppl` per predicted token and, if asked (it
+    decodes token by token, which costs more than the rest of a validation pass), `rec_acc`: the
+    fraction of predicted tokens that greedy decoding from the posterior mean reproduces at their
+    position (reconstruction_hits), and `rec_acc_other`, the same from another document's mean (the
+    set's means rolled by one): a model that ignores z scores the same on both, so their difference
+    is the part of the score z is responsible for, whatever the language model's own greedy sentence
+    happens to match; with iw_samples > 0 also `iw_nll` and `ppl` from it. Noise comes from a
+    generator seeded with cfg.seed, so every call sees the same noise (common random numbers make
+    epoch-to-epoch MI comparisons meaningful). One draw per example, as in the official code, is
+    noisy on a few hundred documents, enough to move a run across the `escaped` line (RESULTS.md);
+    mi_samples > 1 averages over more draws of the same Eq. 5 estimate, taken from a second generator
+    so that every other number is the same as with one. Validation keeps one draw: it drives the
+    paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
+    refinement lowers the -ELBO. stoppable: a stop request (SIGTERM, Ctrl-C) ends the pass between
+    batches (a run's final test: its training is saved, the test is rerun on --resume)."""
+    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable)
+    out = {**elbo_metrics(seen), **mi_metrics(seen), "au": active_units(seen.mu), "n": seen.n}
+    if model.kind == "text":
+        out.update(elbo_ppl=perplexity(seen.rec + seen.kl, seen.tokens))
+        if rec_acc:
+            out.update(reconstruction_metrics(model, batches, seen))
+    if cfg.savae:
+        out["svi_gap"] = (seen.amortized - seen.rec - seen.kl) / seen.n
+    if iw_samples:
+        out.update(iw_nll=seen.nll / seen.n, iw_samples=iw_samples,
+                   **({"ppl": perplexity(seen.nll, seen.tokens)} if model.kind == "text" else {}))
+    return out
+
+
+@dataclass
+class Seen:
+    """What one pass over the evaluation batches gathers for every metric: sums over the examples
+    (in batch order) and the encodings."""
+    n: int
+    tokens: int
+    rec: float
+    kl: float
+    mi: float                 # the per-batch MI estimate times the batch size
+    nll: float                # IW-NLL (when asked)
+    amortized: float          # SA-VAE: the -ELBO before refinement
+    hits: int                 # text: tokens that greedy decoding from mu reproduces
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    z_mi: torch.Tensor        # the draws of z behind the MI estimates
+
+
+def evaluation_batches(batches, cfg, desc):
+    """(i, batch) with a tqdm bar, or progress lines where stdout is no terminal: IW-NLL takes minutes."""
+    lines = progress_lines(cfg)
+    start = last = time.time()
+    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
+        if lines and i and time.time() - last >= cfg.progress_every:
+            last = time.time()
+            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
+                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
+        yield i, x
+
+
+def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
+    """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
+    the extra MI draws come from a second one, so that asking for them leaves every other number as
+    it was."""
+    dev = batches[0].device
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    mi_gen = torch.Generator(dev).manual_seed(cfg.seed + 1)
+    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
+    n = tokens = hits = 0
+    mus, logvars, zs = [], [], []
+    for i, x in evaluation_batches(batches, cfg, desc):
+        if stoppable:
+            STOP.check(f"the {desc} evaluation, batch {i + 1} of {len(batches)} (training is over)")
+        mu0, logvar0 = model.encode(unpadded(model, x))
+        mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
+        if cfg.savae:
+            sums["amortized"] += float(gaussian_kl(mu0, logvar0).sum()
+                                       - model.log_px_given_z(x, sample_z(mu0, logvar0, 1, gen)).sum())
+        z = sample_z(mu, logvar, 1, gen)
+        sums["rec"] += float(-model.log_px_given_z(x, z).sum())
+        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
+        z_mi = z if mi_samples == 1 else sample_z(mu, logvar, mi_samples, mi_gen)
+        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)
+        if iw_samples:
+            sums["nll"] += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
+        if model.kind == "text" and rec_acc:
+            hits += reconstruction_hits(model, x, mu)
+        mus.append(mu), logvars.append(logvar), zs.append(z_mi)
+        n += x.size(0)
+        tokens += model.n_targets(x)
+    return Seen(n, tokens, **sums, hits=hits, mu=torch.cat(mus), logvar=torch.cat(logvars), z_mi=torch.cat(zs))
+
+
+def elbo_metrics(seen):
+    return {"elbo": (seen.rec + seen.kl) / seen.n, "rec": seen.rec / seen.n, "kl": seen.kl / seen.n}
+
+
+def mi_metrics(seen):
+    """Eq. 5 two ways: each minibatch as the mixture (as the paper), and the whole set as one."""
+    return {"mi": seen.mi / seen.n, "mi_full": float(mutual_info_draws(seen.mu, seen.logvar, seen.z_mi))}
+
+
+def reconstruction_metrics(model, batches, seen):
+    """rec_acc, and rec_acc_other: the same decoding from another document's mean (rolled by one)."""
+    others = seen.mu.roll(1, 0).split([len(x) for x in batches])
+    other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
+    return {"rec_acc": seen.hits / seen.tokens, "rec_acc_other": other_hits / seen.tokens}
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Training modes. One loop (train) with small pieces: `update` steps the encoder, the decoder or
 # both; `aggressive_inner_loop` is Algorithm 1 lines 5-9; the MI rule of Sec. 4.2 ends it.
 
 def make_optimizers(model, cfg, lr):
@@ -1331,704 +2034,8 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. Runs: the run directory and its files, checkpoints and --resume, locks, signals, the start banner.
-# Every file of a run is written atomically or counted in last.pt, so after any crash they agree.
+# 7. Saved models: load a model.pt and evaluate it, its samples and latents; the Python API.
 
-def mmss(seconds):
-    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
-
-
-def progress_lines(cfg):
-    """Progress as lines (nohup logs, CI) where no tqdm bar shows: stdout is not a terminal."""
-    return cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
-
-
-class Progress:
-    """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
-    CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
-    batch, inner steps so far, the epoch's train -ELBO so far, the time left in the epoch at its pace,
-    and at most left in the run, were every epoch of the budget as long (the fifth lr decay usually
-    ends it sooner). Not while aggressive: those epochs cost several times a plain one, so the bound
-    would be hours off (446 min said for a 30-minute main job)."""
-
-    def __init__(self, cfg, epoch, batches, done=0, aggressive=False):
-        """batches: the epoch's; done: how many of them ran before a resume."""
-        self.on = progress_lines(cfg)
-        self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
-        self.epochs_left = None if aggressive else max(0, cfg.epochs - epoch)
-        self.batch = self.done = done
-        self.examples = sum(len(b) for b in batches[:done])
-        self.start = self.last = time.time()
-
-    def step(self, examples, inner_steps, sums):
-        """After a batch of `examples`; sums: the epoch's (rec, kl) sums, read only when printing."""
-        self.batch += 1
-        self.examples += examples
-        now = time.time()
-        if not self.on or now - self.last < self.every:
-            return
-        self.last = now
-        per_batch = (now - self.start) / (self.batch - self.done)
-        eta = per_batch * (self.n_batches - self.batch)
-        run = ("" if self.epochs_left is None else
-               f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.n_batches)}")
-        print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
-              f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
-              f"ETA {mmss(eta)}{run}", flush=True)
-
-
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def run_dir(cfg):
-    """--out, or a folder directly under runs/ (where `table runs/*` finds it) named by what tells the run
-    apart: the data (a `text:PREFIX` corpus by its own name, not its path, so no `..` leads out of runs/),
-    the preset and latent size where they are not the defaults, the mode and the seed."""
-    data = "text:" + Path(cfg.data[len("text:"):]).name if cfg.data.startswith("text:") else cfg.data
-    preset = cfg.preset if cfg.preset != DEFAULT_PRESET.get(cfg.data, "cpu-full") else ""
-    nz = f"nz{cfg.nz}" if not cfg.lm and cfg.nz != PRESETS[datalib.kind(cfg.data)][cfg.preset].get("nz", Config.nz) else ""
-    return Path(cfg.out or "runs/" + "-".join(p for p in (data, preset, nz, mode_name(cfg), f"s{cfg.seed}") if p))
-
-
-def environment():
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "processor": processor(), "git_commit": commit or None}
-
-
-def processor():
-    """The CPU's model name and whether it has AVX-512: the same seed takes another trajectory on
-    another processor (its float kernels differ), so a run records where it ran."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or None
-    field = lambda key: next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                              if line.split(":", 1)[0].strip() == key), None)
-    # A VM may name only the vendor ("AMD EPYC"); family and model tell its generations apart.
-    detail = [f"family {field('cpu family')} model {field('model')}"] * (field("cpu family") is not None)
-    detail += ["AVX-512"] * (" avx512f" in info)
-    name = field("model name") or platform.processor() or "unknown"
-    return name + (f" ({', '.join(detail)})" if detail else "")
-
-
-def load_data(cfg, generate=True):
-    """cfg's dataset; generate=False: synthetic data must already be there (a checkpoint's data is found,
-    not made anew under whatever --data-dir says)."""
-    try:
-        return datalib.load(cfg.data, cfg.data_dir or None, cfg.subset, cfg.max_vocab, cfg.max_len, generate)
-    except datalib.MissingData as e:
-        raise DataMissing(str(e)) from None
-    except datalib.DataError as e:
-        raise UsageError(str(e)) from None
-
-
-RUN_FILES = ("result.json", "last.pt", "epoch.pt", "model.pt", "log.jsonl", "snapshots.jsonl", "trajectory.jsonl",
-             "samples.png", "samples.txt", "config.json")     # removed in this order: config.json goes last
-
-
-APPENDED = ("log.jsonl", "snapshots.jsonl", "trajectory.jsonl")      # the run files that grow by rows
-
-
-@contextlib.contextmanager
-def run_directory(cfg):
-    """The run directory, locked against a second writer for as long as this run lasts (flock: the
-    lock goes with the process however it ends, so a killed run never leaves it stuck). A directory
-    that holds a run is refused unless resuming (with the same config) or overwriting, and an
-    overwrite removes every file of the old run first, so nothing stale is mixed into the new one."""
-    out = run_dir(cfg)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file; expected a run directory")
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out, "--out"):
-        old = [f for f in RUN_FILES if (out / f).exists()] + ["pretrain/"] * (out / "pretrain").exists()
-        if old and cfg.resume:
-            check_resume_config(out, cfg, old)
-        elif old and cfg.overwrite:
-            for f in [*RUN_FILES[:-1], *(f.name for p in ("*.tmp", "latents.*.npz") for f in out.glob(p)), RUN_FILES[-1]]:
-                (out / f).unlink(missing_ok=True)
-            shutil.rmtree(out / "pretrain", ignore_errors=True)
-        elif old:
-            raise UsageError(f"--out {out}: holds {refusal_detail(out, cfg, old)}")
-        yield out
-
-
-def refusal_detail(out, cfg, old):
-    """What the run in `out` is and where this one may go: --resume is offered only where it would
-    continue that run, never where its settings differ."""
-    try:
-        changed = settings_changed(read_run_config(out / "config.json", "--out"), cfg)
-    except UsageError:      # no readable config: nothing tells whether --resume would fit
-        changed = None
-    new = f"--out DIR for {'this' if changed else 'a new'} run"
-    if changed:
-        return (f"a run of other settings ({'; '.join(changed)}); give this one its own directory with {new}, or "
-                f"--overwrite to replace that one")
-    return (f"a run ({', '.join(old)}); add --resume to continue it, {new} beside it, or --overwrite to "
-            f"replace it")
-
-
-def nofollow(path, flags):
-    """An opener for open(): a run's own files are never symbolic links, so one planted in the run
-    folder is refused instead of followed to whatever it points at."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UsageError(f"{path}: is a symbolic link; a run's files are never links, so it is not followed "
-                             f"(remove it)") from None
-        raise
-
-
-@contextlib.contextmanager
-def run_lock(out, flag):
-    """The run directory's lock (flock: it goes with the process however it ends, so a killed run
-    never leaves it stuck), refused while another process holds it."""
-    with open(out / ".lock", "a", opener=nofollow) as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"{flag} {out}: another lagvae process is writing this run directory") from None
-        yield
-
-
-def resumable(out):
-    """Whether --resume continues from last.pt. A run killed before its first checkpoint has nothing to
-    lose and starts afresh; one whose training left records but no last.pt is refused, not retrained."""
-    if (out / "last.pt").is_file():
-        return True
-    left = [f for f in ("model.pt", "epoch.pt", "result.json") if (out / f).exists()]
-    rows = (out / "log.jsonl").read_bytes().splitlines() if (out / "log.jsonl").is_file() else []
-    left += ["log.jsonl rows"] * any(b'"diverged":' not in r for r in rows)     # a first epoch that diverged is no loss
-    if left:
-        hint = "rename epoch.pt (the last validated epoch) to last.pt" if "epoch.pt" in left else "restore last.pt"
-        raise UsageError(f"--resume: {out} has no last.pt but holds {', '.join(left)} of training, whose state is "
-                         f"lost; {hint}, or start again with --overwrite")
-    return False
-
-
-def read_run_config(path, flag):
-    """The config object of a run's config.json; one line naming `flag` and the file when it is none."""
-    try:
-        saved = json.loads(Path(path).read_text())["config"]
-        if not isinstance(saved, dict):
-            raise TypeError(f"'config' is {reprlib.repr(saved)}, expected an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{flag} {path}: not a lagvae run config ({e})") from None
-    return saved
-
-
-def settings_changed(saved, cfg):
-    """'--flag old -> new' of each field that cfg sets otherwise than the saved config and that --resume
-    may not change (a relative text:PREFIX of an older run is the corpus it names from here)."""
-    saved = {**saved, **({"data": absolute_data(saved["data"])} if isinstance(saved.get("data"), str) else {})}
-    return [f"--{k.replace('_', '-')} {saved.get(k, '(unset)')} -> {v}" for k, v in asdict(cfg).items()
-            if not may_change_on_resume(k, saved) and saved.get(k, getattr(Config, k)) != v]
-
-
-def check_resume_config(out, cfg, old):
-    """A run's files may be continued only by the settings that made them (config.json says which)."""
-    if not (out / "config.json").exists():
-        raise UsageError(f"--resume: {out} holds {', '.join(old)} but no config.json, so nothing says which "
-                         f"settings made them; restore config.json or start again with --overwrite")
-    saved = read_run_config(out / "config.json", "--resume")
-    changed = settings_changed(saved, cfg)
-    if changed:
-        may = [k for k in sorted(RESUMABLE - {"resume"}) if may_change_on_resume(k, saved)]
-        raise UsageError(f"--resume: {out} was trained with other settings ({'; '.join(changed)}); only "
-                         f"{', '.join('--' + k.replace('_', '-') for k in may)} may change"
-                         + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
-
-
-def decays_of_run(run):
-    """A finished run's decay epochs as a --decay-at value: the epochs after which its lr fell, and its
-    last epoch where the decays ended it (it stopped short of --epochs)."""
-    if not (run / "result.json").is_file():
-        raise UsageError(f"--decay-at {run}: not a finished run (no result.json), so its decays are not all known")
-    try:
-        saved = json.loads((run / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--decay-at {run}: no readable config.json ({e})") from None
-    check_record(saved, run / "config.json", {"epochs": INTEGER})
-    rows = read_jsonl(run / "log.jsonl", {"epoch": INTEGER, "lr": NUMBER})
-    epochs = [a["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"]]
-    epochs += [rows[-1]["epoch"]] if rows and len(rows) < saved["epochs"] else []
-    return ",".join(map(str, epochs)) or "never"
-
-
-def atomic_save(obj, path, write=None):
-    """Write to a temporary file, flush it to disk and rename, so that a kill or a power cut leaves the
-    old file or the new one, never half of one. The bytes are made in memory first, so that a full
-    disk is the OS's own error, one line naming the file and the cause (torch.save names neither). A
-    stale temporary file (or a link under its name) is removed, never written through."""
-    tmp = Path(str(path) + ".tmp")
-    buf = io.BytesIO()
-    (write or torch.save)(obj, buf)
-    try:
-        tmp.unlink(missing_ok=True)
-        with open(tmp, "xb", opener=nofollow) as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        folder = os.open(Path(path).parent, os.O_RDONLY)      # the rename itself reaches the disk too
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
-
-
-def append_row(path, row):
-    """One JSON row at the end of an appended run file; a full disk is one line naming the file."""
-    try:
-        with open(path, "a", opener=nofollow) as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError as e:
-        raise UsageError(f"cannot write {path} ({e.strerror or e})") from None
-
-
-def write_atomic(path, data):
-    """Bytes to `path` through atomic_save."""
-    atomic_save(data, path, lambda d, f: f.write(d))
-
-
-def write_json(path, obj):
-    write_atomic(path, json.dumps(obj, indent=2).encode())
-
-
-def fingerprint(examples):
-    """sha256 of a split as the model sees it (token ids or pixels, in order)."""
-    h = hashlib.sha256()
-    for x in ([examples] if torch.is_tensor(examples) else examples):
-        h.update(np.int64(x.numel()).tobytes())
-        h.update(x.cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def data_identity(corpus):
-    """What a model needs to stand alone: the words of its ids (text), the special tokens, and
-    fingerprints of the data it was trained and tested on, to tell later data apart. Hashed once per
-    corpus (a full corpus takes a while), not at every new best epoch."""
-    if not hasattr(corpus, "identity"):
-        corpus.identity = {"vocab": getattr(corpus, "vocab", None),
-                           "specials": datalib.SPECIALS if corpus.kind == "text" else None,
-                           "fingerprints": {split: fingerprint(corpus.splits[split]) for split in ("train", "test")}}
-    return corpus.identity
-
-
-def save_last(path, model, opts, state, rng, device, identity):
-    """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not),
-    and with weights_only. `rows`: how many rows of each appended file belong to this state, so a resume
-    cuts each to exactly those, whatever was appended between this checkpoint and a crash. `identity`
-    (data_identity): the data trained on, which a resume must train on too, model.pt or not; `threads`:
-    another count splits float sums otherwise, so a resume says when the numbers stop being exact."""
-    rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
-    atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-                 "state": state.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                 "rows": rows, "threads": torch.get_num_threads(), **identity}, path)
-
-
-def count_rows(path):
-    return len(path.read_bytes().splitlines())
-
-
-def kept_rows(path, n, last):
-    """The first n rows of an appended run file, each parsed: fewer than n, or a torn row among them,
-    means the run's files disagree with last.pt."""
-    disagree = f"the run's files disagree (restore {path.name} or start again with --overwrite)"
-    try:
-        lines = path.read_bytes().splitlines()[:n]
-    except OSError as e:
-        raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
-    if len(lines) < n:
-        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
-    for i, line in enumerate(lines, 1):
-        try:
-            json.loads(line)
-        except ValueError:
-            raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
-    return lines
-
-
-def keep_rows(out, counts, last):
-    """Cut each appended file to the rows `last` counts, once every file has been checked."""
-    kept = {name: kept_rows(out / name, n, last) for name, n in counts.items()}
-    for name, lines in kept.items():
-        write_atomic(out / name, b"".join(line + b"\n" for line in lines))
-
-
-def keep_good_epoch(out):
-    """Keep the checkpoint of the epoch that just validated as epoch.pt (a hard link: no copy), so that a
-    divergence found at the next validation can go back to it past the batch checkpoints between."""
-    tmp = out / "epoch.pt.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(out / "last.pt", tmp)
-    except OSError:                 # a file system without hard links
-        shutil.copyfile(out / "last.pt", tmp)
-    os.replace(tmp, out / "epoch.pt")
-
-
-def load_last(out, model, cfg, rng, device, corpus):
-    """(state, optimizers, the thread count it was written with or None) from <out>/last.pt, refused on
-    other data; log and snapshot records written after it are dropped, so the resumed run appends
-    exactly what the uninterrupted run would have."""
-    last = out / "last.pt"
-    bad = lambda why: UsageError(f"--resume: cannot continue from {last} ({why})")
-    ck = load_pt(last, device, bad)
-    if not isinstance(ck, dict) or "state" not in ck:
-        raise bad("it holds no training state: a model.pt?")
-    check_resumed_data(out, corpus, ck)
-    try:
-        model.load_state_dict(ck["model"])
-        state = TrainState.new(cfg)
-        state.load_state_dict(ck["state"])
-        opts = make_optimizers(model, cfg, state.lr)
-        for name, opt in opts.items():
-            opt.load_state_dict(ck["opts"][name])
-    except Exception as e:      # a file from other flags: say which and why
-        raise bad(short_reason(e)) from None
-    rng.bit_generator.state = ck["rng"]
-    torch.set_rng_state(ck["torch_rng"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(ck["cuda_rng"], device)
-    if "rows" in ck:
-        keep_rows(out, ck["rows"], last)
-    else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
-        keep_rows(out, {"log.jsonl": state.epoch - (state.current is not None)}, last)
-        for name in ("snapshots.jsonl", "trajectory.jsonl"):
-            if (out / name).is_file():
-                try:
-                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
-                write_atomic(out / name, "".join(r + "\n" for r in keep).encode())
-    return state, opts, ck.get("threads")
-
-
-def short_reason(e):
-    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
-
-
-def load_pt(path, device, bad):
-    """The dict of tensors and plain data in a .pt file, unpickled with weights_only: a checkpoint is
-    data, and a crafted one must not run the code it carries (a model file is what researchers download
-    and pass on). bad(why) makes the error that names the file as its caller knows it."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise bad(short_reason(e)) from None
-        call = re.search(r"GLOBAL (\S+)", str(e))
-        raise bad(f"it holds {'a call of ' + call[1] if call else 'objects'} besides tensors and plain data, which "
-                  f"no lagvae checkpoint does; refused unread, so that no code in it runs") from None
-    except Exception as e:          # truncated, garbage, another format: unpickling fails in many ways
-        raise bad(short_reason(e)) from None
-
-
-def load_best(path, device):
-    """A best model the run wrote (model.pt), or one line naming it when it cannot be read or is not one
-    (a last.pt copied over it holds weights too, of another epoch)."""
-    ck = load_pt(path, device, lambda why: UsageError(f"{path}: not readable as a lagvae checkpoint ({why}); the run's "
-                                                      f"best model is lost, retrain with --overwrite"))
-    missing = [k for k in (*CHECKPOINT_FIELDS, "epoch") if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        hint = " (it holds training state: a last.pt?)" if isinstance(ck, dict) and "state" in ck else ""
-        raise UsageError(f"{path}: not a best model of a run (no {', '.join(missing)}){hint}; restore model.pt "
-                         f"or retrain with --overwrite")
-    return ck
-
-
-def check_resumed_data(out, corpus, last):
-    """A resumed run must train on the data it started on: its last.pt says which, or where that is
-    older than the record, its best model."""
-    saved = last if "fingerprints" in last else load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
-    if "fingerprints" not in saved:
-        return
-    now = data_identity(corpus)
-    what = ("vocabulary" if saved["vocab"] != now["vocab"] else
-            "training data" if saved["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
-    if what:
-        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
-                         f"--data-dir?); resume it on its own data")
-
-
-def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
-    """What a run is about to do, before its first batch: where, on what, and every cut of the data;
-    resumed: the state it continues, written with `threads` CPU threads."""
-    n = {split: len(corpus.splits[split]) for split in ("train", "valid", "test")}
-    unit = "documents" if corpus.kind == "text" else "images"
-    lines = [f"run {out} | {device}, {torch.get_num_threads()} thread(s) | --preset {cfg.preset} | mode "
-             f"{mode_name(cfg)} | seed {cfg.seed}",
-             f"data {cfg.data}: train {n['train']:,} / valid {n['valid']:,} / test {n['test']:,} {unit}"
-             + (f" | vocabulary {corpus.vocab_size:,} | documents "
-                + (f"up to {cfg.max_len} tokens" if cfg.max_len else "of any length") if corpus.kind == "text" else "")
-             + f" | {sum(p.numel() for p in model.parameters()):,} parameters"]
-    preset = PRESETS[datalib.kind(cfg.data)][cfg.preset]
-    via = lambda f: f"--{f.replace('_', '-')} {getattr(cfg, f)}" + (f" from --preset {cfg.preset}"
-                                                                      if preset.get(f) == getattr(cfg, f) else "")
-    stats = getattr(corpus, "stats", {})
-    cuts = [f"{split} {n[split]:,} of {stats[split]['documents']:,} {unit} ({via('subset')})"
-            for split in ("train", "valid", "test") if stats.get(split, {}).get("documents", 0) > n[split]]
-    if stats.get("train", {}).get("words", 0) > getattr(corpus, "vocab_size", 0):
-        cuts.append(f"vocabulary {corpus.vocab_size:,} of {stats['train']['words']:,} words ({via('max_vocab')})")
-    cut_docs = {split: stats.get(split, {}).get("truncated", 0) for split in n}
-    if any(cut_docs.values()):
-        counts = ", ".join(f"{k:,} {split}" for split, k in cut_docs.items())
-        cuts.append(f"{counts} {unit} cut to {cfg.max_len} tokens ({via('max_len')})")
-    blank = {split: stats.get(split, {}).get("empty", 0) for split in n}
-    if any(blank.values()):       # a blank line is no document: the counts above are of the lines with words
-        cuts.append(f"blank lines skipped: {', '.join(f'{k:,} {split}' for split, k in blank.items())}")
-    if cfg.max_test and cfg.max_test < n["test"]:
-        cuts.append(f"test evaluated on its first {cfg.max_test:,} {unit} ({via('max_test')})")
-    if cfg.iw_samples and cfg.iw_samples < 500 and not cfg.lm:
-        cuts.append(f"IW-NLL with {cfg.iw_samples} samples, the paper 500 ({via('iw_samples')})")
-    lines.append("cut: " + "; ".join(cuts) if cuts else "cut: nothing (whole corpus, vocabulary and documents)")
-    if resumed:
-        where = (f"epoch {resumed.epoch} batch {resumed.current.batch}" if resumed.current is not None
-                 else f"the end of epoch {resumed.epoch}")
-        lines.append(f"resuming from {where}")
-        if threads and threads != torch.get_num_threads():
-            lines.append(f"note: last.pt was written with {threads} thread(s), this resume runs "
-                         f"{torch.get_num_threads()}: float sums split otherwise, so from here the numbers differ "
-                         f"from a run never stopped in their last digits (same --threads keeps the resume exact)")
-    elif cfg.resume:
-        lines.append("resuming: no last.pt (stopped before its first checkpoint), so starting afresh")
-    return lines
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM reached a run, which saved its state at a batch boundary and stopped."""
-
-    def __init__(self, signum, where):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; last.pt holds that point, "
-                         f"continue with --resume")
-        self.exit_code = 128 + signum
-
-
-class StopRequest:
-    """The signal handler: it only notes the signal, and the batch loop saves and stops at the next
-    batch boundary (a scheduler's SIGTERM, e.g. SLURM's --signal before preemption, loses nothing). A
-    second Ctrl-C exits at once."""
-    signum = None
-
-    def __call__(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            os._exit(128 + signum)
-        self.signum = signum
-
-    def check(self, where):
-        if self.signum is not None:
-            raise Interrupted(self.signum, where)
-
-
-STOP = StopRequest()
-
-
-@contextlib.contextmanager
-def stopping_on_signals():
-    if threading.current_thread() is not threading.main_thread():      # signal handlers live there only
-        yield
-        return
-    old = {s: signal.signal(s, STOP) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if STOP not in old.values():      # the outermost run: a nested one (--pretrain-encoder's) passes it on
-            STOP.signum = None
-
-
-# ------------------------------------------------------------------------------------------------
-# 6. Evaluation: the same code for every mode and dataset; decoding text from z; latents; samples.
-
-PAD, BOS, EOS = (datalib.SPECIALS.index(t) for t in (datalib.PAD, datalib.BOS, datalib.EOS))
-
-
-def nonfinite(metrics):
-    """'name value' of every NaN or infinite metric."""
-    return [f"{k} {v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-
-
-def perplexity(nats, tokens):
-    """exp(nats per token); infinite past float range (over ~709 nats per token) rather than an
-    OverflowError, so a diverged model is reported, not crashed on."""
-    try:
-        return math.exp(nats / tokens)
-    except OverflowError:
-        return math.inf
-
-
-@in_eval_mode
-def decode(model, z, max_len, method="greedy", beam_size=1, temperature=1.0, gen=None):
-    """Token ids (N, L <= max_len) generated by the text decoder from z (N, nz), all rows at once, in
-    eval mode (no dropout). A row ends at its first </s> (PAD after it) or is cut at max_len.
-    greedy: the most likely next token; sample: a draw from the next-token distribution with its
-    logits divided by `temperature` (-> 0: greedy); beam: beam search keeping the beam_size prefixes of highest total
-    log-probability, finished ones competing unchanged with longer ones (no length normalization),
-    and returning the best (beam size 1 is greedy)."""
-    k = beam_size if method == "beam" else 1
-    n, dev = z.size(0), z.device
-    z = z.repeat_interleave(k, 0)
-    state = model.decoder.init_state(z)
-    tok = torch.full((n * k,), BOS, device=dev)
-    score = torch.zeros(n, k, device=dev)
-    score[:, 1:] = -math.inf                # the k copies of the start: only one may expand
-    done = torch.zeros(n * k, dtype=torch.bool, device=dev)
-    seqs = tok.new_empty(n * k, 0)
-    for _ in range(max_len):
-        logits, state = model.decoder.step(tok, z, state)
-        logp = logits.log_softmax(-1)
-        logp[:, [PAD, BOS]] = -math.inf      # never a target in training, so never a word to emit
-        logp[done] = -math.inf
-        logp[done, PAD] = 0.0                # a finished row only pads, at no cost
-        if method == "sample":
-            tok = torch.multinomial((logp / temperature).softmax(-1), 1, generator=gen)[:, 0]
-        else:
-            score, idx = (score.view(-1, 1) + logp).view(n, -1).topk(k, -1)
-            tok = idx.view(-1) % logp.size(1)
-            if k > 1:                        # each new prefix continues the beam it came from
-                src = (idx // logp.size(1) + k * torch.arange(n, device=dev)[:, None]).view(-1)
-                seqs, done, state = seqs[src], done[src], tuple(s[:, src] for s in state)
-        seqs = torch.cat([seqs, tok[:, None]], 1)
-        done = done | (tok == EOS)
-        if done.all():
-            break
-    return seqs.view(n, k, -1)[:, 0]
-
-
-def reconstruction_hits(model, x, mu):
-    """Tokens of x (words and </s>) that greedy decoding from z = mu puts at their own position, the
-    decoder feeding on its own outputs (no teacher forcing); every position after an early </s> is a
-    miss. A collapsed model reproduces only what the language model guesses; one that uses z more."""
-    y = decode(model, mu, x.size(1) - 1)
-    return int((y == x[:, 1:y.size(1) + 1]).sum())
-
-
-@in_eval_mode
-def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_samples=1, stoppable=False):
-    """Per-example -ELBO (`elbo`), `rec`, analytic `kl`; `mi` as the paper computes it (each
-    minibatch is the mixture, weighted average over batches, at most log B); `mi_full` with the whole
-    set as the mixture; active units `au`; for text `elbo_ppl` per predicted token and, if asked (it
-    decodes token by token, which costs more than the rest of a validation pass), `rec_acc`: the
-    fraction of predicted tokens that greedy decoding from the posterior mean reproduces at their
-    position (reconstruction_hits), and `rec_acc_other`, the same from another document's mean (the
-    set's means rolled by one): a model that ignores z scores the same on both, so their difference
-    is the part of the score z is responsible for, whatever the language model's own greedy sentence
-    happens to match; with iw_samples > 0 also `iw_nll` and `ppl` from it. Noise comes from a
-    generator seeded with cfg.seed, so every call sees the same noise (common random numbers make
-    epoch-to-epoch MI comparisons meaningful). One draw per example, as in the official code, is
-    noisy on a few hundred documents, enough to move a run across the `escaped` line (RESULTS.md);
-    mi_samples > 1 averages over more draws of the same Eq. 5 estimate, taken from a second generator
-    so that every other number is the same as with one. Validation keeps one draw: it drives the
-    paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
-    refinement lowers the -ELBO. stoppable: a stop request (SIGTERM, Ctrl-C) ends the pass between
-    batches (a run's final test: its training is saved, the test is rerun on --resume)."""
-    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable)
-    out = {**elbo_metrics(seen), **mi_metrics(seen), "au": active_units(seen.mu), "n": seen.n}
-    if model.kind == "text":
-        out.update(elbo_ppl=perplexity(seen.rec + seen.kl, seen.tokens))
-        if rec_acc:
-            out.update(reconstruction_metrics(model, batches, seen))
-    if cfg.savae:
-        out["svi_gap"] = (seen.amortized - seen.rec - seen.kl) / seen.n
-    if iw_samples:
-        out.update(iw_nll=seen.nll / seen.n, iw_samples=iw_samples,
-                   **({"ppl": perplexity(seen.nll, seen.tokens)} if model.kind == "text" else {}))
-    return out
-
-
-@dataclass
-class Seen:
-    """What one pass over the evaluation batches gathers for every metric: sums over the examples
-    (in batch order) and the encodings."""
-    n: int
-    tokens: int
-    rec: float
-    kl: float
-    mi: float                 # the per-batch MI estimate times the batch size
-    nll: float                # IW-NLL (when asked)
-    amortized: float          # SA-VAE: the -ELBO before refinement
-    hits: int                 # text: tokens that greedy decoding from mu reproduces
-    mu: torch.Tensor
-    logvar: torch.Tensor
-    z_mi: torch.Tensor        # the draws of z behind the MI estimates
-
-
-def evaluation_batches(batches, cfg, desc):
-    """(i, batch) with a tqdm bar, or progress lines where stdout is no terminal: IW-NLL takes minutes."""
-    lines = progress_lines(cfg)
-    start = last = time.time()
-    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
-        if lines and i and time.time() - last >= cfg.progress_every:
-            last = time.time()
-            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
-                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
-        yield i, x
-
-
-def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
-    """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
-    the extra MI draws come from a second one, so that asking for them leaves every other number as
-    it was."""
-    dev = batches[0].device
-    gen = torch.Generator(dev).manual_seed(cfg.seed)
-    mi_gen = torch.Generator(dev).manual_seed(cfg.seed + 1)
-    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
-    n = tokens = hits = 0
-    mus, logvars, zs = [], [], []
-    for i, x in evaluation_batches(batches, cfg, desc):
-        if stoppable:
-            STOP.check(f"the {desc} evaluation, batch {i + 1} of {len(batches)} (training is over)")
-        mu0, logvar0 = model.encode(unpadded(model, x))
-        mu, logvar = refine(model, x, mu0, logvar0, cfg, gen=gen)
-        if cfg.savae:
-            sums["amortized"] += float(gaussian_kl(mu0, logvar0).sum()
-                                       - model.log_px_given_z(x, sample_z(mu0, logvar0, 1, gen)).sum())
-        z = sample_z(mu, logvar, 1, gen)
-        sums["rec"] += float(-model.log_px_given_z(x, z).sum())
-        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
-        z_mi = z if mi_samples == 1 else sample_z(mu, logvar, mi_samples, mi_gen)
-        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)
-        if iw_samples:
-            sums["nll"] += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
-        if model.kind == "text" and rec_acc:
-            hits += reconstruction_hits(model, x, mu)
-        mus.append(mu), logvars.append(logvar), zs.append(z_mi)
-        n += x.size(0)
-        tokens += model.n_targets(x)
-    return Seen(n, tokens, **sums, hits=hits, mu=torch.cat(mus), logvar=torch.cat(logvars), z_mi=torch.cat(zs))
-
-
-def elbo_metrics(seen):
-    return {"elbo": (seen.rec + seen.kl) / seen.n, "rec": seen.rec / seen.n, "kl": seen.kl / seen.n}
-
-
-def mi_metrics(seen):
-    """Eq. 5 two ways: each minibatch as the mixture (as the paper), and the whole set as one."""
-    return {"mi": seen.mi / seen.n, "mi_full": float(mutual_info_draws(seen.mu, seen.logvar, seen.z_mi))}
-
-
-def reconstruction_metrics(model, batches, seen):
-    """rec_acc, and rec_acc_other: the same decoding from another document's mean (rolled by one)."""
-    others = seen.mu.roll(1, 0).split([len(x) for x in batches])
-    other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
-    return {"rec_acc": seen.hits / seen.tokens, "rec_acc_other": other_hits / seen.tokens}
-
-
-CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
 
 
 def given(**flags):
@@ -2451,7 +2458,7 @@ def sample(model, n, method="greedy", beam_size=5, temperature=1.0, max_len=50, 
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. Analysis: tables and figures from run directories.
+# 8. Analysis: tables and figures from run directories.
 
 TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds",
                  "steps", "agg_epochs", "agg_epoch_s", "epoch_s"]
@@ -2975,7 +2982,7 @@ FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au
 
 
 # ------------------------------------------------------------------------------------------------
-# 8. Benchmark: what a step of each kind costs, in one process, so the ratios hold whatever the load.
+# 9. Benchmark: what a step of each kind costs, in one process, so the ratios hold whatever the load.
 
 BENCH_KINDS = ("joint", "encoder", "decoder", "savae", "eval", "iw_nll")
 
@@ -3098,7 +3105,7 @@ def format_bench(result):
 
 
 # ------------------------------------------------------------------------------------------------
-# 9. CLI
+# 10. CLI
 
 @functools.cache     # inspect.getsource(Config) parses the whole module: once per process, not per main()
 def config_help():

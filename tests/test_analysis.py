@@ -1,4 +1,4 @@
-"""Section 7: tables from run directories."""
+"""Section 8: tables from run directories."""
 import json
 
 import numpy as np

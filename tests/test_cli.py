@@ -1,4 +1,4 @@
-"""Section 9: the command line, run directories, resume and error messages."""
+"""Section 10: the command line, run directories, resume and error messages."""
 import dataclasses
 import json
 import math

@@ -1,4 +1,4 @@
-"""Section 6: decoding text from z, the reconstruction score, encoding examples in order."""
+"""Sections 4 and 7: decoding text from z, the reconstruction score, encoding examples in order."""
 import itertools
 import json
 

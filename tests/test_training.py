@@ -1,4 +1,4 @@
-"""Section 4: one-sided updates, the aggressive inner loop and its switch, the lr plateau rule."""
+"""Section 6: one-sided updates, the aggressive inner loop and its switch, the lr plateau rule."""
 import dataclasses
 import json
 import math
