@@ -2817,6 +2817,25 @@ def format_table(rows, fmt="md", columns=None):
     return "\n".join(lines)
 
 
+def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, paper_data=None, paper_table=None,
+               paired=None, spread=False, bound=False):
+    """The `table` command's output: a summary over seeds (default), per-seed differences (paired),
+    Tables 7-8 (spread) or the bound against K (bound)."""
+    if spread:
+        return format_spread(load_spreads(run_dirs), paper_data)
+    if bound:
+        return format_bounds(load_bounds(run_dirs))
+    if paired:
+        if by_run:
+            raise UsageError("--paired: pairs runs by seed already; drop --by-run")
+        return format_paired(globals()["paired"](load_results(run_dirs), *paired, paper_data), format)
+    bad = sorted(set(columns or []) - set(TABLE_COLUMNS))
+    if bad:
+        raise UsageError(f"--columns: unknown {', '.join(bad)} (expected some of {', '.join(TABLE_COLUMNS)})")
+    return format_table(summarize(load_results(run_dirs), by_run, paper_data, paper_table), format,
+                        TABLE_COLUMNS if all else columns)
+
+
 def read_jsonl(path, required=None):
     """The records of a JSON-lines file, each checked by check_record (path:line names a bad one)."""
     try:
@@ -3269,10 +3288,7 @@ def build_parser():
     add_config_flags(bn)
     bn.add_argument("--steps", type=positive(int), default=20, help="timed calls per kind and round (default 20)")
     bn.add_argument("--rounds", type=positive(int), default=5, help="rounds, the median is reported (default 5)")
-    bn.add_argument("--baseline", default=None, help="a directory with an older lagvae.py to time in the same rounds")
     bn.add_argument("--json", default=None, help="also write the result as JSON to this file")
-    bn.add_argument("--profile", type=positive(int), default=0, metavar="N",
-                    help="then profile each kind (torch.profiler) and list its N costliest operators (default: off)")
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
@@ -3316,8 +3332,8 @@ def main(argv=None):
         elif cmd == "encode":
             print(export_latents(**args))
         elif cmd == "bench":
-            opts = {k: args.pop(k) for k in ("steps", "rounds", "baseline", "json", "profile")}
-            result = bench(args, opts["steps"], opts["rounds"], opts["baseline"], opts["profile"])
+            opts = {k: args.pop(k) for k in ("steps", "rounds", "json")}
+            result = bench(args, opts["steps"], opts["rounds"])
             print(format_bench(result))
             print(json.dumps(result))
             if opts["json"]:
@@ -3327,21 +3343,8 @@ def main(argv=None):
             output_file(args["out"], FigureCanvasBase.get_supported_filetypes())
             FIGURES[args["kind"]](args["run_dirs"], args["out"])
             print(args["out"])
-        elif args["spread"]:
-            print(format_spread(load_spreads(args["run_dirs"]), args["paper_data"]))
-        elif args["bound"]:
-            print(format_bounds(load_bounds(args["run_dirs"])))
-        elif args["paired"]:
-            if args["by_run"]:
-                raise UsageError("--paired: pairs runs by seed already; drop --by-run")
-            print(format_paired(paired(load_results(args["run_dirs"]), *args["paired"], args["paper_data"]), args["format"]))
         else:
-            bad = sorted(set(args["columns"] or []) - set(TABLE_COLUMNS))
-            if bad:
-                raise UsageError(f"--columns: unknown {', '.join(bad)} (expected some of {', '.join(TABLE_COLUMNS)})")
-            print(format_table(summarize(load_results(args["run_dirs"]), args["by_run"], args["paper_data"],
-                                         args["paper_table"]), args["format"],
-                               TABLE_COLUMNS if args["all"] else args["columns"]))
+            print(table_text(**args))
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:
