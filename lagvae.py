@@ -700,11 +700,6 @@ def mutual_info_draws(mu, logvar, z):
     return torch.stack([mutual_info(mu, logvar, z[:, s]) for s in range(z.size(1))]).mean()
 
 
-def aggregate_kl(mu, logvar, z):
-    """Monte Carlo KL(q(z) || p(z)) at samples z_i ~ q(z|x_i)."""
-    return (log_aggregate_posterior(z, mu, logvar) - log_gaussian(z, torch.zeros_like(z), torch.zeros_like(z))).mean()
-
-
 def active_units(mu_all, threshold=0.01):
     """Number of dimensions d with Var_x(E_q[z_d|x]) > threshold (Burda et al. 2016)."""
     if mu_all.size(0) < 2 or not mu_all.numel():      # one example has no variance; --lm has no latent
