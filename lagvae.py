@@ -13,6 +13,7 @@ equations are tagged `# Eq. N`.
 import argparse
 import collections
 import contextlib
+import csv
 import dataclasses
 import errno
 import fcntl
@@ -1080,12 +1081,12 @@ def decays_of_run(run):
         raise UsageError(f"--decay-at {run}: not a finished run (no result.json), so its decays are not all known")
     try:
         saved = json.loads((run / "config.json").read_text())["config"]
+        rows = read_jsonl(run / "log.jsonl")
+        epochs = [a["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"]]
+        epochs += [rows[-1]["epoch"]] if rows and len(rows) < saved["epochs"] else []
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--decay-at {run}: no readable config.json ({e})") from None
-    check_record(saved, run / "config.json", {"epochs": INTEGER})
-    rows = read_jsonl(run / "log.jsonl", {"epoch": INTEGER, "lr": NUMBER})
-    epochs = [a["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"]]
-    epochs += [rows[-1]["epoch"]] if rows and len(rows) < saved["epochs"] else []
+        raise UsageError(f"--decay-at {run}: no config.json with epochs and log.jsonl with epoch and lr "
+                         f"({e})") from None
     return ",".join(map(str, epochs)) or "never"
 
 
@@ -2464,7 +2465,6 @@ PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset
 
 def paper_rows(path=PAPER_CSV):
     """Every row typed in from the paper's tables, in the file's order."""
-    import csv
     with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -2493,36 +2493,31 @@ def collapse_state(result):
 def epoch_stats(log):
     """From log.jsonl rows: how many epochs ran aggressive, and the mean seconds of an aggressive
     and of a plain epoch, so the cost of the inner loop is measured within one run (same load)."""
-    agg = [e["seconds"] for e in log if e.get("aggressive")]
-    plain = [e["seconds"] for e in log if not e.get("aggressive")]
+    agg = [number(e, "seconds") for e in log if e.get("aggressive")]
+    plain = [number(e, "seconds") for e in log if not e.get("aggressive")]
     mean = lambda v: float(np.mean(v)) if v else float("nan")
     return {"agg_epochs": len(agg), "agg_epoch_s": mean(agg), "epoch_s": mean(plain)}
 
 
-# What the tables and figures read from run files, as (what is expected, test). The other fields
-# of result.json are optional; those of TABLE_COLUMNS must be numbers when present.
-# JSON files may hold NaN and Infinity (Python writes them): a table cell or a plotted point of one
-# would pass for a number, so a record's numbers must be finite (NaN: "is nan, expected a number").
-NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-TEXT = ("a string", lambda v: isinstance(v, str))
-NUMBERS = ("a non-empty list of numbers", lambda v: isinstance(v, list) and v and all(NUMBER[1](x) for x in v))
-SPREAD = ("an object of numbers", lambda v: isinstance(v, dict) and all(NUMBER[1](x) for x in v.values()))
-RESULT_FIELDS = {"data": TEXT, "mode": TEXT, "seed": INTEGER, "au": NUMBER, "mi": NUMBER}
+@contextlib.contextmanager
+def record_of(path, holds):
+    """Where a record is read: one that is not JSON or lacks a key that is read (a file cut short, of
+    an older version, edited by hand) is one line naming the file and what it `holds`, never a
+    traceback. Records are not checked field by field: what is read must be there."""
+    try:
+        yield
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+        why = f"no {e}" if isinstance(e, KeyError) else getattr(e, "strerror", None) or e
+        raise UsageError(f"{path}: {why} ({holds})") from None
 
 
-def check_record(record, where, required, optional=None):
-    """`record` (parsed JSON) must be an object with every field of `required`, and the fields of
-    `optional` it has, of the kinds named; returns it."""
-    if not isinstance(record, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {reprlib.repr(record)}")
-    for name, (kind, ok) in {**(optional or {}), **required}.items():
-        if name not in record:
-            if name in required:
-                raise UsageError(f"{where}: no field {name!r} ({kind})")
-        elif not ok(record[name]):
-            raise UsageError(f"{where}: field {name!r} is {reprlib.repr(record[name])}, expected {kind}")
-    return record
+def number(record, key):
+    """record[key] as a float. JSON may hold NaN and Infinity (Python writes them): a table cell or a
+    plotted point of one would pass for a number, so they are refused like text."""
+    v = record[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{key!r} is {reprlib.repr(v)}, expected a number")
+    return float(v)
 
 
 def run_state(run):
@@ -2549,8 +2544,9 @@ def run_settings(run):
             if path.is_file() else None)
 
 
-def load_results(run_dirs, required=RESULT_FIELDS):
-    """The checked result.json of each run, with its settings (run_settings); an unfinished or diverged
+def load_results(run_dirs, needs=("au", "mi")):
+    """The result.json of each run, its TABLE_COLUMNS as floats (`needs` among them), with its settings
+    (run_settings) and epoch_stats; an unfinished or diverged
     run (its lock, taken before any pretraining, or a config.json, but no result.json) is left out with a
     note on stderr saying which, so tables and figures of a grid can be made while it runs, and so is a
     file (`table runs/*` also matches the records beside the runs)."""
@@ -2562,13 +2558,13 @@ def load_results(run_dirs, required=RESULT_FIELDS):
         if not (d / "result.json").exists() and any((d / f).exists() for f in (".lock", "config.json")):
             print(f"lagvae: {d}: {run_state(d)}, left out", file=sys.stderr)
             continue
-        try:
+        with record_of(d / "result.json", f"a result.json of `train` holds data, mode, seed, {', '.join(needs)}"):
             r = json.loads((d / "result.json").read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{d}: no readable result.json ({e})") from None
-        check_record(r, d / "result.json", required, {c: NUMBER for c in TABLE_COLUMNS})
+            r.update({c: number(r, c) for c in TABLE_COLUMNS if c in r or c in needs},
+                     data=r["data"], mode=r["mode"], seed=r["seed"])      # each read, so each must be there
         if (d / "log.jsonl").exists():
-            r.update(epoch_stats(read_jsonl(d / "log.jsonl", {"seconds": NUMBER})))
+            with record_of(d / "log.jsonl", "a training log holds the seconds of each epoch"):
+                r.update(epoch_stats(read_jsonl(d / "log.jsonl")))
         results.append({**r, "run": str(d), "settings": run_settings(d)})
     return results
 
@@ -2682,74 +2678,69 @@ def paired_verdict(row):
     return side + ("" if p is None else "; paper's inside" if lo <= p <= hi else "; paper's excluded")
 
 
+PAIRED_CSV = ["data", "a", "b", "metric", "n", "seeds", "diffs", "mean", "sd", "ci_low", "ci_high", "level",
+              "b_lower", "b_higher", "paper_data", "paper", "verdict"]
+
+
 def format_paired(rows, fmt="md"):
-    f = lambda v: "" if v is None or isinstance(v, float) and math.isnan(v) else f"{v:.2f}"
+    """Markdown: the per-seed differences rounded, with the interval and the paper's B - A beside; CSV:
+    every field of each row (PAIRED_CSV) at full precision."""
     if fmt == "csv":
-        head = ["data", "a", "b", "metric", "n", "seeds", "diffs", "mean", "sd", "ci_low", "ci_high", "level",
-                "b_lower", "b_higher", "paper_data", "paper", "verdict"]
         cell = lambda r, c: (" ".join(f"{x:g}" for x in r[c]) if c in ("seeds", "diffs") else
                              f"{r[c]:.4f}" if isinstance(r[c], float) else "" if r[c] is None else str(r[c]))
-        return "\n".join([",".join(head)] + [",".join(cell(r, c) for c in head) for r in rows])
-    lines = ["| data | B − A | metric | seeds | per seed | mean | sd | 95 % CI | B < A | B > A | paper B − A | verdict |",
-             "|" + "---|" * 12]
-    for r in rows:
-        ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["n"] > 1 else ""
-        paper = f"{f(r['paper'])} ({r['paper_data']})" if r["paper"] is not None else ""
-        lines.append(f"| {r['data']} | {r['b']} − {r['a']} | {r['metric']} | {r['n']} | "
-                     f"{' '.join(f'{x:+.2f}' for x in r['diffs'])} | {r['mean']:+.2f} | {f(r['sd'])} | {ci} | "
-                     f"{r['b_lower']} | {r['b_higher']} | {paper} | {r['verdict']} |")
-    return "\n".join(lines)
+        return write_table([[cell(r, c) for c in PAIRED_CSV] for r in rows], PAIRED_CSV, fmt)
+    f = lambda v: "" if v is None or isinstance(v, float) and math.isnan(v) else f"{v:.2f}"
+    cells = [[r["data"], f"{r['b']} − {r['a']}", r["metric"], str(r["n"]), " ".join(f"{x:+.2f}" for x in r["diffs"]),
+              f"{r['mean']:+.2f}", f(r["sd"]), f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["n"] > 1 else "",
+              str(r["b_lower"]), str(r["b_higher"]),
+              f"{f(r['paper'])} ({r['paper_data']})" if r["paper"] is not None else "", r["verdict"]] for r in rows]
+    return write_table(cells, ["data", "B − A", "metric", "seeds", "per seed", "mean", "sd", "95 % CI", "B < A",
+                               "B > A", "paper B − A", "verdict"])
 
 
 SPREAD_TABLE = {"aggressive": ("7", "Ours"), "basic": ("8", "VAE")}    # App. D: the mode -> its table
 
 
-def load_evaluations(paths, command, fields):
-    """The JSON that `command` wrote (one per file), each checked to have `fields`."""
+def load_evaluations(paths, command, read):
+    """read(record) of the JSON that `command` wrote, one per file: what `read` takes must be there."""
     records = []
     for p in map(Path, paths):
-        try:
-            record = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{p}: no readable JSON of `{command}` ({e})") from None
-        records.append(check_record(record, p, fields))
+        with record_of(p, f"the JSON of `{command}`"):
+            records.append(read(json.loads(p.read_text())))
     return records
 
 
 def load_spreads(paths):
-    """Tables 7 and 8 are made of these."""
-    return load_evaluations(paths, "eval --eval-seeds N",
-                            {"data": TEXT, "mode": TEXT, "eval_seeds": INTEGER, "mean": SPREAD, "var": SPREAD})
+    """Tables 7 and 8 are made of these: each metric's mean and variance over the evaluation seeds."""
+    return load_evaluations(paths, "eval --eval-seeds N", lambda r: {
+        "data": r["data"], "mode": r["mode"], "eval_seeds": r["eval_seeds"],
+        "mean": {k: number(r["mean"], k) for k in r["mean"]}, "var": {k: number(r["var"], k) for k in r["var"]}})
 
 
-def format_spread(spreads, paper_data=None):
+def format_spread(spreads, paper_data=None, fmt="md"):
     """Tables 7 and 8 (App. D): one model evaluated with N seeds, mean (variance) of each metric, each
     row followed by the paper's row of the same table on `paper_data` (default: the stand-in)."""
     paper = {(r["table"], r["dataset"], r["row"].rsplit("(", 1)[1].rstrip(")")): r for r in paper_rows()
              if r["table"] in ("7", "8")}
     cell = lambda m, v: f"{m:.0f} ({v:.0f})" if m == int(m) and v == 0 else f"{m:.3f} ({v:.1e})"
-    lines = ["| data | model (table) | evaluation seeds | IW-NLL | −ELBO | KL | MI | AU |", "|" + "---|" * 8]
+    rows = []
     for s in spreads:
         table, who = SPREAD_TABLE.get(s["mode"], ("", s["mode"]))
-        lines.append(f"| {s['data']} | {who}{f' (Table {table})' if table else ''} | {s['eval_seeds']} | " +
-                     " | ".join(cell(s["mean"][k], s["var"][k]) if k in s["mean"] else "" for k in SPREAD_METRICS) + " |")
+        rows.append([s["data"], who + (f" (Table {table})" if table else ""), str(s["eval_seeds"]),
+                     *(cell(s["mean"][k], s["var"][k]) if k in s["mean"] else "" for k in SPREAD_METRICS)])
         ref = paper_data or PAPER_DATA.get(s["data"], s["data"])
         mean, var = paper.get((table, ref, "mean")), paper.get((table, ref, "variance"))
         if mean and var:
-            lines.append(f"| {ref} (paper) | {who} (Table {table}) | 10 | " +
-                         " | ".join(f"{mean[c]} ({var[c]})" for c in ("nll", "elbo", "kl", "mi", "au")) + " |")
-    return "\n".join(lines)
-
-
-BOUND = ("an object of K -> {mean, sd, groups}", lambda v: isinstance(v, dict) and v and all(
-    k.isdigit() and isinstance(b, dict) and NUMBER[1](b.get("mean")) and NUMBER[1](b.get("sd"))
-    and INTEGER[1](b.get("groups")) for k, b in v.items()))
+            rows.append([f"{ref} (paper)", f"{who} (Table {table})", "10",
+                         *(f"{mean[c]} ({var[c]})" for c in ("nll", "elbo", "kl", "mi", "au"))])
+    return write_table(rows, ["data", "model (table)", "evaluation seeds", "IW-NLL", "−ELBO", "KL", "MI", "AU"], fmt)
 
 
 def load_bounds(paths):
-    return load_evaluations(paths, "eval --bound", {"data": TEXT, "mode": TEXT, "seed": INTEGER, "n": INTEGER,
-                                                    "exact": ("true or false", lambda v: isinstance(v, bool)),
-                                                    "bound": BOUND})
+    """`eval --bound`'s records: the bound at each K (a string, as in JSON) as its mean and sd."""
+    return load_evaluations(paths, "eval --bound", lambda r: {
+        **{k: r[k] for k in ("data", "mode", "seed", "n", "exact")},
+        "bound": {str(int(k)): {"mean": number(b, "mean"), "sd": number(b, "sd")} for k, b in r["bound"].items()}})
 
 
 def exact_nll(bounds):
@@ -2757,21 +2748,21 @@ def exact_nll(bounds):
     return {(b["data"], b["seed"], b["n"]): b["bound"]["1"]["mean"] for b in bounds if b["exact"]}
 
 
-def format_bounds(bounds):
+def format_bounds(bounds, fmt="md"):
     """The bound against K, one row per model, mean ± sd over the groups of K draws, beside the exact
     NLL of the LM of the same seed on the same documents and what the model's largest-K bound exceeds it by."""
     lm = exact_nll(bounds)
     ks = sorted({int(k) for b in bounds if not b["exact"] for k in b["bound"]})
-    lines = ["| data | model | seed | documents | " + " | ".join(f"K = {k}" for k in ks) + " | LM (exact) | "
-             f"K = {ks[-1] if ks else ''} − LM |", "|" + "---|" * (len(ks) + 6)]
+    rows = []
     for b in sorted((b for b in bounds if not b["exact"]), key=lambda b: (b["data"], b["mode"], b["seed"])):
         cells = [f"{b['bound'][str(k)]['mean']:.2f} ± {b['bound'][str(k)]['sd']:.2f}" if str(k) in b["bound"] else ""
                  for k in ks]
         ref = lm.get((b["data"], b["seed"], b["n"]))
         top = b["bound"][str(max(map(int, b["bound"])))]["mean"]
-        lines.append(f"| {b['data']} | {b['mode']} | {b['seed']} | {b['n']} | " + " | ".join(cells) +
-                     (f" | {ref:.2f} | {top - ref:+.2f} |" if ref is not None else " | | |"))
-    return "\n".join(lines)
+        rows.append([b["data"], b["mode"], str(b["seed"]), str(b["n"]), *cells,
+                     *([f"{ref:.2f}", f"{top - ref:+.2f}"] if ref is not None else ["", ""])])
+    return write_table(rows, ["data", "model", "seed", "documents", *(f"K = {k}" for k in ks), "LM (exact)",
+                              f"K = {ks[-1] if ks else ''} − LM"], fmt)
 
 
 INTEGER_COLUMNS = {"au", "steps", "agg_epochs", "paper_au"}      # counts: no decimals where they are whole
@@ -2802,14 +2793,20 @@ def format_table(rows, fmt="md", columns=None):
             *(["differs"] if any(r.get("differs") for r in rows) else []), "seeds", "runs", "collapsed", "escaped",
             *columns, *(["time_ratio"] if full else []), "step_ratio", "paper_table",
             *("paper_" + c for c in (PAPER_COLUMNS if full else ["nll", "kl", "mi", "au"]))]
+    stds = [c + "_std" for c in TABLE_COLUMNS] if fmt == "csv" else []
+    return write_table([[format_cell(r, c, fmt) for c in head] + [f"{r[c]:.4f}" for c in stds] for r in rows],
+                       head + stds, fmt)
+
+
+def write_table(rows, columns, fmt="md"):
+    """Every table printed: rows of formatted cells (strings) under `columns`, as Markdown or as CSV
+    (a cell holding a comma or a quote is quoted)."""
     if fmt == "csv":
-        lines = [",".join(head + [c + "_std" for c in TABLE_COLUMNS])]
-        lines += [",".join([format_cell(r, c, fmt) for c in head] + [f"{r[c + '_std']:.4f}" for c in TABLE_COLUMNS])
-                  for r in rows]
-        return "\n".join(lines)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(format_cell(r, c) for c in head) + " |" for r in rows]
-    return "\n".join(lines)
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([columns, *rows])
+        return out.getvalue().rstrip("\n")
+    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, paper_data=None, paper_table=None,
@@ -2817,9 +2814,9 @@ def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, pap
     """The `table` command's output: a summary over seeds (default), per-seed differences (paired),
     Tables 7-8 (spread) or the bound against K (bound)."""
     if spread:
-        return format_spread(load_spreads(run_dirs), paper_data)
+        return format_spread(load_spreads(run_dirs), paper_data, format)
     if bound:
-        return format_bounds(load_bounds(run_dirs))
+        return format_bounds(load_bounds(run_dirs), format)
     if paired:
         if by_run:
             raise UsageError("--paired: pairs runs by seed already; drop --by-run")
@@ -2831,8 +2828,8 @@ def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, pap
                         TABLE_COLUMNS if all else columns)
 
 
-def read_jsonl(path, required=None):
-    """The records of a JSON-lines file, each checked by check_record (path:line names a bad one)."""
+def read_jsonl(path):
+    """The records of a JSON-lines file (path:line names one that is not JSON)."""
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, ValueError) as e:
@@ -2840,40 +2837,41 @@ def read_jsonl(path, required=None):
     records = []
     for n, line in enumerate(lines, 1):
         try:
-            records += [(n, json.loads(line))] if line else []
+            records += [json.loads(line)] if line else []
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
-    return [check_record(r, f"{path}:{n}", required or {}) for n, r in records]
+    return records
 
 
-def read_means(path, required):
+def read_means(path):
     """Posterior-mean records (snapshots or a trajectory): at least one, each with as many model as
-    inference means."""
-    records = read_jsonl(path, {**required, "model_mean": NUMBERS, "inference_mean": NUMBERS})
-    if not records:
-        raise UsageError(f"{path}: no records")
-    for n, r in enumerate(records, 1):
-        if len(r["model_mean"]) != len(r["inference_mean"]):
-            raise UsageError(f"{path}: record {n} has {len(r['model_mean'])} model means "
-                             f"but {len(r['inference_mean'])} inference means")
+    inference means (arrays), at least one of each."""
+    records = read_jsonl(path)
+    with record_of(path, "a record holds as many model_mean as inference_mean numbers"):
+        if not records:
+            raise ValueError("no records")
+        for n, r in enumerate(records, 1):
+            r.update({k: np.array(r[k], dtype=float) for k in ("model_mean", "inference_mean")})
+            if r["model_mean"].shape != r["inference_mean"].shape or not r["model_mean"].size:
+                raise ValueError(f"record {n} has {r['model_mean'].size} model means "
+                                 f"and {r['inference_mean'].size} inference means")
     return records
 
 
 def load_snapshots(run):
     """Snapshots of a run, one per iteration (the last recorded wins after a resume), in order."""
-    snaps = {s["iter"]: s for s in read_means(Path(run) / "snapshots.jsonl", {"iter": INTEGER})}
+    path = Path(run) / "snapshots.jsonl"
+    with record_of(path, "a snapshot holds its iter"):
+        snaps = {s["iter"]: s for s in read_means(path)}
     return [snaps[k] for k in sorted(snaps)]
 
 
 def run_mode(run):
     """'dataset: mode' of a run directory, for a figure's titles."""
     path = Path(run) / "config.json"
-    try:
+    with record_of(path, "a run's config.json holds its mode"):
         config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{run}: not a run directory with a config.json ({e})") from None
-    mode = check_record(config, path, {"mode": TEXT})["mode"]
-    data = config.get("config", {}).get("data") if isinstance(config.get("config"), dict) else None
+        mode, data = config["mode"], config.get("config", {}).get("data")
     return f"{data}: {mode}" if isinstance(data, str) else mode
 
 
@@ -2911,12 +2909,14 @@ def plot_dynamics(runs, out):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        log = read_jsonl(Path(run) / "log.jsonl", {"epoch": NUMBER, "val_mi": NUMBER, "val_kl": NUMBER})
-        epochs = [r["epoch"] for r in log]
-        ax.plot(epochs, [r["val_mi"] for r in log], label="MI")
-        ax.plot(epochs, [r["val_kl"] for r in log], label="KL")
+        path = Path(run) / "log.jsonl"
+        log = read_jsonl(path)
+        with record_of(path, "a training log holds epoch, val_mi and val_kl"):
+            epochs, mi, kl = (np.array([number(r, k) for r in log]) for k in ("epoch", "val_mi", "val_kl"))
+        ax.plot(epochs, mi, label="MI")
+        ax.plot(epochs, kl, label="KL")
         # Both MI and KL - MI are Monte Carlo estimates: on a collapsed model either may dip below 0.
-        ax.plot(epochs, [r["val_kl"] - r["val_mi"] for r in log], label="KL(q(z)||p(z)), estimated")
+        ax.plot(epochs, kl - mi, label="KL(q(z)||p(z)), estimated")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set(xlabel="epoch", ylabel="nats", title=run_mode(run))
         ax.legend(fontsize=8)
@@ -2928,7 +2928,7 @@ def plot_dynamics(runs, out):
 def plot_nll_au(runs, out):
     """Figure 4: test NLL against active units, one point per run, one marker per mode."""
     plt = pyplot()
-    results = load_results(runs, {**RESULT_FIELDS, "iw_nll": NUMBER})
+    results = load_results(runs, ("au", "mi", "iw_nll"))
     modes = sorted({r["mode"] for r in results})
     fig, ax = plt.subplots(figsize=(7, max(3.6, 0.2 * len(modes))))
     for k, mode in enumerate(modes):        # modes 20 apart share a colour, never a marker too
@@ -2947,7 +2947,7 @@ def plot_trajectory(runs, out, lim=3.0):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        pts = read_means(Path(run) / "trajectory.jsonl", {})
+        pts = read_means(Path(run) / "trajectory.jsonl")
         xs = [p["model_mean"][0] for p in pts]
         ys = [p["inference_mean"][0] for p in pts]
         ax.plot(xs, ys, "-", lw=0.6, color="0.6")
