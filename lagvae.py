@@ -19,7 +19,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import importlib.util
 import inspect
 import io
 import json
@@ -3001,18 +3000,23 @@ FIGURES = {"posterior": plot_posterior_means, "dynamics": plot_dynamics, "nll-au
 BENCH_KINDS = ("joint", "encoder", "decoder", "savae", "eval", "iw_nll")
 
 
-def bench_setup(lib, overrides, corpus):
-    """Model, optimizers and config of a lagvae module `lib` (this one or an older checkout's), built
-    from the same seed; an older Config may lack newer fields, which are then left out."""
-    known = {f.name for f in dataclasses.fields(lib.Config)}
-    cfg = lib.resolve_config({k: v for k, v in overrides.items() if k in known})
+def bench_inputs(cfg, steps):
+    """What every timed call reads: the corpus, its first `steps` training batches and first 10
+    validation batches, on the device."""
+    device = use_device(cfg)
+    corpus = load_data(cfg)
+    train = corpus.batches("train", cfg.batch_size, np.random.default_rng(0))[:steps]
+    batches = [corpus.prepare(b).to(device) for b in train]
+    val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size, limit=10 * cfg.batch_size)]
+    return corpus, batches, val, device
+
+
+def bench_calls(lib, cfg, corpus, batches, val, device):
+    """kind -> (a call doing one unit of that work, examples per call), on the model and optimizers of a
+    lagvae module `lib` (this one, or an older checkout's: tools/bench_compare.py), built from the seed."""
     lib.seed_all(cfg.seed)
-    model = lib.build_model(cfg, corpus).to(get_device(cfg))
-    return model, lib.make_optimizers(model, cfg, cfg.lr), cfg
-
-
-def bench_calls(lib, model, opts, cfg, batches, val, device):
-    """kind -> (a call doing one unit of that work, examples per call)."""
+    model = lib.build_model(cfg, corpus).to(device)
+    opts = lib.make_optimizers(model, cfg, cfg.lr)
     savae = dataclasses.replace(cfg, savae=True)
     x = lambda i: batches[i % len(batches)]
     return {"joint": (lambda i: lib.update(model, opts, x(i), cfg, "all"), len(x(0))),
@@ -3029,27 +3033,11 @@ def bench_iw_nll(model, lib, x, cfg):
     lib.iw_nll(model, x, 500, cfg.iw_chunk)
 
 
-def bench(overrides, steps=20, rounds=5, baseline=None, profile=0):
-    """Seconds per call of each kind (median over `rounds`, each timing `steps` calls after a warm-up),
-    examples per second, the ratios inner / joint and SA-VAE / basic, and peak memory (CUDA: allocated
-    by that kind; CPU: the process's resident high-water mark after it). With `baseline` (a directory
-    holding an older lagvae.py) the same calls of that version are timed in the same rounds. With
-    `profile` > 0, the calls of this version are then profiled: see profile_calls."""
-    cfg = resolve_config({**overrides, "quiet": True})
-    device = use_device(cfg)
-    corpus = load_data(cfg)
-    batches = [corpus.prepare(b).to(device) for b in corpus.batches("train", cfg.batch_size, np.random.default_rng(0))[:steps]]
-    val = [b.to(device) for b in corpus.batches("valid", cfg.batch_size, limit=10 * cfg.batch_size)]
-    libs = {"current": sys.modules[__name__]}
-    if baseline:
-        path = Path(baseline) / "lagvae.py"
-        if not path.is_file():
-            raise UsageError(f"--baseline {baseline}: no lagvae.py there (expected a checkout of an older version)")
-        spec = importlib.util.spec_from_file_location("lagvae_baseline", path)
-        libs["baseline"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(libs["baseline"])
-    calls = {name: bench_calls(lib, *bench_setup(lib, asdict(cfg), corpus), batches, val, device)
-             for name, lib in libs.items()}
+def time_calls(calls, steps, rounds, device):
+    """(version, kind) -> median seconds per call over `rounds` (each timing `steps` calls, one of eval and
+    iw_nll, after a warm-up round), and peak memory in MiB (CUDA: allocated by that kind; CPU: the
+    process's resident high-water mark after it). calls: version -> bench_calls; every version is timed
+    in every round, so versions compare under one load."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     times, peak = {}, {}
     for r in range(rounds + 1):                       # round 0 is the warm-up
@@ -3067,55 +3055,38 @@ def bench(overrides, steps=20, rounds=5, baseline=None, profile=0):
                     times.setdefault((name, kind), []).append((time.perf_counter() - t) / n)
                 peak[name, kind] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
                                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
-    sec = {k: float(np.median(v)) for k, v in times.items()}
+    return {k: float(np.median(v)) for k, v in times.items()}, peak
+
+
+def bench_result(cfg, device, steps, rounds, calls, sec, peak):
+    """time_calls' numbers as rows (ms per call, examples per second, ratio to the joint step, peak
+    memory), with the ratios inner / joint and SA-VAE / basic of the current version."""
     rows = [{"version": name, "kind": kind, "ms": 1e3 * sec[name, kind],
              "examples_per_s": calls[name][kind][1] / sec[name, kind],
-             "vs_joint": sec[name, kind] / sec[name, "joint"], "peak_mb": peak[name, kind],
-             **({"speedup": sec["baseline", kind] / sec[name, kind]} if baseline else {})}
+             "vs_joint": sec[name, kind] / sec[name, "joint"], "peak_mb": peak[name, kind]}
             for name in calls for kind in BENCH_KINDS]
-    out = {"data": cfg.data, "preset": cfg.preset, "device": str(device), "threads": torch.get_num_threads(),
-           "steps": steps, "rounds": rounds, "batch_size": cfg.batch_size,
-           "inner_over_joint": sec["current", "encoder"] / sec["current", "joint"],
-           "savae_over_basic": sec["current", "savae"] / sec["current", "joint"], "rows": rows}
-    if profile:
-        out["profile"] = profile_calls(calls["current"], steps, profile, device)
-    return out
+    return {"data": cfg.data, "preset": cfg.preset, "device": str(device), "threads": torch.get_num_threads(),
+            "steps": steps, "rounds": rounds, "batch_size": cfg.batch_size,
+            "inner_over_joint": sec["current", "encoder"] / sec["current", "joint"],
+            "savae_over_basic": sec["current", "savae"] / sec["current", "joint"], "rows": rows}
 
 
-def profile_calls(kinds, steps, top, device):
-    """kind -> its `top` operators by self time (on CUDA: device time) per call, with calls per call
-    and share of the total: where a step's time goes, e.g. SA-VAE's thousands of small LSTM ops."""
-    from torch.profiler import ProfilerActivity, profile
-    cuda = device.type == "cuda"
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    out = {}
-    for kind, (call, _) in kinds.items():
-        n = 1 if kind in ("eval", "iw_nll") else steps
-        with profile(activities=acts) as prof:
-            for i in range(n):
-                call(i)
-            if cuda:
-                torch.cuda.synchronize()
-        ops = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
-        total = sum(getattr(e, key) for e in ops) or 1.0
-        out[kind] = [{"op": e.key, "calls": e.count / n, "ms": getattr(e, key) / 1e3 / n,
-                      "share": getattr(e, key) / total} for e in ops[:top]]
-    return out
+def bench(overrides, steps=20, rounds=5):
+    """What a step of each kind costs for the model that `overrides` (train flags) describe: bench_result."""
+    cfg = resolve_config({**overrides, "quiet": True})
+    inputs = bench_inputs(cfg, steps)
+    calls = {"current": bench_calls(sys.modules[__name__], cfg, *inputs)}
+    return bench_result(cfg, inputs[-1], steps, rounds, calls, *time_calls(calls, steps, rounds, inputs[-1]))
 
 
 def format_bench(result):
-    cols = ["version", "kind", "ms", "examples_per_s", "vs_joint", "peak_mb"] + (["speedup"] if "speedup" in result["rows"][0] else [])
-    lines = [f"{result['data']} / {result['preset']} on {result['device']}, {result['threads']} thread(s); median of "
-             f"{result['rounds']} rounds of {result['steps']} steps (eval: the first 10 validation batches; iw_nll: K=500)",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-              for r in result["rows"]]
-    lines.append(f"inner / joint {result['inner_over_joint']:.2f}, SA-VAE / basic {result['savae_over_basic']:.2f}")
-    for kind, ops in result.get("profile", {}).items():
-        lines += [f"profile of one {kind} call: op, calls, ms, share of self time"]
-        lines += [f"  {o['op']:<40} {o['calls']:8.1f} {o['ms']:9.3f} {o['share']:6.1%}" for o in ops]
-    return "\n".join(lines)
+    cols = list(result["rows"][0])          # tools/bench_compare.py adds a speedup column
+    cells = [[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in result["rows"]]
+    return "\n".join([f"{result['data']} / {result['preset']} on {result['device']}, {result['threads']} thread(s); "
+                      f"median of {result['rounds']} rounds of {result['steps']} steps (eval: the first 10 validation "
+                      f"batches; iw_nll: K=500)", write_table(cells, cols),
+                      f"inner / joint {result['inner_over_joint']:.2f}, "
+                      f"SA-VAE / basic {result['savae_over_basic']:.2f}"])
 
 
 # ------------------------------------------------------------------------------------------------
