@@ -2545,10 +2545,10 @@ def run_settings(run):
 
 def load_results(run_dirs, needs=("au", "mi")):
     """The result.json of each run, its TABLE_COLUMNS as floats (`needs` among them), with its settings
-    (run_settings) and epoch_stats; an unfinished or diverged
-    run (its lock, taken before any pretraining, or a config.json, but no result.json) is left out with a
-    note on stderr saying which, so tables and figures of a grid can be made while it runs, and so is a
-    file (`table runs/*` also matches the records beside the runs)."""
+    (run_settings) and epoch_stats; an unfinished or diverged run (its lock, taken before any
+    pretraining, or a config.json, but no result.json) is left out with a note on stderr saying which,
+    so tables and figures of a grid can be made while it runs, and so is a file (`table runs/*` also
+    matches the records beside the runs)."""
     results = []
     for d in map(Path, run_dirs):
         if d.is_file():
