@@ -59,14 +59,15 @@ FLOAT_MAX = float(torch.finfo(torch.float32).max)
 
 
 def within(lo, hi=math.inf, open_lo=False, open_hi=False):
-    """A number's rule: value -> what was expected, where it is not in [lo, hi] (an open end excludes its
-    bound) or not finite and in its type's range; else None. Sign and range are checked here only, so a
-    flag that parses is one the code can use as meant."""
+    """A number's rule: value -> what was expected where the value is outside [lo, hi] (an open end
+    excludes its bound), not finite or past its type's range; None where it is admitted. Sign and range
+    are checked here only, so a flag that parses is one the code can use as meant."""
     def expected(value):
         integer = isinstance(value, int)
         top = INT_MAX if integer else FLOAT_MAX
-        if ((integer or math.isfinite(value)) and abs(value) <= top and (lo < value or not open_lo and value == lo)
-                and (value < hi or not open_hi and value == hi)):
+        above_lo = lo < value if open_lo else lo <= value
+        below_hi = value < hi if open_hi else value <= hi
+        if (integer or math.isfinite(value)) and abs(value) <= top and above_lo and below_hi:
             return None
         fmt = lambda v: str(v) if isinstance(v, int) else f"{v:g}"
         kind = "an integer" if integer else "a finite number"
@@ -111,12 +112,6 @@ def arg(default, help, rule=None, resume=False, group=None):
     expected where the value is refused), whether --resume may change it (True, or a function of the saved
     config that says) and, for the first field of a --help group, the group's title."""
     return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "resume": resume, "group": group})
-
-
-def epochs_unless_cyclical(saved):
-    """The cyclical schedule's period is epochs x batches / cycles: another --epochs would reshape the
-    KL schedule of a --cyclical run halfway."""
-    return not saved.get("cyclical")
 
 
 @dataclass
@@ -165,7 +160,9 @@ class Config:
     lr: float = arg(1.0, "learning rate (encoder and decoder)", LR)
     # a norm <= 0 zeroes or flips the gradient
     clip_grad: float = arg(5.0, "clip the joint gradient norm of encoder and decoder to this", POSITIVE)
-    epochs: int = arg(100, "most epochs to train", COUNT, resume=epochs_unless_cyclical)
+    # The cyclical schedule's period is epochs x batches / cycles: another --epochs would reshape the
+    # KL schedule of a --cyclical run halfway.
+    epochs: int = arg(100, "most epochs to train", COUNT, resume=lambda saved: not saved.get("cyclical"))
     decay_patience: int = arg(2, "epochs without a better validation -ELBO before lr decays", COUNT)
     # 1: restart from the best model without decaying
     lr_decay: float = arg(0.5, "lr factor at each decay (training restarts from the best model)",
@@ -3207,7 +3204,8 @@ def build_parser():
     tr.set_defaults(func=train_command)
     saved = Parser(add_help=False)          # the flags of every command on a saved model
     saved.add_argument("--ckpt", required=True, help="a model.pt of a run directory")
-    saved.add_argument("--data-dir", default=None, help="data root (default: the run's, else $LAGVAE_DATA, else ./data)")
+    saved.add_argument("--data-dir", default=None,
+                       help="data root (default: the run's, else $LAGVAE_DATA, else ./data)")
     saved.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_field_flag(saved, "threads", "default: the run's")
     ev = sub.add_parser("eval", parents=[saved], help="evaluate a saved model on its test split")
