@@ -3261,7 +3261,8 @@ def build_parser():
     add_config_flags(bn)
     bn.add_argument("--steps", type=positive(int), default=20, help="timed calls per kind and round (default 20)")
     bn.add_argument("--rounds", type=positive(int), default=5, help="rounds, the median is reported (default 5)")
-    bn.add_argument("--json", dest="json_file", default=None, help="also write the result as JSON to this file")
+    bn.add_argument("--json", dest="json_file", default=None, metavar="JSON",
+                    help="also write the result as JSON to this file")
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
     tb.set_defaults(func=table_text)
     tb.add_argument("run_dirs", nargs="+")
