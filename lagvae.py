@@ -19,7 +19,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import inspect
 import io
 import json
 import math
@@ -36,7 +35,6 @@ import subprocess
 import sys
 import time
 import threading
-import tokenize
 import warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -51,52 +49,89 @@ import data as datalib
 
 # ------------------------------------------------------------------------------------------------
 # 1. Config & presets. Every field is a command-line flag (`--field-name`) declared once, with its
-# help, its admissible range and whether --resume may change it; a preset overrides the defaults and
-# explicit flags override the preset. The resolved config is saved with every run.
+# help, its --help group, its admissible values and whether --resume may change it; a preset overrides
+# the defaults and explicit flags override the preset. The resolved config is saved with every run.
 
 # Past these, numpy and torch overflow instead of computing (a cyclical period of 0 iterations, an
 # optimizer step that does not fit float32, the dtype of every model).
 INT_MAX = 2 ** 63 - 1
 FLOAT_MAX = float(torch.finfo(torch.float32).max)
-WIDTH = (1, 2 ** 14, "[]")   # layer sizes: 16x the paper's 1024 units; a 2^14-unit LSTM is already 8.6 GB
-COUNT = (1, math.inf, "[)")
-NONNEG_INT = (0, math.inf, "[)")
-POSITIVE = (0, math.inf, "()")
-NONNEG = (0, math.inf, "[)")
-PROBABILITY = (0, 1, "[)")
-LR = (0, 1e6, "(]")          # lr 16 already diverges the text model; 1e6 x 1e6 still fits Adam's first step
 
 
-def arg(default, help, rule=None, resume=False):
-    """A Config field: its default, its --help text, for a number its admissible interval (lo, hi,
-    brackets; sign and range are checked there only, so a flag that parses is one the code can use as
-    meant), and whether --resume may change it (True, or a function of the saved config that says)."""
-    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "resume": resume})
+def within(lo, hi=math.inf, open_lo=False, open_hi=False):
+    """A number's rule: value -> what was expected where the value is outside [lo, hi] (an open end
+    excludes its bound), not finite or past its type's range; None where it is admitted. Sign and range
+    are checked here only, so a flag that parses is one the code can use as meant."""
+    def expected(value):
+        integer = isinstance(value, int)
+        top = INT_MAX if integer else FLOAT_MAX
+        above_lo = lo < value if open_lo else lo <= value
+        below_hi = value < hi if open_hi else value <= hi
+        if (integer or math.isfinite(value)) and abs(value) <= top and above_lo and below_hi:
+            return None
+        fmt = lambda v: str(v) if isinstance(v, int) else f"{v:g}"
+        kind = "an integer" if integer else "a finite number"
+        if hi < math.inf:
+            return f"{kind} in {'(' if open_lo else '['}{fmt(lo)}, {fmt(hi)}{')' if open_hi else ']'}"
+        # the type's own bound is named only to a value past it
+        return f"{kind} {'>' if open_lo else '>='} {fmt(lo)}" + (f" and at most {fmt(top)}" if abs(value) > top else "")
+    return expected
 
 
-def epochs_unless_cyclical(saved):
-    """The cyclical schedule's period is epochs x batches / cycles: another --epochs would reshape the
-    KL schedule of a --cyclical run halfway."""
-    return not saved.get("cyclical")
+def parsed(ok, expected):
+    """A string's rule: value -> `expected` where ok(value) is false or raises ValueError; else None."""
+    def rule(value):
+        try:
+            return None if ok(value) else expected
+        except ValueError:
+            return expected
+    return rule
+
+
+WIDTH = within(1, 2 ** 14)   # layer sizes: 16x the paper's 1024 units; a 2^14-unit LSTM is already 8.6 GB
+COUNT = within(1)
+NONNEG = within(0)
+POSITIVE = within(0, open_lo=True)
+PROBABILITY = within(0, 1, open_hi=True)
+LR = within(0, 1e6, open_lo=True)    # lr 16 already diverges the text model; 1e6 x 1e6 still fits Adam's first step
+MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
+
+# The aggressive mode's stopping rules (--rule), set over the preset and under explicit flags.
+# paper: the inner loop ends at the first window whose mean loss is above the previous one's, and
+#   validation MI is checked once per epoch. adaptive: the same inner loop, but MI is checked four
+#   times per epoch, must improve by 0.05 nats to count, and once it has left the collapsed floor
+#   (0.2 nats) two checks without improvement end the phase mid-epoch, instead of the paper's
+#   several epochs of creeping MI. A shorter inner loop (--inner-window 5 --inner-z 1) was the
+#   first adaptive rule; it behaves like a fixed budget of 10 steps and missed escapes, as the paper's
+#   Table 4 budget of 10 does (RESULTS.md compares them).
+RULES = {"paper": {}, "adaptive": dict(mi_checks=4, mi_tol=0.05, mi_floor=0.2)}
+
+
+def arg(default, help, rule=None, resume=False, group=None):
+    """A Config field: its default, its --help text, its rule (within() or parsed(): value -> what was
+    expected where the value is refused), whether --resume may change it (True, or a function of the saved
+    config that says) and, for the first field of a --help group, the group's title."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "resume": resume, "group": group})
 
 
 @dataclass
 class Config:
     data: str = arg("synthetic", "dataset: synthetic, yahoo, yelp, ptb, yahoo-small, omniglot, or text:PREFIX "
-                                 "for the corpus PREFIX.{train,valid,test}.txt")
+                                 "for the corpus PREFIX.{train,valid,test}.txt", group="run")
     preset: str = arg("", "synthetic | paper | cpu | cpu-full | tiny; default synthetic (synthetic data), cpu "
                           "(ptb, yahoo-small, omniglot) or cpu-full (any other corpus: nothing cut)")
     data_dir: str = arg("", "data root; default $LAGVAE_DATA or ./data", resume=True)
-    subset: int = arg(0, "keep the first N examples of each split (0 = all)", NONNEG_INT)
-    max_test: int = arg(0, "evaluate on the first N test examples (0 = all)", NONNEG_INT, resume=True)
+    subset: int = arg(0, "keep the first N examples of each split (0 = all)", NONNEG)
+    max_test: int = arg(0, "evaluate on the first N test examples (0 = all)", NONNEG, resume=True)
     # a vocabulary that keeps no word is refused by data.py
-    max_vocab: int = arg(0, "text: keep the N most frequent training words (0 = all)", NONNEG_INT)
-    max_len: int = arg(0, "text: cut documents to their first N tokens (0 = no cut)", NONNEG_INT)
+    max_vocab: int = arg(0, "text: keep the N most frequent training words (0 = all)", NONNEG)
+    max_len: int = arg(0, "text: cut documents to their first N tokens (0 = no cut)", NONNEG)
     out: str = arg("", "run directory; default runs/<data>[-<preset>][-nz<nz>]-<mode>-s<seed>, the preset and nz "
                        "where they are not the default", resume=True)
     # numpy's seeding range
-    seed: int = arg(0, "seed of initialization, batch order and noise", (0, 2 ** 32 - 1, "[]"))
-    device: str = arg("auto", "auto | cpu | cuda | cuda:N", resume=True)
+    seed: int = arg(0, "seed of initialization, batch order and noise", within(0, 2 ** 32 - 1))
+    device: str = arg("auto", "auto | cpu | cuda | cuda:N", parsed(re.compile(r"auto|cpu|cuda(:\d+)?").fullmatch,
+                                                                    "auto, cpu, cuda or cuda:N"), resume=True)
     quiet: bool = arg(False, "print nothing but errors", resume=True)
     progress_every: float = arg(30.0, "seconds between progress lines when stdout is not a terminal (0 = none)",
                                 NONNEG, resume=True)
@@ -106,72 +141,83 @@ class Config:
                                     NONNEG, resume=True)
     # May change on --resume, but another count splits float sums otherwise: from there the run is no
     # longer bit-identical to one never stopped (the banner says so).
-    threads: int = arg(0, "CPU threads (0 = torch's default: every core, or $OMP_NUM_THREADS)", (0, 1024, "[]"),
+    threads: int = arg(0, "CPU threads (0 = torch's default: every core, or $OMP_NUM_THREADS)", within(0, 1024),
                        resume=True)
-    # -- model (App. B)
-    nz: int = arg(32, "latent dimensions", WIDTH)
+    nz: int = arg(32, "latent dimensions", WIDTH, group="model (App. B)")
     ni: int = arg(512, "word embedding size", WIDTH)
     enc_nh: int = arg(1024, "encoder LSTM units / ResNet channels", WIDTH)
     dec_nh: int = arg(1024, "decoder LSTM units / PixelCNN feature maps", WIDTH)
-    dec_kernels: str = arg("7,7,7,7,7,5,5,5,5,3,3,3,3", "PixelCNN layers (App. B.3)")
+    dec_kernels: str = arg("7,7,7,7,7,5,5,5,5,3,3,3,3", "PixelCNN layers (App. B.3)",
+                           parsed(lambda v: all(int(k) % 2 and 0 < int(k) <= MAX_KERNEL for k in v.split(",")),
+                                  f"odd kernel sizes up to {MAX_KERNEL} like 7,5,3"))
     dropout_in: float = arg(0.5, "text decoder: dropout on its input embeddings", PROBABILITY)
     dropout_out: float = arg(0.5, "text decoder: dropout on its LSTM outputs", PROBABILITY)
     shifted_init: bool = arg(False, "App. G: U(0.04, 0.06) weights, U(0, 0.2) embeddings (text)")
-    # -- optimisation (App. B)
-    batch_size: int = arg(32, "examples per minibatch", COUNT)
-    optim: str = arg("sgd", "sgd (text, App. B.2) | adam (images, App. B.3)")
+    batch_size: int = arg(32, "examples per minibatch", COUNT, group="optimisation (App. B)")
+    optim: str = arg("sgd", "sgd (text, App. B.2) | adam (images, App. B.3)", parsed(("sgd", "adam").__contains__,
+                                                                                      "sgd or adam"))
     # lr 0 would train nothing
     lr: float = arg(1.0, "learning rate (encoder and decoder)", LR)
     # a norm <= 0 zeroes or flips the gradient
     clip_grad: float = arg(5.0, "clip the joint gradient norm of encoder and decoder to this", POSITIVE)
-    epochs: int = arg(100, "most epochs to train", COUNT, resume=epochs_unless_cyclical)
+    # The cyclical schedule's period is epochs x batches / cycles: another --epochs would reshape the
+    # KL schedule of a --cyclical run halfway.
+    epochs: int = arg(100, "most epochs to train", COUNT, resume=lambda saved: not saved.get("cyclical"))
     decay_patience: int = arg(2, "epochs without a better validation -ELBO before lr decays", COUNT)
     # 1: restart from the best model without decaying
-    lr_decay: float = arg(0.5, "lr factor at each decay (training restarts from the best model)", (0, 1, "(]"))
+    lr_decay: float = arg(0.5, "lr factor at each decay (training restarts from the best model)",
+                          within(0, 1, open_lo=True))
     # 0 would stop before the first epoch
     max_decay: int = arg(5, "stop after this many decays", COUNT, resume=True)
     # An lr-schedule control: does a gap between two modes come from their own decay epochs? A run
-    # directory stands for its decays (resolve_config writes them out, so config.json says them).
+    # directory stands for its decays (the train command reads them before resolve_config, so config.json
+    # says them).
     decay_at: str = arg("", 'decay after exactly these epochs, e.g. "9,23,35,44,47", "never", or a finished '
-                            'run directory whose decay epochs to repeat (default: on a plateau)')
-    # -- aggressive inference-network training (Algorithm 1, Sec. 4.2)
-    aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update")
-    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (README: Training modes)")
+                            'run directory whose decay epochs to repeat (default: on a plateau)',
+                        parsed(lambda v: not v or decay_epochs(v) is not None,
+                               'increasing epochs >= 1 like 9,23,35, "never" or a run directory'))
+    aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update",
+                           group="aggressive inference-network training (Algorithm 1, Sec. 4.2)")
+    rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (README: Training modes)",
+                    parsed(RULES.__contains__, f"one of {', '.join(RULES)}"))
     inner_window: int = arg(15, "inner loop stops when the mean loss of a window stops falling", COUNT)
     inner_z: float = arg(0.0, "... or falls by less than inner_z standard errors (0 = the paper's test)", NONNEG)
     max_inner_steps: int = arg(100, "most inner steps per decoder update", COUNT)
-    inner_steps: int = arg(0, "fixed inner budget instead of the convergence test (Table 4)", NONNEG_INT)
+    inner_steps: int = arg(0, "fixed inner budget instead of the convergence test (Table 4)", NONNEG)
     mi_checks: int = arg(1, "validation-MI checks per epoch while aggressive (the paper: 1)", COUNT)
     mi_patience: int = arg(2, "checks without a new best validation MI before aggressive ends", COUNT)
     mi_tol: float = arg(0.0, "a new best must beat the old by more than this many nats", NONNEG)
     mi_floor: float = arg(0.0, "checks within an epoch count against patience only once MI passed this", NONNEG)
-    # -- KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10
-    anneal: bool = arg(False, "KL weight rises linearly from kl_start to 1 over the warm-up")
-    kl_start: float = arg(0.1, "KL weight at the start of the warm-up", (0, 1, "[]"))
+    anneal: bool = arg(False, "KL weight rises linearly from kl_start to 1 over the warm-up",
+                       group="KL weight (App. B, E) and the other modes of Tables 1-2, 4, 9, 10")
+    kl_start: float = arg(0.1, "KL weight at the start of the warm-up", within(0, 1))
     warm_up: int = arg(10, "KL warm-up length in epochs", COUNT)
-    warm_up_iters: int = arg(0, "KL warm-up length in iterations instead of epochs (Table 9)", NONNEG_INT)
+    warm_up_iters: int = arg(0, "KL warm-up length in iterations instead of epochs (Table 9)", NONNEG)
     beta: float = arg(1.0, "constant KL weight (beta-VAE); evaluation always uses 1", NONNEG)
     savae: bool = arg(False, "semi-amortized VAE (Kim et al. 2018)")
     svi_steps: int = arg(10, "SA-VAE: gradient steps refining each posterior", COUNT)
     svi_lr: float = arg(1.0, "SA-VAE: step size of the refinement", POSITIVE)
     lm: bool = arg(False, "no latent: the decoder alone, exact NLL")
     encoder_lr_mult: float = arg(1.0, "encoder lr = lr * this (Table 10)", LR)
-    # -- later remedies
-    free_bits: float = arg(0.0, "KL term max(lambda, KL_d) per dimension (Kingma et al. 2016)", NONNEG)
-    cyclical: int = arg(0, "M cycles of KL annealing, half of each a ramp (Fu et al. 2019)", NONNEG_INT)
+    free_bits: float = arg(0.0, "KL term max(lambda, KL_d) per dimension (Kingma et al. 2016)", NONNEG,
+                           group="later remedies")
+    cyclical: int = arg(0, "M cycles of KL annealing, half of each a ramp (Fu et al. 2019)", NONNEG)
     bn_gamma: float = arg(0.0, "BN-VAE: batch-normalized means, fixed scale gamma (Zhu et al. 2020)", NONNEG)
     pretrain_encoder: bool = arg(False, "autoencoder first, then a fresh decoder (Li et al. 2019)")
-    # -- evaluation
     # The IW log-weights of a batch are kept whole (batch x samples floats); 10^6 is 2,000x the paper's 500.
-    iw_samples: int = arg(500, "importance samples for the test NLL (Burda et al.)", (0, 10 ** 6, "[]"), resume=True)
+    iw_samples: int = arg(500, "importance samples for the test NLL (Burda et al.)", within(0, 10 ** 6), resume=True,
+                          group="evaluation")
     iw_chunk: int = arg(100, "samples per decoder pass, for bounded memory", COUNT, resume=True)
     mi_samples: int = arg(1, "z draws per test example for mi, mi_full (validation: always 1)", COUNT, resume=True)
-    # -- posterior-mean snapshots for Figure 2 (scalar z only)
-    snapshot_iters: str = arg("", 'generator updates after which to record, e.g. "0,200,2000"')
+    # parsed as train() parses it
+    snapshot_iters: str = arg("", 'generator updates after which to record, e.g. "0,200,2000"',
+                              parsed(lambda v: all(0 <= int(i) <= INT_MAX for i in v.split(",") if i),
+                                     "comma-separated iteration counts >= 0 like 0,200,2000"),
+                              group="posterior-mean snapshots for Figure 2 (scalar z only)")
     # The grid on [-20, 20] has 40 / stride + 1 points: 40,001 at the finest (100x the default's), two at
     # the coarsest.
-    grid_stride: float = arg(0.1, "stride of the z grid on [-20, 20] for the true posterior mean", (1e-3, 40, "[]"))
-    trajectory_iters: int = arg(0, "Figure 3: follow one example through the first N generator updates", NONNEG_INT)
+    grid_stride: float = arg(0.1, "stride of the z grid on [-20, 20] for the true posterior mean", within(1e-3, 40))
+    trajectory_iters: int = arg(0, "Figure 3: follow one example through the first N generator updates", NONNEG)
 
 # Mode flags in the order of their parts in the mode name ("+" starts a part, else it extends the last): the name,
 # implied settings, refusals (of what would train otherwise than named) and the autoencoder's reset (ae_off) read it.
@@ -238,23 +284,12 @@ PRESETS = {"text": {
 # The datasets the cpu preset's cuts were sized for; every other text corpus defaults to cpu-full, so
 # that a researcher's own corpus is never silently shrunk.
 DEFAULT_PRESET = {"synthetic": "synthetic", "ptb": "cpu", "yahoo-small": "cpu", "omniglot": "cpu"}
-NUMBER_RULES = {f.name: f.metadata["rule"] for f in dataclasses.fields(Config) if f.metadata["rule"]}
 RESUMABLE = {f.name for f in dataclasses.fields(Config) if f.metadata["resume"]}
 
 
 def may_change_on_resume(name, saved):
     rule = next(f.metadata["resume"] for f in dataclasses.fields(Config) if f.name == name)
     return rule(saved) if callable(rule) else rule
-
-# The aggressive mode's stopping rules (--rule), set over the preset and under explicit flags.
-# paper: the inner loop ends at the first window whose mean loss is above the previous one's, and
-#   validation MI is checked once per epoch. adaptive: the same inner loop, but MI is checked four
-#   times per epoch, must improve by 0.05 nats to count, and once it has left the collapsed floor
-#   (0.2 nats) two checks without improvement end the phase mid-epoch, instead of the paper's
-#   several epochs of creeping MI. A shorter inner loop (--inner-window 5 --inner-z 1) was the
-#   first adaptive rule; it behaves like a fixed budget of 10 steps and missed escapes, as the paper's
-#   Table 4 budget of 10 does (RESULTS.md compares them).
-RULES = {"paper": {}, "adaptive": dict(mi_checks=4, mi_tol=0.05, mi_floor=0.2)}
 
 
 class UsageError(Exception):
@@ -265,24 +300,11 @@ class DataMissing(UsageError):
     """The data files of a run are not there (a command that needs only the model goes on without them)."""
 
 
-MAX_KERNEL = 55                      # a masked kernel wider than 2 x 27 + 1 sees only padding beyond 28 x 28
-
-
-def check_number(name, value, rule):
-    lo, hi, brackets = rule
-    integer = isinstance(value, int)
-    top = INT_MAX if integer else FLOAT_MAX
-    if ((integer or math.isfinite(value)) and abs(value) <= top and (lo < value or brackets[0] == "[" and value == lo)
-            and (value < hi or brackets[1] == "]" and value == hi)):
-        return
-    fmt = lambda v: str(v) if isinstance(v, int) else f"{v:g}"
-    kind = "an integer" if integer else "a finite number"
-    if hi < math.inf:
-        expected = f"{kind} in {brackets[0]}{fmt(lo)}, {fmt(hi)}{brackets[1]}"
-    else:   # the type's own bound is named only to a value past it
-        expected = (f"{kind} {'>' if brackets[0] == '(' else '>='} {fmt(lo)}"
-                    + (f" and at most {fmt(top)}" if abs(value) > top else ""))
-    raise UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {value}")
+def check_flag(name, value, rule):
+    """The one-line refusal of a value its rule does not admit: the flag, what was expected, what was given."""
+    expected = rule(value)
+    if expected:
+        raise UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {value!r}")
 
 
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -301,7 +323,8 @@ def check_types(overrides):
 
 
 def resolve_config(overrides):
-    """Defaults <- preset <- explicit overrides (a dict of field -> value), validated."""
+    """Defaults <- preset <- explicit overrides (a dict of field -> value), validated: every field by its
+    rule, then the rules across fields. Reads no file: the train command reads --decay-at RUN."""
     check_types(overrides)
     data = overrides.get("data", Config.data)
     presets = PRESETS[datalib.kind(data)]
@@ -309,44 +332,18 @@ def resolve_config(overrides):
     if preset not in presets:
         raise UsageError(f"--preset: unknown preset {preset!r} for {data} (expected one of {', '.join(presets)})")
     implied = {k: v for f, m in MODES.items() if overrides.get(f, m.off) != m.off for k, v in m.implies.items()}
-    rule = overrides.get("rule", Config.rule)
-    if rule not in RULES:
-        raise UsageError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    cfg = Config(**{**presets[preset], **RULES[rule], **implied, **overrides, "preset": preset,
-                    "data": absolute_data(data)})
-    for name, limits in NUMBER_RULES.items():
-        if not (name == "nz" and cfg.lm):
-            check_number(name, getattr(cfg, name), limits)
+    rule = RULES.get(overrides.get("rule", Config.rule), {})      # an unknown one is refused below
+    cfg = Config(**{**presets[preset], **rule, **implied, **overrides, "preset": preset, "data": absolute_data(data)})
+    for f in dataclasses.fields(Config):
+        if f.metadata["rule"] and not (f.name == "nz" and cfg.lm):
+            check_flag(f.name, getattr(cfg, f.name), f.metadata["rule"])
     on = lambda f: getattr(cfg, f) != MODES[f].off
     for f, m in MODES.items():
         wrong = [g for g in m.excludes if on(g)] or [g for g in m.needs if not on(g)]
         if on(f) and wrong and m.clash:
             raise UsageError(m.clash.format(f.replace("_", "-"), ", --".join(wrong).replace("_", "-"), m.why))
-    try:
-        kernels = [int(k) for k in cfg.dec_kernels.split(",")]
-    except ValueError:
-        kernels = []
-    if not kernels or any(k < 1 or k % 2 == 0 or k > MAX_KERNEL for k in kernels):
-        raise UsageError(f"--dec-kernels: expected odd kernel sizes up to {MAX_KERNEL} like 7,5,3, "
-                         f"got {cfg.dec_kernels!r}")
-    try:        # parsed as train() parses it
-        snaps_ok = all(0 <= int(i) <= INT_MAX for i in cfg.snapshot_iters.split(",") if i)
-    except ValueError:
-        snaps_ok = False
-    if not snaps_ok:
-        raise UsageError(f"--snapshot-iters: expected comma-separated iteration counts >= 0 like 0,200,2000, "
-                         f"got {cfg.snapshot_iters!r}")
-    if os.path.isdir(cfg.decay_at):
-        cfg.decay_at = decays_of_run(Path(cfg.decay_at))
-    if cfg.decay_at and decay_epochs(cfg.decay_at) is None:
-        raise UsageError(f'--decay-at: expected increasing epochs >= 1 like 9,23,35, "never" or a run directory, '
-                         f'got {cfg.decay_at!r}')
     if (cfg.snapshot_iters or cfg.trajectory_iters) and cfg.nz != 1:
         raise UsageError("--snapshot-iters/--trajectory-iters: posterior means need a scalar latent (--nz 1)")
-    if cfg.optim not in ("sgd", "adam"):
-        raise UsageError(f"--optim: expected sgd or adam, got {cfg.optim!r}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {cfg.device}: no CUDA device is available")
     if cfg.device.startswith("cuda:") and int(cfg.device[5:]) >= torch.cuda.device_count():
@@ -2292,7 +2289,7 @@ def output_file(path, formats):
 
 # The logits divided by it stay finite in float32 (no NaN from inf / inf or 0 / 0): sampling at 1e-6 is
 # greedy in effect, at 1e6 uniform over the vocabulary.
-TEMPERATURE = (1e-6, 1e6, "[]")
+TEMPERATURE = within(1e-6, 1e6)
 MAX_SAMPLES = 1024       # a grid of 3 x 1,024 images, drawn pixel by pixel: more is no longer a figure
 
 
@@ -2305,7 +2302,7 @@ def write_samples(ckpt, out=None, n=None, data_dir=None, device="auto", method=N
     if n is not None and n > MAX_SAMPLES:
         raise UsageError(f"--n: expected at most {MAX_SAMPLES}, got {n}")
     if temperature is not None:
-        check_number("temperature", temperature, TEMPERATURE)
+        check_flag("temperature", temperature, TEMPERATURE)
     try:
         model, cfg, corpus = load_checkpoint(ckpt, data_dir, device, need_data=not reconstruct, **given(threads=threads))
     except DataMissing as e:        # prior samples need only the model
@@ -3092,34 +3089,18 @@ def format_bench(result):
 # ------------------------------------------------------------------------------------------------
 # 10. CLI
 
-@functools.cache     # inspect.getsource(Config) parses the whole module: once per process, not per main()
-def config_help():
-    """Field -> its help (declared with the field), and field -> its group: the `# -- group` comment
-    line above it in the Config source."""
-    names = {f.name for f in dataclasses.fields(Config)}
-    groups, group = {}, "run"
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(Config)).readline):
-        starts_line = not tok.line[:tok.start[1]].strip()
-        if tok.type == tokenize.NAME and tok.string in names and starts_line:
-            groups[tok.string] = group
-        elif tok.type == tokenize.COMMENT and starts_line and tok.string.startswith("# -- "):
-            group = tok.string[len("# -- "):].strip()
-    return {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}, groups
-
-
 def add_config_flags(parser):
-    """One flag per Config field, grouped as the fields are, its help from config_help() with the
+    """One flag per Config field, in the --help groups the fields open, its help the field's with the
     default and every preset that changes it. Defaults are left unset so presets can fill them."""
-    helps, groups = config_help()
-    sections = {}
+    group = parser
     for f in dataclasses.fields(Config):
+        group = parser.add_argument_group(f.metadata["group"]) if f.metadata["group"] else group
         shown = "on" if f.default is True else "off" if f.default is False else f.default
         presets = [f"{'image ' if kind == 'image' else ''}{name} {values[f.name]}" for kind, ps in PRESETS.items()
                    for name, values in ps.items() if f.name in values and values[f.name] != f.default]
         note = "; ".join(([f"default {shown}"] if shown != "" else [])
                          + (["presets: " + ", ".join(presets)] if presets else []))
-        text = (helps.get(f.name, "") + (f" [{note}]" if note else "")).replace("%", "%%")
-        group = sections.setdefault(groups[f.name], parser.add_argument_group(groups[f.name]))
+        text = (f.metadata["help"] + (f" [{note}]" if note else "")).replace("%", "%%")
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
@@ -3127,19 +3108,12 @@ def add_config_flags(parser):
             group.add_argument(flag, type=f.type, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
-def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):
-    """The fields of a run's config.json, less `left`: where it ran and how it was started."""
-    saved = read_run_config(path, flag)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    return {k: v for k, v in saved.items() if k in fields and k not in left}
-
-
 def add_field_flag(parser, name, note):
     """A Config field as a flag of a command on a saved model, with the field's own help; unset (None),
     the run's value stands."""
     f = next(f for f in dataclasses.fields(Config) if f.name == name)
     parser.add_argument("--" + name.replace("_", "-"), type=f.type, default=None, metavar=name.upper(),
-                        help=f"{config_help()[0][name]} ({note})")
+                        help=f"{f.metadata['help']} ({note})")
 
 
 def positive(typ):
@@ -3179,7 +3153,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    """The CLI: one subparser per command, the train flags one per Config field."""
+    """The CLI: one subparser per command, each naming the function that runs it (func); the train and
+    bench flags one per Config field, the flags of the commands on a saved model declared once."""
     intro, examples = __doc__.split("\n\n")[:2]
     ap = Parser(prog="lagvae", description=f"{intro}\n\nexamples:\n{examples}",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -3192,17 +3167,19 @@ def build_parser():
                     help="start from a run's saved config (a fork); the flags given override it, and the run "
                          "directory is new (--out, or the default name)")
     add_config_flags(tr)
-    ckpt = dict(required=True, help="a model.pt of a run directory")
-    data_dir = dict(default=None, help="data root (default: the run's, else $LAGVAE_DATA, else ./data)")
-    ev = sub.add_parser("eval", help="evaluate a saved model on its test split")
-    ev.add_argument("--ckpt", **ckpt)
-    ev.add_argument("--iw-samples", type=int, default=None, help="importance samples (default: the run's)")
-    ev.add_argument("--mi-samples", type=positive(int), default=None, help="z draws per example for MI (default: the run's)")
+    tr.set_defaults(func=train_command)
+    saved = Parser(add_help=False)          # the flags of every command on a saved model
+    saved.add_argument("--ckpt", required=True, help="a model.pt of a run directory")
+    saved.add_argument("--data-dir", default=None,
+                       help="data root (default: the run's, else $LAGVAE_DATA, else ./data)")
+    saved.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_field_flag(saved, "threads", "default: the run's")
+    ev = sub.add_parser("eval", parents=[saved], help="evaluate a saved model on its test split")
+    ev.set_defaults(func=lambda **args: json.dumps(evaluate_checkpoint(**args), indent=2))
+    for name in ("iw_samples", "mi_samples", "max_test"):
+        add_field_flag(ev, name, "default: the run's")
     ev.add_argument("--update", action="store_true",
                     help="write the evaluation into the run's result.json, printing each number that changes")
-    ev.add_argument("--data-dir", **data_dir)
-    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_field_flag(ev, "threads", "default: the run's")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
                     help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
@@ -3210,20 +3187,16 @@ def build_parser():
     ev.add_argument("--bound", type=sample_counts, default=None, metavar="K,K,...",
                     help="the IW bound at each K (e.g. 1,50,500,5000; each divides the largest) from the same "
                          "draws, with its spread over disjoint groups of K; --eval-seeds N draws N times")
-    ev.add_argument("--max-test", type=int, default=None, metavar="N",
-                    help="evaluate on the first N test examples (0 = all; default: the run's)")
     ev.add_argument("--test", default=None, metavar="FILE",
                     help="text: score the model on this file (one document a line) instead of its test split, "
                          "read with the model's own vocabulary and cuts as its test split was; no data files "
                          "are needed")
-    sp = sub.add_parser("samples", help="prior samples and test reconstructions: a PNG grid or a text file")
-    sp.add_argument("--ckpt", **ckpt)
+    sp = sub.add_parser("samples", parents=[saved],
+                        help="prior samples and test reconstructions: a PNG grid or a text file")
+    sp.set_defaults(func=write_samples)
     sp.add_argument("--out", default=None, help="default: samples.png or samples.txt beside the checkpoint")
     sp.add_argument("--n", type=positive(int), default=None,
                     help="prior samples and test reconstructions (default: 32 images, a multiple of 8, or 10 texts)")
-    sp.add_argument("--data-dir", **data_dir)
-    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_field_flag(sp, "threads", "default: the run's")
     sp.add_argument("--decode", dest="method", choices=["greedy", "sample", "beam"], default=None,
                     help="text: how to generate from p(x|z) (default: greedy)")
     sp.add_argument("--beam-size", type=positive(int), default=None, help="text, --decode beam (default: 5)")
@@ -3236,26 +3209,28 @@ def build_parser():
     sp.add_argument("--reconstruct", default=None, metavar="FILE",
                     help="text: reconstruct these sentences (one a line; - reads stdin) instead of test documents; "
                          "no data files are needed")
-    en = sub.add_parser("encode", help="posterior means, log-variances (and labels) of a split to an .npz")
-    en.add_argument("--ckpt", **ckpt)
+    en = sub.add_parser("encode", parents=[saved],
+                        help="posterior means, log-variances (and labels) of a split to an .npz")
+    en.set_defaults(func=export_latents)
     en.add_argument("--split", choices=list(datalib.SPLITS), default="test", help="default: test")
     en.add_argument("--out", default=None, help=".npz path (default: latents.SPLIT.npz beside the checkpoint)")
-    en.add_argument("--data-dir", **data_dir)
-    en.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_field_flag(en, "threads", "default: the run's")
     en.add_argument("--input", default=None, metavar="FILE",
                     help="text: encode these sentences (one a line; - reads stdin) instead of a split; no data files "
                          "are needed (default out: latents.input.npz)")
     fg = sub.add_parser("figure", help="the paper's figures from run directories (PNG)")
+    fg.set_defaults(func=figure_command)
     fg.add_argument("kind", choices=list(FIGURES))
     fg.add_argument("run_dirs", nargs="+")
     fg.add_argument("--out", required=True, help="PNG path")
     bn = sub.add_parser("bench", help="time each kind of step in one process (any train flag picks the model)")
+    bn.set_defaults(func=bench_command)
     add_config_flags(bn)
     bn.add_argument("--steps", type=positive(int), default=20, help="timed calls per kind and round (default 20)")
     bn.add_argument("--rounds", type=positive(int), default=5, help="rounds, the median is reported (default 5)")
-    bn.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    bn.add_argument("--json", dest="json_file", default=None, metavar="JSON",
+                    help="also write the result as JSON to this file")
     tb = sub.add_parser("table", help="mean (std) over seeds of run directories, by dataset and mode")
+    tb.set_defaults(func=table_text)
     tb.add_argument("run_dirs", nargs="+")
     tb.add_argument("--format", choices=["md", "csv"], default="md")
     tb.add_argument("--by-run", action="store_true", help="one row per run instead of mean (std) over seeds")
@@ -3278,39 +3253,61 @@ def build_parser():
     return ap
 
 
+def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):
+    """The fields of a run's config.json, less `left`: where it ran and how it was started."""
+    saved = read_run_config(path, flag)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in saved.items() if k in fields and k not in left}
+
+
+def with_run_decays(overrides):
+    """--decay-at RUN as the decay epochs of the run RUN, read here so that resolve_config reads no file."""
+    run = overrides.get("decay_at")
+    if isinstance(run, str) and os.path.isdir(run):
+        return {**overrides, "decay_at": decays_of_run(Path(run))}
+    return overrides
+
+
+def train_config(args):
+    """The train command's config from its flags, and whether it may generate data."""
+    resumed = Path(args.get("out", ""), "config.json") if args.get("resume") and args.get("out") else None
+    # A resume continues the run's own settings: only the flags given change (those --resume may).
+    base = (forked_config(args.pop("config")) if "config" in args else
+            forked_config(resumed, "--resume", ("out", "resume", "overwrite", "quiet"))
+            if resumed and resumed.is_file() else {})
+    # A fork reads its data under the parent's data_dir but makes none there: data is generated
+    # only under a root that the command line, $LAGVAE_DATA or ./data names.
+    return resolve_config(with_run_decays({**base, **args})), not base.get("data_dir") or "data_dir" in args
+
+
+def train_command(**args):
+    cfg, generate = train_config(args)
+    train(cfg, generate=generate)
+
+
+def bench_command(steps, rounds, json_file, **overrides):
+    result = bench(with_run_decays(overrides), steps, rounds)
+    print(format_bench(result))
+    print(json.dumps(result))
+    if json_file:
+        Path(json_file).write_text(json.dumps(result, indent=2))
+
+
+def figure_command(kind, run_dirs, out):
+    from matplotlib.backend_bases import FigureCanvasBase
+    output_file(out, FigureCanvasBase.get_supported_filetypes())
+    FIGURES[kind](run_dirs, out)
+    return out
+
+
 def main(argv=None):
+    """Runs a command; what it returns is printed. Every error a user can cause is one line and exit 2."""
     args = vars(build_parser().parse_args(argv))
+    del args["cmd"]
     try:
-        cmd = args.pop("cmd")
-        if cmd == "train":
-            resumed = Path(args.get("out", ""), "config.json") if args.get("resume") and args.get("out") else None
-            # A resume continues the run's own settings: only the flags given change (those --resume may).
-            base = (forked_config(args.pop("config")) if "config" in args else
-                    forked_config(resumed, "--resume", ("out", "resume", "overwrite", "quiet"))
-                    if resumed and resumed.is_file() else {})
-            # A fork reads its data under the parent's data_dir but makes none there: data is generated
-            # only under a root that the command line, $LAGVAE_DATA or ./data names.
-            train(resolve_config({**base, **args}), generate=not base.get("data_dir") or "data_dir" in args)
-        elif cmd == "eval":
-            print(json.dumps(evaluate_checkpoint(**args), indent=2))
-        elif cmd == "samples":
-            print(write_samples(**args))
-        elif cmd == "encode":
-            print(export_latents(**args))
-        elif cmd == "bench":
-            opts = {k: args.pop(k) for k in ("steps", "rounds", "json")}
-            result = bench(args, opts["steps"], opts["rounds"])
-            print(format_bench(result))
-            print(json.dumps(result))
-            if opts["json"]:
-                Path(opts["json"]).write_text(json.dumps(result, indent=2))
-        elif cmd == "figure":
-            from matplotlib.backend_bases import FigureCanvasBase
-            output_file(args["out"], FigureCanvasBase.get_supported_filetypes())
-            FIGURES[args["kind"]](args["run_dirs"], args["out"])
-            print(args["out"])
-        else:
-            print(table_text(**args))
+        text = args.pop("func")(**args)
+        if text is not None:
+            print(text)
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:

@@ -45,8 +45,8 @@ def listed_train_args(line):
 def parse_train(argv):
     """The job's config, as `lagvae.py train` resolves it, without training."""
     args = vars(lagvae.build_parser().parse_args(argv))
-    assert args.pop("cmd") == "train"
-    return lagvae.resolve_config(args)
+    assert args.pop("cmd") == "train" and args.pop("func") is lagvae.train_command
+    return lagvae.train_config(args)[0]
 
 
 def materialize(cfg, template):

@@ -511,7 +511,7 @@ def test_decay_at_a_run_repeats_its_decays(tmp_path):
         if finished:
             (d / "result.json").write_text("{}")
         return str(d)
-    decay_at = lambda d: lagvae.resolve_config({"preset": "tiny", "decay_at": d}).decay_at
+    decay_at = lambda d: lagvae.train_config({"preset": "tiny", "decay_at": d})[0].decay_at
     assert decay_at(run([1, 1, 0.5, 0.5, 0.25, 0.25], 100)) == "2,4,6"        # the last ended it
     assert decay_at(run([1, 1, 0.5, 0.5, 0.25, 0.25], 6)) == "2,4"            # --epochs ended it
     assert decay_at(run([1, 1, 1], 3)) == "never"
