@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--profile", type=count, default=0, metavar="N", help="list each kind's N costliest operators")
     own, rest = ap.parse_known_args(argv)
     args = vars(lagvae.build_parser().parse_args(["bench", *rest]))       # the flags of `lagvae.py bench`
-    opts = {k: args.pop(k) for k in ("cmd", "steps", "rounds", "json")}
+    opts = {k: args.pop(k) for k in ("cmd", "func", "steps", "rounds", "json_file")}
     try:
         result = compare(args, own.baseline, opts["steps"], opts["rounds"], own.profile)
     except (lagvae.UsageError, lagvae.datalib.DataError) as e:
@@ -103,8 +103,8 @@ def main(argv=None):
     if own.profile:
         print(format_profile(result["profile"]))
     print(json.dumps(result))
-    if opts["json"]:
-        Path(opts["json"]).write_text(json.dumps(result, indent=2))
+    if opts["json_file"]:
+        Path(opts["json_file"]).write_text(json.dumps(result, indent=2))
     return 0
 
 
