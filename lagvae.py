@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import glob
 import hashlib
 import io
 import json
@@ -2806,9 +2807,11 @@ def write_table(rows, columns, fmt="md"):
 
 
 def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, paper_data=None, paper_table=None,
-               paired=None, spread=False, bound=False):
+               paired=None, spread=False, bound=False, claims=False):
     """The `table` command's output: a summary over seeds (default), per-seed differences (paired),
     Tables 7-8 (spread) or the bound against K (bound)."""
+    if claims:
+        return "\n\n".join(format_claims(p, format) for p in run_dirs)
     if spread:
         return format_spread(load_spreads(run_dirs), paper_data, format)
     if bound:
@@ -2822,6 +2825,101 @@ def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, pap
         raise UsageError(f"--columns: unknown {', '.join(bad)} (expected some of {', '.join(TABLE_COLUMNS)})")
     return format_table(summarize(load_results(run_dirs), by_run, paper_data, paper_table), format,
                         TABLE_COLUMNS if all else columns)
+
+
+# A verdict per claim of the paper, by one rule: the claim's direction (B - A below or above 0 over
+# paired seeds; a collapse state in more or fewer than half the runs) is tested two-sided, and Holm's
+# step-down rule over the claims of one of the paper's tables keeps that table's family-wise error at
+# 5 %. A test at another corpus or scale decides the direction only; the magnitudes are shown beside.
+CLAIM_FIELDS = ["table", "claim", "kind", "runs", "a", "b", "metric", "direction", "section"]
+
+
+def holm(pvalues, alpha=0.05):
+    """Which hypotheses Holm's step-down rule rejects: the i-th smallest p-value must be at most
+    alpha / (m - i), and the first that is not stops the rejections."""
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(sorted(range(len(pvalues)), key=lambda i: pvalues[i])):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def claim_test(claim, results):
+    """(what we measured, its two-sided p-value, the sign of the effect) for one claim, and the paper's
+    number beside it. paired: B - A of `metric` over seeds with both runs; count: how many runs of mode
+    B are in the collapse state `metric`, against half of them."""
+    from scipy import stats
+    ref = PAPER_DATA.get(results[0]["data"], results[0]["data"]) if results else ""
+    paper = paper_results()
+    pa, pb = paper.get((ref, claim["a"]), {}), paper.get((ref, claim["b"]), {})
+    if claim["kind"] == "paired":
+        row = next((r for r in paired(results, claim["a"], claim["b"]) if r["metric"] == claim["metric"]), None)
+        if row is None:
+            raise UsageError(f"claim {claim['claim']!r}: no pair of {claim['a']} and {claim['b']} among its runs")
+        col = PAIRED_COLUMNS[claim["metric"]]
+        n, mean, sd = row["n"], row["mean"], row["sd"]
+        p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if n > 1 and sd > 0 else 1.0
+        here = (f"{mean:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], {n} seeds" if n > 1 else
+                f"{mean:+.2f}, one seed")
+        theirs = f"{float(pb[col]) - float(pa[col]):+.2f} ({ref})" if pa.get(col) and pb.get(col) else ""
+        return here, p, np.sign(mean), theirs
+    states = [collapse_state(r) for r in results if r["mode"] == claim["b"]]
+    k, n = states.count(claim["metric"]), len(states)
+    if not n:
+        raise UsageError(f"claim {claim['claim']!r}: no finished run of mode {claim['b']} among its runs")
+    p = float(stats.binomtest(k, n, 0.5).pvalue)
+    theirs = ", ".join(f"{c.upper()} {pb[c]}" for c in ("kl", "au") if pb.get(c))
+    return f"{k} of {n} {claim['metric']}", p, np.sign(k - n / 2), theirs + (f" ({ref})" if theirs else "")
+
+
+def format_claims(path, fmt="md"):
+    """The summary of the report: one row per claim of `path` (a CSV of CLAIM_FIELDS, each naming its
+    runs by a glob), with the paper's number, ours and the verdict."""
+    with record_of(path, f"a CSV of claims with the columns {', '.join(CLAIM_FIELDS)}"):
+        with open(path, encoding="utf-8") as f:
+            claims = list(csv.DictReader(f))
+        tests = []
+        for c in claims:
+            runs = sorted(glob.glob(c["runs"]))
+            if not runs:
+                raise UsageError(f"{path}: claim {c['claim']!r}: no run matches {c['runs']}")
+            tests.append(claim_test(c, load_results(runs)))
+    rows = []
+    for table in dict.fromkeys(c["table"] for c in claims):
+        family = [i for i, c in enumerate(claims) if c["table"] == table]
+        for i, rejected in zip(family, holm([tests[i][1] for i in family])):
+            claimed = {"<": -1, ">": 1}[claims[i]["direction"]]
+            verdict = "undecided" if not rejected else "yes" if tests[i][2] == claimed else "no"
+            rows.append([table, claims[i]["claim"], tests[i][3], tests[i][0], verdict,
+                         f"[{claims[i]['section']}](#{claims[i]['section'].lower().replace(' ', '-')})"])
+    return write_table(rows, ["paper", "claim", "paper's number", "ours", "verdict", "section"], fmt)
+
+
+# RESULTS.md's tables sit in blocks headed by the `table` command that makes them (run from the
+# repository root), so that `report` rewrites each from the committed records and a test can say
+# when one no longer matches them.
+REPORT_BLOCK = re.compile(r"(<!-- lagvae\.py (table [^\n]*?) -->\n)(.*?)(?=<!-- end -->)", re.S)
+
+
+def report(path="RESULTS.md", check=False):
+    """Rewrites every block of `path` from the records its command names; with check, writes nothing
+    and refuses a file whose blocks differ from what their commands make now."""
+    def render(m):
+        argv = [a for arg in m.group(2).split() for a in (sorted(glob.glob(arg)) or [arg])]
+        args = vars(build_parser().parse_args(argv))
+        del args["cmd"], args["func"]
+        return m.group(1) + table_text(**args) + "\n"
+    old = Path(path).read_text(encoding="utf-8")
+    new = REPORT_BLOCK.sub(render, old)
+    stale = [a.group(2) for a, b in zip(REPORT_BLOCK.finditer(old), REPORT_BLOCK.finditer(new)) if a[0] != b[0]]
+    if check and stale:
+        raise UsageError(f"{path}: {len(stale)} block(s) differ from their records (`lagvae.py report` "
+                         f"rewrites them): {'; '.join(stale)}")
+    if not check and new != old:
+        write_atomic(Path(path), new.encode())
+    return f"{path}: {len(list(REPORT_BLOCK.finditer(old)))} blocks, {len(stale)} rewritten" + (
+        " (checked only)" if check else "")
 
 
 def read_jsonl(path):
@@ -3250,6 +3348,13 @@ def build_parser():
                     help="Tables 7 and 8: the arguments are JSON files of `eval --eval-seeds N`, not run directories")
     tb.add_argument("--bound", action="store_true",
                     help="the bound against K: the arguments are JSON files of `eval --bound`, not run directories")
+    tb.add_argument("--claims", action="store_true",
+                    help="the report's summary: the arguments are CSV files of the paper's claims (claims.csv), each "
+                         "naming its runs; a verdict per claim, Holm-corrected over the claims of each paper table")
+    rp = sub.add_parser("report", help="rewrite the tables of RESULTS.md from the records under runs/")
+    rp.set_defaults(func=report)
+    rp.add_argument("path", nargs="?", default="RESULTS.md", help="default: RESULTS.md (run from the repository root)")
+    rp.add_argument("--check", action="store_true", help="write nothing; fail if a table differs from its records")
     return ap
 
 
