@@ -1157,17 +1157,34 @@ def data_identity(corpus):
     return corpus.identity
 
 
+# The layout of last.pt, epoch.pt and model.pt, written into each as "version"; a file of another version is
+# refused in one line, never read by guessing at its layout. The runs written before the version key (the grid
+# of commit fcf27fc) have version 1's layout: a file without the key that holds every field of its kind is one.
+CHECKPOINT_VERSION = 1
+LAST_FIELDS = ("model", "opts", "state", "rng", "torch_rng", "cuda_rng", "rows", "threads", "vocab", "specials",
+               "fingerprints")
+MODEL_FIELDS = ("config", "model", "vocab_size", "epoch", "vocab", "specials", "fingerprints")
+
+
 def save_last(path, model, opts, state, rng, device, identity):
     """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not),
     and with weights_only. `rows`: how many rows of each appended file belong to this state, so a resume
     cuts each to exactly those, whatever was appended between this checkpoint and a crash. `identity`
-    (data_identity): the data trained on, which a resume must train on too, model.pt or not; `threads`:
-    another count splits float sums otherwise, so a resume says when the numbers stop being exact."""
+    (data_identity): the data trained on, which a resume must train on too; `threads`: another count
+    splits float sums otherwise, so a resume says when the numbers stop being exact."""
     rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
-    atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-                 "state": state.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+    atomic_save({"version": CHECKPOINT_VERSION, "model": model.state_dict(),
+                 "opts": {k: o.state_dict() for k, o in opts.items()}, "state": state.state_dict(),
+                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "rows": rows, "threads": torch.get_num_threads(), **identity}, path)
+
+
+def save_model(path, cfg, model, epoch, identity):
+    """A best model (model.pt): its config, its weights and what it needs to stand alone (data_identity)."""
+    vocab_size = len(identity["vocab"]) if identity["vocab"] is not None else None
+    atomic_save({"version": CHECKPOINT_VERSION, "config": asdict(cfg), "model": model.state_dict(),
+                 "vocab_size": vocab_size, "epoch": epoch, **identity}, path)
 
 
 def count_rows(path):
@@ -1211,41 +1228,24 @@ def keep_good_epoch(out):
     os.replace(tmp, out / "epoch.pt")
 
 
-def load_last(out, model, cfg, rng, device, corpus):
-    """(state, optimizers, the thread count it was written with or None) from <out>/last.pt, refused on
-    other data; log and snapshot records written after it are dropped, so the resumed run appends
-    exactly what the uninterrupted run would have."""
+def load_last(out, rng, device, corpus):
+    """The checkpoint in <out>/last.pt, checked (its version, and the data: a resumed run must train on
+    the data it started on), with the RNGs put back to its state; the training loop restores the rest."""
     last = out / "last.pt"
     bad = lambda why: UsageError(f"--resume: cannot continue from {last} ({why})")
-    ck = load_pt(last, device, bad)
-    if not isinstance(ck, dict) or "state" not in ck:
-        raise bad("it holds no training state: a model.pt?")
-    check_resumed_data(out, corpus, ck)
-    try:
-        model.load_state_dict(ck["model"])
-        state = TrainState.new(cfg)
-        state.load_state_dict(ck["state"])
-        opts = make_optimizers(model, cfg, state.lr)
-        for name, opt in opts.items():
-            opt.load_state_dict(ck["opts"][name])
-    except Exception as e:      # a file from other flags: say which and why
-        raise bad(short_reason(e)) from None
+    ck = checked(load_pt(last, device, bad), LAST_FIELDS, bad, "finish the run with the lagvae that wrote it (its "
+                 "config.json names the git commit) or start again with --overwrite")
+    now = data_identity(corpus)
+    what = ("vocabulary" if ck["vocab"] != now["vocab"] else
+            "training data" if ck["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
+    if what:
+        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
+                         f"--data-dir?); resume it on its own data")
     rng.bit_generator.state = ck["rng"]
     torch.set_rng_state(ck["torch_rng"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(ck["cuda_rng"], device)
-    if "rows" in ck:
-        keep_rows(out, ck["rows"], last)
-    else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
-        keep_rows(out, {"log.jsonl": state.epoch - (state.current is not None)}, last)
-        for name in ("snapshots.jsonl", "trajectory.jsonl"):
-            if (out / name).is_file():
-                try:
-                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
-                write_atomic(out / name, "".join(r + "\n" for r in keep).encode())
-    return state, opts, ck.get("threads")
+    return ck
 
 
 def short_reason(e):
@@ -1268,34 +1268,29 @@ def load_pt(path, device, bad):
         raise bad(short_reason(e)) from None
 
 
-CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
+def checked(ck, fields, bad, redo):
+    """ck if it is a checkpoint of this version holding `fields`, else bad(why): one of the other kind
+    (last.pt holds training state, model.pt does not) is named as such, one of another version is
+    refused with `redo`, what to do instead."""
+    if not isinstance(ck, dict):
+        raise bad(f"no {', '.join(fields)}")
+    if ("state" in ck) != ("state" in fields):
+        raise bad("it holds training state: a last.pt?" if "state" in ck else "it holds no training state: a model.pt?")
+    version = ck.get("version", CHECKPOINT_VERSION if all(k in ck for k in fields) else None)
+    if type(version) is not int or version != CHECKPOINT_VERSION:
+        raise bad(f"checkpoint format {'older, without a version' if version is None else repr(version)}; this "
+                  f"lagvae reads version {CHECKPOINT_VERSION}: {redo}")
+    missing = [k for k in fields if k not in ck]
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    return ck
 
 
 def load_best(path, device):
     """A best model the run wrote (model.pt), or one line naming it when it cannot be read or is not one
     (a last.pt copied over it holds weights too, of another epoch)."""
-    ck = load_pt(path, device, lambda why: UsageError(f"{path}: not readable as a lagvae checkpoint ({why}); the run's "
-                                                      f"best model is lost, retrain with --overwrite"))
-    missing = [k for k in (*CHECKPOINT_FIELDS, "epoch") if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        hint = " (it holds training state: a last.pt?)" if isinstance(ck, dict) and "state" in ck else ""
-        raise UsageError(f"{path}: not a best model of a run (no {', '.join(missing)}){hint}; restore model.pt "
-                         f"or retrain with --overwrite")
-    return ck
-
-
-def check_resumed_data(out, corpus, last):
-    """A resumed run must train on the data it started on: its last.pt says which, or where that is
-    older than the record, its best model."""
-    saved = last if "fingerprints" in last else load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
-    if "fingerprints" not in saved:
-        return
-    now = data_identity(corpus)
-    what = ("vocabulary" if saved["vocab"] != now["vocab"] else
-            "training data" if saved["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
-    if what:
-        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
-                         f"--data-dir?); resume it on its own data")
+    bad = lambda why: UsageError(f"{path}: not a best model of a run ({why}); restore it or retrain with --overwrite")
+    return checked(load_pt(path, device, bad), MODEL_FIELDS, bad, "read it with the lagvae that wrote it")
 
 
 def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
@@ -1737,8 +1732,8 @@ class TrainState:
         self.current = EpochInProgress(self.switch.on, dict(self.steps), torch.zeros(2, device=device))
 
     def state_dict(self):
-        """Plain types only (the rules as dicts), so the file loads whichever module wrote it; the layout
-        is that of the checkpoints written before this class (the epoch in progress under "run")."""
+        """Plain types only (the rules as dicts), so the file loads whichever module wrote it; the epoch
+        in progress under "run"."""
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "current"}
         return {**plain, "plateau": vars(self.plateau), "switch": vars(self.switch),
                 "run": vars(self.current) if self.current else None}
@@ -1765,6 +1760,20 @@ def divergence(metrics, score, model, batches):
         return f"validation loss {score:.4g} is over {DIVERGED} times that of a uniform guess ({uniform:.4g})"
     broken = nonfinite(metrics)
     return f"validation {', '.join(broken)}" if broken else None
+
+
+def restored(ck, model, cfg, last):
+    """(state, optimizers) of a checked last.pt (load_last), its weights put into model."""
+    try:
+        model.load_state_dict(ck["model"])
+        state = TrainState.new(cfg)
+        state.load_state_dict(ck["state"])
+        opts = make_optimizers(model, cfg, state.lr)
+        for name, opt in opts.items():
+            opt.load_state_dict(ck["opts"][name])
+    except Exception as e:      # a file from other flags: say which and why
+        raise UsageError(f"--resume: cannot continue from {last} ({short_reason(e)})") from None
+    return state, opts
 
 
 def pretrain_encoder(cfg, out, model, device):
@@ -1799,7 +1808,9 @@ def train_in(cfg, out, generate=True):
     resuming = cfg.resume and resumable(out)
     more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if resuming:
-        state, opts, threads = load_last(out, model, cfg, rng, device, corpus)
+        ck = load_last(out, rng, device, corpus)
+        state, opts = restored(ck, model, cfg, out / "last.pt")
+        keep_rows(out, ck["rows"], out / "last.pt")
         if not more() and (out / "result.json").is_file():
             load_best(out / "model.pt", device)      # the result stands for a model that is there and readable
             if not cfg.quiet:
@@ -1823,7 +1834,7 @@ def train_in(cfg, out, generate=True):
     hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
     if not cfg.quiet:
         print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None,
-                               threads if resuming else None)), flush=True)
+                               ck["threads"] if resuming else None)), flush=True)
 
     if more():       # a finished run trained further is unfinished until its new result is written
         (out / "result.json").unlink(missing_ok=True)
@@ -2022,9 +2033,7 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
     verdict = state.plateau.step(score)
     decay = state.epoch in decay_epochs(cfg.decay_at) if cfg.decay_at else verdict == "decay"
     if verdict == "best":
-        atomic_save({"config": asdict(cfg), "model": model.state_dict(),
-                     "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state.epoch,
-                     **data_identity(corpus)}, out / "model.pt")
+        save_model(out / "model.pt", cfg, model, state.epoch, data_identity(corpus))
     if decay:                                     # halve the lr and restart from the best model
         state.lr *= cfg.lr_decay
         state.decays += 1
@@ -2052,11 +2061,9 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
     if not Path(ckpt).is_file():
         raise bad("no such file" if not Path(ckpt).exists() else "not a file (a run directory? its model.pt)")
-    ck = load_pt(ckpt, "cpu", lambda why: bad(f"not a lagvae model checkpoint ({why})"))
-    missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        hint = "; last.pt holds training state, evaluate model.pt" if isinstance(ck, dict) and "state" in ck else ""
-        raise bad(f"not a lagvae model checkpoint (no {', '.join(missing)}{hint})")
+    not_model = lambda why: bad(f"not a lagvae model checkpoint ({why})")
+    ck = checked(load_pt(ckpt, "cpu", not_model), MODEL_FIELDS, not_model, "evaluate it with the lagvae that "
+                 "wrote it (its run's config.json names the git commit)")
     saved, weights = ck["config"], ck["model"]
     if not isinstance(saved, dict):
         raise bad(f"its config is a {type(saved).__name__}, expected a dict of fields")
@@ -2073,24 +2080,19 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
     cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
     if test and datalib.kind(cfg.data) != "text":
         raise UsageError(f"--test {test}: a file of sentences for a text model; {ckpt} is an image model")
-    if (test or not need_data) and ck.get("vocab") is not None:
+    if test:
         labelled = datalib.text_spec(cfg.data, ".")[1].get("labelled", False)
-        corpus = (datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled) if test
-                  else datalib.TextCorpus(cfg.data, ck["vocab"], {}))
-    elif not need_data and datalib.kind(cfg.data) == "image":       # the model needs no image to be built
-        corpus = datalib.ImageData(cfg.data, {}, "none")
-    elif test or not need_data:
-        raise bad("stores no vocabulary (an older checkpoint): new text needs the run's data files, "
-                  "use eval without --test, encode or samples without --input / --reconstruct")
-    else:
+        corpus = datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled)
+    elif need_data:
         corpus = load_data(cfg, generate=False)
+    elif datalib.kind(cfg.data) == "text":
+        corpus = datalib.TextCorpus(cfg.data, ck["vocab"], {})
+    else:       # the model needs no image to be built
+        corpus = datalib.ImageData(cfg.data, {}, "none")
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
         raise bad(f"trained with vocabulary {ck['vocab_size']}, "
                   f"but {cfg.data} now has {getattr(corpus, 'vocab_size', None)}")
-    if corpus.splits and "fingerprints" not in ck:
-        print(f"lagvae: warning: --ckpt {ckpt} stores no vocabulary or data fingerprint (an older checkpoint): "
-              f"ids are rebuilt from {cfg.data}'s files, which must be the ones it was trained on", file=sys.stderr)
-    elif corpus.splits and ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
+    if corpus.splits and ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
         first = next(i for i, (a, b) in enumerate(zip(ck["vocab"], corpus.vocab)) if a != b)
         raise bad(f"its vocabulary is not the one {cfg.data} gives now (id {first}: {ck['vocab'][first]!r} when "
                   f"trained, {corpus.vocab[first]!r} now): its numbers on this data would be wrong")
@@ -2099,7 +2101,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
         model.load_state_dict(weights)
     except RuntimeError as e:       # missing, unexpected or differently shaped tensors
         raise bad(f"its weights do not fit its config ({e})") from None
-    model.fingerprints, model.epoch = ck.get("fingerprints"), ck.get("epoch")
+    model.identity, model.epoch = {k: ck[k] for k in ("vocab", "specials", "fingerprints")}, ck["epoch"]
     return model, cfg, corpus
 
 
@@ -2137,7 +2139,7 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
         if broken:
             raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
         result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result,
-                  **test_set_note(model.fingerprints, corpus, ckpt)}
+                  **test_set_note(model.identity["fingerprints"], corpus, ckpt)}
         return update_result(Path(ckpt).parent / "result.json", {**result, "mi_samples": cfg.mi_samples}) if update else result
 
 
@@ -2188,8 +2190,6 @@ def bound_spread(model, cfg, test, ks, n):
 def test_set_note(fingerprints, corpus, ckpt):
     """{"test_data": "as trained" | "other than at training"}, and a line on stderr when it is other:
     the same model on another test set is a fair evaluation, but not the run's own number."""
-    if fingerprints is None:
-        return {}
     if fingerprints["test"] == fingerprint(corpus.splits["test"]):
         return {"test_data": "as trained"}
     print(f"lagvae: note: the test set is not the one {ckpt} was tested on at the end of training", file=sys.stderr)
@@ -2409,10 +2409,7 @@ def load(path, device="auto", threads=None):
 
 def save(model, path):
     """A model from load() (trained further or not) as a model.pt that load() and every command read."""
-    atomic_save({"config": asdict(model.cfg), "model": model.state_dict(),
-                 "vocab_size": len(model.vocab) if model.vocab is not None else None, "epoch": model.epoch,
-                 "vocab": model.vocab, "specials": datalib.SPECIALS if model.vocab is not None else None,
-                 "fingerprints": model.fingerprints}, Path(path))
+    save_model(Path(path), model.cfg, model, model.epoch, model.identity)
     return Path(path)
 
 

@@ -643,7 +643,7 @@ def with_weight(name, value):
     (without("vocab_size"), "not a lagvae model checkpoint (no vocab_size)"),
     (without("model"), "(no model)"),
     (without("config"), "(no config)"),
-    (lambda ck: torch.zeros(3), "(no config, model, vocab_size)"),
+    (lambda ck: torch.zeros(3), "(no config, model, vocab_size, epoch, vocab, specials, fingerprints)"),
     (lambda ck: {**ck, "config": [1, 2]}, "its config is a list"),
     (with_config(nz=3), "its weights do not fit its config"),
     (with_config(enc_nh=17), "its weights do not fit its config"),
@@ -668,7 +668,7 @@ def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, capsys, edit, ne
 
 def test_training_state_is_not_a_model_checkpoint(trained, capsys):
     assert lagvae.main(["eval", "--ckpt", str(trained / "last.pt")]) == 2
-    assert "last.pt holds training state, evaluate model.pt" in one_error_line(capsys)
+    assert "not a lagvae model checkpoint (it holds training state: a last.pt?)" in one_error_line(capsys)
 
 
 def test_eval_flags_are_checked_as_eval_flags(trained, capsys):

@@ -60,18 +60,30 @@ def test_a_kill_between_an_epochs_log_row_and_its_checkpoint_leaves_no_repeated_
     assert results[0] == results[1]
 
 
-def test_resume_of_a_checkpoint_from_before_row_counts_keeps_the_finished_epochs_rows(data_env, tmp_path, monkeypatch):
-    """last.pt files written before they counted rows (the grid's in-flight runs) still resume: the
-    log keeps one row per finished epoch, not one per started epoch."""
+def test_a_last_pt_of_another_format_version_is_refused_and_one_without_a_version_resumes(data_env, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """A last.pt of another version, or one without a version and of an older layout (before row
+    counts), is refused in one line that names it and says what to do, and the run's files are left
+    as they were; one without a version but with every field of version 1 (the grid in flight, commit
+    fcf27fc) resumes: the log keeps one row per finished epoch, not one per started epoch."""
     out = tmp_path / "run"
     flags = ["--epochs", "3", "--checkpoint-minutes", "1e-9"]
     with monkeypatch.context() as m:
         kill_after(m, "end_epoch", 2)
         with pytest.raises(Killed):
             lagvae.main(BASE + flags + ["--out", str(out)])
-    ck = torch.load(out / "last.pt", weights_only=False)
-    del ck["rows"]
-    torch.save(ck, out / "last.pt")
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["version"] == lagvae.CHECKPOINT_VERSION == 1
+    unversioned = {k: v for k, v in ck.items() if k != "version"}
+    log = (out / "log.jsonl").read_bytes()
+    for bad, says in (({**ck, "version": 2}, "format 2;"), ({**ck, "version": "1"}, "format '1';"),
+                      ({k: v for k, v in unversioned.items() if k != "rows"}, "format older, without a version;")):
+        torch.save(bad, out / "last.pt")
+        assert lagvae.main(BASE + flags + ["--out", str(out), "--resume"]) == 2
+        one_line(capsys, f"{out / 'last.pt'} (checkpoint {says} this lagvae reads version 1: finish the run with the "
+                         f"lagvae that wrote it", "--overwrite")
+        assert (out / "log.jsonl").read_bytes() == log
+    torch.save(unversioned, out / "last.pt")
     assert lagvae.main(BASE + flags + ["--out", str(out), "--resume"]) == 0
     assert [r["epoch"] for r in lagvae.read_jsonl(out / "log.jsonl")] == [1, 2, 3]
 
@@ -248,7 +260,7 @@ def test_kill_at_every_kind_of_write_then_resume_gives_every_file_of_the_uninter
 def test_a_corrupt_best_model_is_one_line_naming_it(tmp_path):
     for content in (b"", b"\x80\x02garbage", b"PK\x03\x04"):
         (tmp_path / "model.pt").write_bytes(content)
-        with pytest.raises(lagvae.UsageError, match=r"model.pt: not readable as a lagvae checkpoint"):
+        with pytest.raises(lagvae.UsageError, match=r"model.pt: not a best model of a run \(.*\); restore it or"):
             lagvae.load_best(tmp_path / "model.pt", torch.device("cpu"))
 
 
