@@ -45,7 +45,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import data as datalib
 
@@ -98,8 +97,7 @@ class Config:
     seed: int = arg(0, "seed of initialization, batch order and noise", (0, 2 ** 32 - 1, "[]"))
     device: str = arg("auto", "auto | cpu | cuda | cuda:N", resume=True)
     quiet: bool = arg(False, "print nothing but errors", resume=True)
-    progress_every: float = arg(30.0, "seconds between progress lines when stdout is not a terminal (0 = none)",
-                                NONNEG, resume=True)
+    progress_every: float = arg(30.0, "seconds between progress lines (0 = none)", NONNEG, resume=True)
     resume: bool = arg(False, "continue the run in <out> from its last.pt (same config; see README)", resume=True)
     overwrite: bool = arg(False, "replace the run in <out>, removing all its files first", resume=True)
     checkpoint_minutes: float = arg(5.0, "also write last.pt within an epoch this often (0 = at epoch ends)",
@@ -869,42 +867,31 @@ def mmss(seconds):
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 
-def progress_lines(cfg):
-    """Progress as lines (nohup logs, CI) where no tqdm bar shows: stdout is not a terminal."""
-    return cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
-
-
 class Progress:
-    """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
-    CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
-    batch, inner steps so far, the epoch's train -ELBO so far, the time left in the epoch at its pace,
-    and at most left in the run, were every epoch of the budget as long (the fifth lr decay usually
-    ends it sooner). Not while aggressive: those epochs cost several times a plain one, so the bound
-    would be hours off (446 min said for a 30-minute main job)."""
+    """Lines through a long pass over batches (an epoch, an evaluation), one every cfg.progress_every
+    seconds (0 or --quiet: none), the same on a terminal as in a nohup log or CI, so that a long
+    aggressive epoch or a minutes-long IW-NLL is never silent: where the pass is, how long it took and
+    the time left at its pace; with `epochs_left`, also at most left in the run, were every epoch left
+    as long (the fifth lr decay usually ends it sooner)."""
 
-    def __init__(self, cfg, epoch, batches, done=0, aggressive=False):
-        """batches: the epoch's; done: how many of them ran before a resume."""
-        self.on = progress_lines(cfg)
-        self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
-        self.epochs_left = None if aggressive else max(0, cfg.epochs - epoch)
+    def __init__(self, cfg, head, total, done=0, epochs_left=None):
+        """total: the pass's batches; done: how many of them ran before a resume."""
+        self.on, self.every = cfg.progress_every > 0 and not cfg.quiet, cfg.progress_every
+        self.head, self.total, self.epochs_left = head, total, epochs_left
         self.batch = self.done = done
-        self.examples = sum(len(b) for b in batches[:done])
         self.start = self.last = time.time()
 
-    def step(self, examples, inner_steps, sums):
-        """After a batch of `examples`; sums: the epoch's (rec, kl) sums, read only when printing."""
+    def step(self, detail=lambda: ""):
+        """After a batch; detail(): what the caller adds to a line, asked only when one is printed."""
         self.batch += 1
-        self.examples += examples
         now = time.time()
         if not self.on or now - self.last < self.every:
             return
         self.last = now
         per_batch = (now - self.start) / (self.batch - self.done)
-        eta = per_batch * (self.n_batches - self.batch)
-        run = ("" if self.epochs_left is None else
-               f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.n_batches)}")
-        print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
-              f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
+        eta = per_batch * (self.total - self.batch)
+        run = "" if self.epochs_left is None else f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.total)}"
+        print(f"{self.head} | batch {self.batch}/{self.total} | {detail()}{mmss(now - self.start)} elapsed, "
               f"ETA {mmss(eta)}{run}", flush=True)
 
 
@@ -1498,15 +1485,11 @@ class Seen:
 
 
 def evaluation_batches(batches, cfg, desc):
-    """(i, batch) with a tqdm bar, or progress lines where stdout is no terminal: IW-NLL takes minutes."""
-    lines = progress_lines(cfg)
-    start = last = time.time()
-    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
-        if lines and i and time.time() - last >= cfg.progress_every:
-            last = time.time()
-            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
-                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
+    """(i, batch), with progress lines: IW-NLL takes minutes."""
+    progress = Progress(cfg, desc, len(batches))
+    for i, x in enumerate(batches):
         yield i, x
+        progress.step()
 
 
 def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
@@ -1950,12 +1933,12 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
     batches = epoch_batches(corpus, cfg, rng, ep, device)
     random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
     checks = mi_check_points(cfg, len(batches))
-    progress = Progress(cfg, state.epoch, batches, ep.batch, ep.aggressive)
+    # No bound on the run's time left while aggressive: those epochs cost several times a plain one, so
+    # it would be hours off (446 min said for a 30-minute main job).
+    progress = Progress(cfg, f"epoch {state.epoch:3d}", len(batches), ep.batch,
+                        None if ep.aggressive else max(0, cfg.epochs - state.epoch))
     t0 = last_save = time.time()
     model.train()
-    # disable=None: progress bars only on a terminal, never in nohup logs.
-    bar = tqdm(total=len(batches), initial=ep.batch, desc=f"epoch {state.epoch}",
-               disable=cfg.quiet or None, leave=False)
     while ep.batch < len(batches):
         x = corpus.prepare(batches[ep.batch])
         state.it += 1
@@ -1973,8 +1956,8 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
             hooks.after_batch("joint")
         ep.sums += torch.stack([rec.sum(), kl.sum()])
         ep.batch += 1
-        bar.update()
-        progress.step(x.size(0), steps["encoder"] - ep.steps["encoder"], ep.sums)
+        progress.step(lambda: f"inner steps {steps['encoder'] - ep.steps['encoder']} | train -elbo "
+                              f"{float(ep.sums.sum()) / sum(len(b) for b in batches[:ep.batch]):.3f} | ")
         if switch.on and ep.batch in checks:      # Sec. 4.2, checked within the epoch
             ep.mi_checks.append(evaluate(model, val, cfg, desc="valid")["mi_full"])
             switch.step(ep.mi_checks[-1], final=False)
@@ -1986,7 +1969,6 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
             t0 = last_save = time.time()
             save()
             STOP.check(f"epoch {state.epoch} batch {ep.batch}")
-    bar.close()
     ep.seconds += time.time() - t0
     ep.n_train = sum(len(b) for b in batches)
 
@@ -3234,7 +3216,7 @@ def build_parser():
     ev.add_argument("--data-dir", **data_dir)
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_field_flag(ev, "threads", "default: the run's")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--quiet", action="store_true", help="no progress lines")
     ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
                     help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
                          "(the paper's Tables 7 and 8)")
@@ -3345,7 +3327,7 @@ def main(argv=None):
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:
-        if sys.stderr.isatty():       # the progress bar's line is unfinished: the message starts its own
+        if sys.stderr.isatty():       # after the terminal's echo of ^C: the message starts its own line
             print(file=sys.stderr)
         fail(e)
         return e.exit_code

@@ -458,8 +458,10 @@ def test_help_explains_every_train_flag(capsys):
     assert "(ICLR 2019)." in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("quiet", [False, True])
-def test_progress_lines_when_stdout_is_not_a_terminal(data_env, tmp_path, capsys, quiet):
+@pytest.mark.parametrize("quiet,terminal", [(False, False), (True, False), (False, True)])
+def test_progress_lines_in_a_log_as_on_a_terminal(data_env, tmp_path, monkeypatch, capsys, quiet, terminal):
+    """One kind of progress, plain lines, wherever stdout goes (a nohup log, CI, a terminal)."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--progress-every", "1e-9",
                         "--out", str(tmp_path / "run"), *(["--quiet"] if quiet else [])]) == 0
     out = capsys.readouterr().out.splitlines()
