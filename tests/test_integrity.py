@@ -412,13 +412,14 @@ def test_a_crafted_checkpoint_runs_no_code_and_is_a_one_line_refusal(data_env, f
 
 
 def old_lagvae(tmp_path):
-    """lagvae.py, data.py and paper_results.csv of commit ca6172f, whose files the grid in flight wrote."""
+    """lagvae.py, data.py and paper_results.csv of commit fcf27fc, whose files the grid in flight writes
+    (without a checkpoint version: version 1's layout)."""
     old = tmp_path / "old"
     old.mkdir()
     for f in ("lagvae.py", "data.py", "paper_results.csv"):
-        shown = subprocess.run(["git", "show", f"ca6172f:{f}"], cwd=ROOT, capture_output=True)
+        shown = subprocess.run(["git", "show", f"fcf27fc:{f}"], cwd=ROOT, capture_output=True)
         if shown.returncode:
-            pytest.skip("commit ca6172f is not in this checkout")
+            pytest.skip("commit fcf27fc is not in this checkout")
         (old / f).write_bytes(shown.stdout)
     return old
 
@@ -438,16 +439,17 @@ lagvae.main(sys.argv[3:])
 
 
 @pytest.mark.slow
-def test_files_of_the_code_before_issue_37_load_and_resume_exactly(data_env, tmp_path):
-    """A last.pt (mid-epoch 2) and model.pt written by commit ca6172f load with weights_only and the
-    resumed run is bit-identical to an uninterrupted run of today's code."""
+def test_files_of_the_grid_in_flight_load_and_resume_exactly(data_env, tmp_path):
+    """A last.pt (mid-epoch 2) and model.pt written by commit fcf27fc, without a version, load with
+    weights_only and the resumed run is bit-identical to an uninterrupted run of today's code."""
     flags = BASE + ["--epochs", "2", "--aggressive", "--checkpoint-minutes", "1e-9"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert lagvae.main(flags + ["--out", str(straight)]) == 0
     proc = subprocess.run([sys.executable, "-c", KILL_OLD, str(old_lagvae(tmp_path)), "12", *flags, "--out", str(killed)],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 9
-    assert torch.load(killed / "last.pt", weights_only=True)["state"]["run"] is not None
+    ck = torch.load(killed / "last.pt", weights_only=True)
+    assert ck["state"]["run"] is not None and "version" not in ck
     assert lagvae.main(["eval", "--ckpt", str(killed / "model.pt"), "--iw-samples", "2", "--quiet"]) == 0
     assert lagvae.main(flags + ["--out", str(killed), "--resume"]) == 0
     assert untimed(lagvae.read_jsonl(straight / "log.jsonl")) == untimed(lagvae.read_jsonl(killed / "log.jsonl"))
