@@ -1159,7 +1159,7 @@ def save_last(path, model, opts, state, rng, device, identity):
     cuts each to exactly those, whatever was appended between this checkpoint and a crash. `identity`
     (data_identity): the data trained on, which a resume must train on too; `threads`: another count
     splits float sums otherwise, so a resume says when the numbers stop being exact."""
-    rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
+    rows = {f: len((path.parent / f).read_bytes().splitlines()) for f in APPENDED if (path.parent / f).is_file()}
     atomic_save({"version": CHECKPOINT_VERSION, "model": model.state_dict(),
                  "opts": {k: o.state_dict() for k, o in opts.items()}, "state": state.state_dict(),
                  "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
@@ -1174,33 +1174,25 @@ def save_model(path, cfg, model, epoch, identity):
                  "vocab_size": vocab_size, "epoch": epoch, **identity}, path)
 
 
-def count_rows(path):
-    return len(path.read_bytes().splitlines())
-
-
-def kept_rows(path, n, last):
-    """The first n rows of an appended run file, each parsed: fewer than n, or a torn row among them,
-    means the run's files disagree with last.pt."""
-    disagree = f"the run's files disagree (restore {path.name} or start again with --overwrite)"
-    try:
-        lines = path.read_bytes().splitlines()[:n]
-    except OSError as e:
-        raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
-    if len(lines) < n:
-        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
-    for i, line in enumerate(lines, 1):
-        try:
-            json.loads(line)
-        except ValueError:
-            raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
-    return lines
-
-
 def keep_rows(out, counts, last):
-    """Cut each appended file to the rows `last` counts, once every file has been checked."""
-    kept = {name: kept_rows(out / name, n, last) for name, n in counts.items()}
-    for name, lines in kept.items():
-        write_atomic(out / name, b"".join(line + b"\n" for line in lines))
+    """Cut each appended file to the rows `last` counts, once every file has been checked: fewer rows,
+    or a torn row among them, means the run's files disagree with last.pt."""
+    kept = {}
+    for name, n in counts.items():
+        path, disagree = out / name, f"the run's files disagree (restore {name} or start again with --overwrite)"
+        try:
+            kept[path] = path.read_bytes().splitlines()[:n]
+        except OSError as e:
+            raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
+        if len(kept[path]) < n:
+            raise UsageError(f"--resume: {path} has {len(kept[path])} rows but {last} was saved after {n}; {disagree}")
+        for i, line in enumerate(kept[path], 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
+    for path, lines in kept.items():
+        write_atomic(path, b"".join(line + b"\n" for line in lines))
 
 
 def keep_good_epoch(out):
@@ -1453,53 +1445,10 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_s
     paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
     refinement lowers the -ELBO. stoppable: a stop request (SIGTERM, Ctrl-C) ends the pass between
     batches (a run's final test: its training is saved, the test is rerun on --resume)."""
-    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable)
-    out = {**elbo_metrics(seen), **mi_metrics(seen), "au": active_units(seen.mu), "n": seen.n}
-    if model.kind == "text":
-        out.update(elbo_ppl=perplexity(seen.rec + seen.kl, seen.tokens))
-        if rec_acc:
-            out.update(reconstruction_metrics(model, batches, seen))
-    if cfg.savae:
-        out["svi_gap"] = (seen.amortized - seen.rec - seen.kl) / seen.n
-    if iw_samples:
-        out.update(iw_nll=seen.nll / seen.n, iw_samples=iw_samples,
-                   **({"ppl": perplexity(seen.nll, seen.tokens)} if model.kind == "text" else {}))
-    return out
-
-
-@dataclass
-class Seen:
-    """What one pass over the evaluation batches gathers for every metric: sums over the examples
-    (in batch order) and the encodings."""
-    n: int
-    tokens: int
-    rec: float
-    kl: float
-    mi: float                 # the per-batch MI estimate times the batch size
-    nll: float                # IW-NLL (when asked)
-    amortized: float          # SA-VAE: the -ELBO before refinement
-    hits: int                 # text: tokens that greedy decoding from mu reproduces
-    mu: torch.Tensor
-    logvar: torch.Tensor
-    z_mi: torch.Tensor        # the draws of z behind the MI estimates
-
-
-def evaluation_batches(batches, cfg, desc):
-    """(i, batch), with progress lines: IW-NLL takes minutes."""
-    progress = Progress(cfg, desc, len(batches))
-    for i, x in enumerate(batches):
-        yield i, x
-        progress.step()
-
-
-def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
-    """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
-    the extra MI draws come from a second one, so that asking for them leaves every other number as
-    it was."""
     dev = batches[0].device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     mi_gen = torch.Generator(dev).manual_seed(cfg.seed + 1)
-    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
+    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)      # over the examples, in batch order
     n = tokens = hits = 0
     mus, logvars, zs = [], [], []
     for i, x in evaluation_batches(batches, cfg, desc):
@@ -1514,7 +1463,7 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
         sums["rec"] += float(-model.log_px_given_z(x, z).sum())
         sums["kl"] += float(gaussian_kl(mu, logvar).sum())
         z_mi = z if mi_samples == 1 else sample_z(mu, logvar, mi_samples, mi_gen)
-        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)
+        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)      # the batch's estimate, weighted
         if iw_samples:
             sums["nll"] += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
         if model.kind == "text" and rec_acc:
@@ -1522,23 +1471,29 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
         mus.append(mu), logvars.append(logvar), zs.append(z_mi)
         n += x.size(0)
         tokens += model.n_targets(x)
-    return Seen(n, tokens, **sums, hits=hits, mu=torch.cat(mus), logvar=torch.cat(logvars), z_mi=torch.cat(zs))
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    out = {"elbo": (sums["rec"] + sums["kl"]) / n, "rec": sums["rec"] / n, "kl": sums["kl"] / n, "mi": sums["mi"] / n,
+           "mi_full": float(mutual_info_draws(mu, logvar, torch.cat(zs))), "au": active_units(mu), "n": n}
+    if model.kind == "text":
+        out.update(elbo_ppl=perplexity(sums["rec"] + sums["kl"], tokens))
+        if rec_acc:
+            others = mu.roll(1, 0).split([len(x) for x in batches])
+            other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
+            out.update(rec_acc=hits / tokens, rec_acc_other=other_hits / tokens)
+    if cfg.savae:
+        out["svi_gap"] = (sums["amortized"] - sums["rec"] - sums["kl"]) / n
+    if iw_samples:
+        out.update(iw_nll=sums["nll"] / n, iw_samples=iw_samples,
+                   **({"ppl": perplexity(sums["nll"], tokens)} if model.kind == "text" else {}))
+    return out
 
 
-def elbo_metrics(seen):
-    return {"elbo": (seen.rec + seen.kl) / seen.n, "rec": seen.rec / seen.n, "kl": seen.kl / seen.n}
-
-
-def mi_metrics(seen):
-    """Eq. 5 two ways: each minibatch as the mixture (as the paper), and the whole set as one."""
-    return {"mi": seen.mi / seen.n, "mi_full": float(mutual_info_draws(seen.mu, seen.logvar, seen.z_mi))}
-
-
-def reconstruction_metrics(model, batches, seen):
-    """rec_acc, and rec_acc_other: the same decoding from another document's mean (rolled by one)."""
-    others = seen.mu.roll(1, 0).split([len(x) for x in batches])
-    other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
-    return {"rec_acc": seen.hits / seen.tokens, "rec_acc_other": other_hits / seen.tokens}
+def evaluation_batches(batches, cfg, desc):
+    """(i, batch), with progress lines: IW-NLL takes minutes."""
+    progress = Progress(cfg, desc, len(batches))
+    for i, x in enumerate(batches):
+        yield i, x
+        progress.step()
 
 
 # ------------------------------------------------------------------------------------------------
