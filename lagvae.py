@@ -1181,16 +1181,17 @@ def keep_rows(out, counts, last):
     for name, n in counts.items():
         path, disagree = out / name, f"the run's files disagree (restore {name} or start again with --overwrite)"
         try:
-            kept[path] = path.read_bytes().splitlines()[:n]
+            lines = path.read_bytes().splitlines()[:n]
         except OSError as e:
             raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
-        if len(kept[path]) < n:
-            raise UsageError(f"--resume: {path} has {len(kept[path])} rows but {last} was saved after {n}; {disagree}")
-        for i, line in enumerate(kept[path], 1):
+        if len(lines) < n:
+            raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
+        for i, line in enumerate(lines, 1):
             try:
                 json.loads(line)
             except ValueError:
                 raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
+        kept[path] = lines
     for path, lines in kept.items():
         write_atomic(path, b"".join(line + b"\n" for line in lines))
 
