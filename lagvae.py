@@ -44,7 +44,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import data as datalib
 
@@ -134,8 +133,7 @@ class Config:
     device: str = arg("auto", "auto | cpu | cuda | cuda:N", parsed(re.compile(r"auto|cpu|cuda(:\d+)?").fullmatch,
                                                                     "auto, cpu, cuda or cuda:N"), resume=True)
     quiet: bool = arg(False, "print nothing but errors", resume=True)
-    progress_every: float = arg(30.0, "seconds between progress lines when stdout is not a terminal (0 = none)",
-                                NONNEG, resume=True)
+    progress_every: float = arg(30.0, "seconds between progress lines (0 = none)", NONNEG, resume=True)
     resume: bool = arg(False, "continue the run in <out> from its last.pt (same config; see README)", resume=True)
     overwrite: bool = arg(False, "replace the run in <out>, removing all its files first", resume=True)
     checkpoint_minutes: float = arg(5.0, "also write last.pt within an epoch this often (0 = at epoch ends)",
@@ -862,42 +860,31 @@ def mmss(seconds):
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 
-def progress_lines(cfg):
-    """Progress as lines (nohup logs, CI) where no tqdm bar shows: stdout is not a terminal."""
-    return cfg.progress_every > 0 and not cfg.quiet and not sys.stdout.isatty()
-
-
 class Progress:
-    """A line every cfg.progress_every seconds of an epoch when stdout is not a terminal (nohup logs,
-    CI; the tqdm bar shows on terminals only), so that a long aggressive epoch is never silent: epoch,
-    batch, inner steps so far, the epoch's train -ELBO so far, the time left in the epoch at its pace,
-    and at most left in the run, were every epoch of the budget as long (the fifth lr decay usually
-    ends it sooner). Not while aggressive: those epochs cost several times a plain one, so the bound
-    would be hours off (446 min said for a 30-minute main job)."""
+    """Lines through a long pass over batches (an epoch, an evaluation), one every cfg.progress_every
+    seconds (0 or --quiet: none), the same on a terminal as in a nohup log or CI, so that a long
+    aggressive epoch or a minutes-long IW-NLL is never silent: where the pass is, how long it took and
+    the time left at its pace; with `epochs_left`, also at most left in the run, were every epoch left
+    as long (the fifth lr decay usually ends it sooner)."""
 
-    def __init__(self, cfg, epoch, batches, done=0, aggressive=False):
-        """batches: the epoch's; done: how many of them ran before a resume."""
-        self.on = progress_lines(cfg)
-        self.every, self.epoch, self.n_batches = cfg.progress_every, epoch, len(batches)
-        self.epochs_left = None if aggressive else max(0, cfg.epochs - epoch)
+    def __init__(self, cfg, head, total, done=0, epochs_left=None):
+        """total: the pass's batches; done: how many of them ran before a resume."""
+        self.on, self.every = cfg.progress_every > 0 and not cfg.quiet, cfg.progress_every
+        self.head, self.total, self.epochs_left = head, total, epochs_left
         self.batch = self.done = done
-        self.examples = sum(len(b) for b in batches[:done])
         self.start = self.last = time.time()
 
-    def step(self, examples, inner_steps, sums):
-        """After a batch of `examples`; sums: the epoch's (rec, kl) sums, read only when printing."""
+    def step(self, detail=lambda: ""):
+        """After a batch; detail(): what the caller adds to a line, asked only when one is printed."""
         self.batch += 1
-        self.examples += examples
         now = time.time()
         if not self.on or now - self.last < self.every:
             return
         self.last = now
         per_batch = (now - self.start) / (self.batch - self.done)
-        eta = per_batch * (self.n_batches - self.batch)
-        run = ("" if self.epochs_left is None else
-               f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.n_batches)}")
-        print(f"epoch {self.epoch:3d} | batch {self.batch}/{self.n_batches} | inner steps {inner_steps} | "
-              f"train -elbo {float(sums.sum()) / self.examples:.3f} | {mmss(now - self.start)} elapsed, "
+        eta = per_batch * (self.total - self.batch)
+        run = "" if self.epochs_left is None else f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.total)}"
+        print(f"{self.head} | batch {self.batch}/{self.total} | {detail()}{mmss(now - self.start)} elapsed, "
               f"ETA {mmss(eta)}{run}", flush=True)
 
 
@@ -1071,6 +1058,21 @@ def check_resume_config(out, cfg, old):
                          + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
 
 
+def read_jsonl(path):
+    """The records of a JSON-lines file (path:line names one that is not JSON)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not readable as JSON lines ({e})") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            records += [json.loads(line)] if line else []
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
+    return records
+
+
 def decays_of_run(run):
     """A finished run's decay epochs as a --decay-at value: the epochs after which its lr fell, and its
     last epoch where the decays ended it (it stopped short of --epochs)."""
@@ -1150,46 +1152,56 @@ def data_identity(corpus):
     return corpus.identity
 
 
+# The layout of last.pt, epoch.pt and model.pt, written into each as "version"; a file of another version is
+# refused in one line, never read by guessing at its layout. The runs written before the version key (the grid
+# of commit fcf27fc) have version 1's layout: a file without the key that holds every field of its kind is one.
+CHECKPOINT_VERSION = 1
+LAST_FIELDS = ("model", "opts", "state", "rng", "torch_rng", "cuda_rng", "rows", "threads", "vocab", "specials",
+               "fingerprints")
+MODEL_FIELDS = ("config", "model", "vocab_size", "epoch", "vocab", "specials", "fingerprints")
+
+
 def save_last(path, model, opts, state, rng, device, identity):
     """The rules are stored as plain dicts, so the file loads whichever module wrote it (__main__ or not),
     and with weights_only. `rows`: how many rows of each appended file belong to this state, so a resume
     cuts each to exactly those, whatever was appended between this checkpoint and a crash. `identity`
-    (data_identity): the data trained on, which a resume must train on too, model.pt or not; `threads`:
-    another count splits float sums otherwise, so a resume says when the numbers stop being exact."""
-    rows = {f: count_rows(path.parent / f) for f in APPENDED if (path.parent / f).is_file()}
-    atomic_save({"model": model.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-                 "state": state.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+    (data_identity): the data trained on, which a resume must train on too; `threads`: another count
+    splits float sums otherwise, so a resume says when the numbers stop being exact."""
+    rows = {f: len((path.parent / f).read_bytes().splitlines()) for f in APPENDED if (path.parent / f).is_file()}
+    atomic_save({"version": CHECKPOINT_VERSION, "model": model.state_dict(),
+                 "opts": {k: o.state_dict() for k, o in opts.items()}, "state": state.state_dict(),
+                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "rows": rows, "threads": torch.get_num_threads(), **identity}, path)
 
 
-def count_rows(path):
-    return len(path.read_bytes().splitlines())
-
-
-def kept_rows(path, n, last):
-    """The first n rows of an appended run file, each parsed: fewer than n, or a torn row among them,
-    means the run's files disagree with last.pt."""
-    disagree = f"the run's files disagree (restore {path.name} or start again with --overwrite)"
-    try:
-        lines = path.read_bytes().splitlines()[:n]
-    except OSError as e:
-        raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
-    if len(lines) < n:
-        raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
-    for i, line in enumerate(lines, 1):
-        try:
-            json.loads(line)
-        except ValueError:
-            raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
-    return lines
+def save_model(path, cfg, model, epoch, identity):
+    """A best model (model.pt): its config, its weights and what it needs to stand alone (data_identity)."""
+    vocab_size = len(identity["vocab"]) if identity["vocab"] is not None else None
+    atomic_save({"version": CHECKPOINT_VERSION, "config": asdict(cfg), "model": model.state_dict(),
+                 "vocab_size": vocab_size, "epoch": epoch, **identity}, path)
 
 
 def keep_rows(out, counts, last):
-    """Cut each appended file to the rows `last` counts, once every file has been checked."""
-    kept = {name: kept_rows(out / name, n, last) for name, n in counts.items()}
-    for name, lines in kept.items():
-        write_atomic(out / name, b"".join(line + b"\n" for line in lines))
+    """Cut each appended file to the rows `last` counts, once every file has been checked: fewer rows,
+    or a torn row among them, means the run's files disagree with last.pt."""
+    kept = {}
+    for name, n in counts.items():
+        path, disagree = out / name, f"the run's files disagree (restore {name} or start again with --overwrite)"
+        try:
+            lines = path.read_bytes().splitlines()[:n]
+        except OSError as e:
+            raise UsageError(f"--resume: {path}: {e.strerror}; {last} expects {n} rows there") from None
+        if len(lines) < n:
+            raise UsageError(f"--resume: {path} has {len(lines)} rows but {last} was saved after {n}; {disagree}")
+        for i, line in enumerate(lines, 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise UsageError(f"--resume: {path}:{i}: not a JSON row, though {last} counts it; {disagree}") from None
+        kept[path] = lines
+    for path, lines in kept.items():
+        write_atomic(path, b"".join(line + b"\n" for line in lines))
 
 
 def keep_good_epoch(out):
@@ -1204,41 +1216,24 @@ def keep_good_epoch(out):
     os.replace(tmp, out / "epoch.pt")
 
 
-def load_last(out, model, cfg, rng, device, corpus):
-    """(state, optimizers, the thread count it was written with or None) from <out>/last.pt, refused on
-    other data; log and snapshot records written after it are dropped, so the resumed run appends
-    exactly what the uninterrupted run would have."""
+def load_last(out, rng, device, corpus):
+    """The checkpoint in <out>/last.pt, checked (its version, and the data: a resumed run must train on
+    the data it started on), with the RNGs put back to its state; the training loop restores the rest."""
     last = out / "last.pt"
     bad = lambda why: UsageError(f"--resume: cannot continue from {last} ({why})")
-    ck = load_pt(last, device, bad)
-    if not isinstance(ck, dict) or "state" not in ck:
-        raise bad("it holds no training state: a model.pt?")
-    check_resumed_data(out, corpus, ck)
-    try:
-        model.load_state_dict(ck["model"])
-        state = TrainState.new(cfg)
-        state.load_state_dict(ck["state"])
-        opts = make_optimizers(model, cfg, state.lr)
-        for name, opt in opts.items():
-            opt.load_state_dict(ck["opts"][name])
-    except Exception as e:      # a file from other flags: say which and why
-        raise bad(short_reason(e)) from None
+    ck = checked(load_pt(last, device, bad), LAST_FIELDS, bad, "finish the run with the lagvae that wrote it (its "
+                 "config.json names the git commit) or start again with --overwrite")
+    now = data_identity(corpus)
+    what = ("vocabulary" if ck["vocab"] != now["vocab"] else
+            "training data" if ck["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
+    if what:
+        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
+                         f"--data-dir?); resume it on its own data")
     rng.bit_generator.state = ck["rng"]
     torch.set_rng_state(ck["torch_rng"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(ck["cuda_rng"], device)
-    if "rows" in ck:
-        keep_rows(out, ck["rows"], last)
-    else:       # a last.pt from before row counts: one log row per finished epoch, records by iteration
-        keep_rows(out, {"log.jsonl": state.epoch - (state.current is not None)}, last)
-        for name in ("snapshots.jsonl", "trajectory.jsonl"):
-            if (out / name).is_file():
-                try:
-                    keep = [r for r in (out / name).read_text().splitlines() if json.loads(r)["iter"] <= state.it]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise UsageError(f"--resume: {out / name}: a row is not a snapshot record ({e})") from None
-                write_atomic(out / name, "".join(r + "\n" for r in keep).encode())
-    return state, opts, ck.get("threads")
+    return ck
 
 
 def short_reason(e):
@@ -1261,34 +1256,29 @@ def load_pt(path, device, bad):
         raise bad(short_reason(e)) from None
 
 
-CHECKPOINT_FIELDS = ("config", "model", "vocab_size")
+def checked(ck, fields, bad, redo):
+    """ck if it is a checkpoint of this version holding `fields`, else bad(why): one of the other kind
+    (last.pt holds training state, model.pt does not) is named as such, one of another version is
+    refused with `redo`, what to do instead."""
+    if not isinstance(ck, dict):
+        raise bad(f"no {', '.join(fields)}")
+    if ("state" in ck) != ("state" in fields):
+        raise bad("it holds training state: a last.pt?" if "state" in ck else "it holds no training state: a model.pt?")
+    version = ck.get("version", CHECKPOINT_VERSION if all(k in ck for k in fields) else None)
+    if type(version) is not int or version != CHECKPOINT_VERSION:
+        raise bad(f"checkpoint format {'older, without a version' if version is None else repr(version)}; this "
+                  f"lagvae reads version {CHECKPOINT_VERSION}: {redo}")
+    missing = [k for k in fields if k not in ck]
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    return ck
 
 
 def load_best(path, device):
     """A best model the run wrote (model.pt), or one line naming it when it cannot be read or is not one
     (a last.pt copied over it holds weights too, of another epoch)."""
-    ck = load_pt(path, device, lambda why: UsageError(f"{path}: not readable as a lagvae checkpoint ({why}); the run's "
-                                                      f"best model is lost, retrain with --overwrite"))
-    missing = [k for k in (*CHECKPOINT_FIELDS, "epoch") if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        hint = " (it holds training state: a last.pt?)" if isinstance(ck, dict) and "state" in ck else ""
-        raise UsageError(f"{path}: not a best model of a run (no {', '.join(missing)}){hint}; restore model.pt "
-                         f"or retrain with --overwrite")
-    return ck
-
-
-def check_resumed_data(out, corpus, last):
-    """A resumed run must train on the data it started on: its last.pt says which, or where that is
-    older than the record, its best model."""
-    saved = last if "fingerprints" in last else load_best(out / "model.pt", "cpu") if (out / "model.pt").is_file() else {}
-    if "fingerprints" not in saved:
-        return
-    now = data_identity(corpus)
-    what = ("vocabulary" if saved["vocab"] != now["vocab"] else
-            "training data" if saved["fingerprints"]["train"] != now["fingerprints"]["train"] else None)
-    if what:
-        raise UsageError(f"--resume: the {what} is not the one {out} was trained on (other files under "
-                         f"--data-dir?); resume it on its own data")
+    bad = lambda why: UsageError(f"{path}: not a best model of a run ({why}); restore it or retrain with --overwrite")
+    return checked(load_pt(path, device, bad), MODEL_FIELDS, bad, "read it with the lagvae that wrote it")
 
 
 def banner(cfg, out, device, corpus, model, resumed=None, threads=None):
@@ -1464,57 +1454,10 @@ def evaluate(model, batches, cfg, iw_samples=0, desc="eval", rec_acc=False, mi_s
     paper's rule. SA-VAE is evaluated on its refined posteriors, and `svi_gap` is how much
     refinement lowers the -ELBO. stoppable: a stop request (SIGTERM, Ctrl-C) ends the pass between
     batches (a run's final test: its training is saved, the test is rerun on --resume)."""
-    seen = evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable)
-    out = {**elbo_metrics(seen), **mi_metrics(seen), "au": active_units(seen.mu), "n": seen.n}
-    if model.kind == "text":
-        out.update(elbo_ppl=perplexity(seen.rec + seen.kl, seen.tokens))
-        if rec_acc:
-            out.update(reconstruction_metrics(model, batches, seen))
-    if cfg.savae:
-        out["svi_gap"] = (seen.amortized - seen.rec - seen.kl) / seen.n
-    if iw_samples:
-        out.update(iw_nll=seen.nll / seen.n, iw_samples=iw_samples,
-                   **({"ppl": perplexity(seen.nll, seen.tokens)} if model.kind == "text" else {}))
-    return out
-
-
-@dataclass
-class Seen:
-    """What one pass over the evaluation batches gathers for every metric: sums over the examples
-    (in batch order) and the encodings."""
-    n: int
-    tokens: int
-    rec: float
-    kl: float
-    mi: float                 # the per-batch MI estimate times the batch size
-    nll: float                # IW-NLL (when asked)
-    amortized: float          # SA-VAE: the -ELBO before refinement
-    hits: int                 # text: tokens that greedy decoding from mu reproduces
-    mu: torch.Tensor
-    logvar: torch.Tensor
-    z_mi: torch.Tensor        # the draws of z behind the MI estimates
-
-
-def evaluation_batches(batches, cfg, desc):
-    """(i, batch) with a tqdm bar, or progress lines where stdout is no terminal: IW-NLL takes minutes."""
-    lines = progress_lines(cfg)
-    start = last = time.time()
-    for i, x in enumerate(tqdm(batches, desc=desc, disable=cfg.quiet or None, leave=False)):
-        if lines and i and time.time() - last >= cfg.progress_every:
-            last = time.time()
-            print(f"{desc} | batch {i}/{len(batches)} | {mmss(last - start)} elapsed, ETA "
-                  f"{mmss((last - start) / i * (len(batches) - i))}", flush=True)
-        yield i, x
-
-
-def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, stoppable=False):
-    """One pass. Noise comes from a generator seeded with cfg.seed, so every call sees the same noise;
-    the extra MI draws come from a second one, so that asking for them leaves every other number as
-    it was."""
     dev = batches[0].device
     gen = torch.Generator(dev).manual_seed(cfg.seed)
     mi_gen = torch.Generator(dev).manual_seed(cfg.seed + 1)
-    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)
+    sums = dict.fromkeys(("rec", "kl", "mi", "nll", "amortized"), 0.0)      # over the examples, in batch order
     n = tokens = hits = 0
     mus, logvars, zs = [], [], []
     for i, x in evaluation_batches(batches, cfg, desc):
@@ -1529,7 +1472,7 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
         sums["rec"] += float(-model.log_px_given_z(x, z).sum())
         sums["kl"] += float(gaussian_kl(mu, logvar).sum())
         z_mi = z if mi_samples == 1 else sample_z(mu, logvar, mi_samples, mi_gen)
-        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)
+        sums["mi"] += float(mutual_info_draws(mu, logvar, z_mi)) * x.size(0)      # the batch's estimate, weighted
         if iw_samples:
             sums["nll"] += float(iw_nll(model, x, iw_samples, cfg.iw_chunk, gen, (mu, logvar)).sum())
         if model.kind == "text" and rec_acc:
@@ -1537,23 +1480,29 @@ def evaluation_pass(model, batches, cfg, iw_samples, rec_acc, mi_samples, desc, 
         mus.append(mu), logvars.append(logvar), zs.append(z_mi)
         n += x.size(0)
         tokens += model.n_targets(x)
-    return Seen(n, tokens, **sums, hits=hits, mu=torch.cat(mus), logvar=torch.cat(logvars), z_mi=torch.cat(zs))
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    out = {"elbo": (sums["rec"] + sums["kl"]) / n, "rec": sums["rec"] / n, "kl": sums["kl"] / n, "mi": sums["mi"] / n,
+           "mi_full": float(mutual_info_draws(mu, logvar, torch.cat(zs))), "au": active_units(mu), "n": n}
+    if model.kind == "text":
+        out.update(elbo_ppl=perplexity(sums["rec"] + sums["kl"], tokens))
+        if rec_acc:
+            others = mu.roll(1, 0).split([len(x) for x in batches])
+            other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
+            out.update(rec_acc=hits / tokens, rec_acc_other=other_hits / tokens)
+    if cfg.savae:
+        out["svi_gap"] = (sums["amortized"] - sums["rec"] - sums["kl"]) / n
+    if iw_samples:
+        out.update(iw_nll=sums["nll"] / n, iw_samples=iw_samples,
+                   **({"ppl": perplexity(sums["nll"], tokens)} if model.kind == "text" else {}))
+    return out
 
 
-def elbo_metrics(seen):
-    return {"elbo": (seen.rec + seen.kl) / seen.n, "rec": seen.rec / seen.n, "kl": seen.kl / seen.n}
-
-
-def mi_metrics(seen):
-    """Eq. 5 two ways: each minibatch as the mixture (as the paper), and the whole set as one."""
-    return {"mi": seen.mi / seen.n, "mi_full": float(mutual_info_draws(seen.mu, seen.logvar, seen.z_mi))}
-
-
-def reconstruction_metrics(model, batches, seen):
-    """rec_acc, and rec_acc_other: the same decoding from another document's mean (rolled by one)."""
-    others = seen.mu.roll(1, 0).split([len(x) for x in batches])
-    other_hits = sum(reconstruction_hits(model, x, m) for x, m in zip(batches, others))
-    return {"rec_acc": seen.hits / seen.tokens, "rec_acc_other": other_hits / seen.tokens}
+def evaluation_batches(batches, cfg, desc):
+    """(i, batch), with progress lines: IW-NLL takes minutes."""
+    progress = Progress(cfg, desc, len(batches))
+    for i, x in enumerate(batches):
+        yield i, x
+        progress.step()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1730,8 +1679,8 @@ class TrainState:
         self.current = EpochInProgress(self.switch.on, dict(self.steps), torch.zeros(2, device=device))
 
     def state_dict(self):
-        """Plain types only (the rules as dicts), so the file loads whichever module wrote it; the layout
-        is that of the checkpoints written before this class (the epoch in progress under "run")."""
+        """Plain types only (the rules as dicts), so the file loads whichever module wrote it; the epoch
+        in progress under "run"."""
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "current"}
         return {**plain, "plateau": vars(self.plateau), "switch": vars(self.switch),
                 "run": vars(self.current) if self.current else None}
@@ -1758,6 +1707,20 @@ def divergence(metrics, score, model, batches):
         return f"validation loss {score:.4g} is over {DIVERGED} times that of a uniform guess ({uniform:.4g})"
     broken = nonfinite(metrics)
     return f"validation {', '.join(broken)}" if broken else None
+
+
+def restored(ck, model, cfg, last):
+    """(state, optimizers) of a checked last.pt (load_last), its weights put into model."""
+    try:
+        model.load_state_dict(ck["model"])
+        state = TrainState.new(cfg)
+        state.load_state_dict(ck["state"])
+        opts = make_optimizers(model, cfg, state.lr)
+        for name, opt in opts.items():
+            opt.load_state_dict(ck["opts"][name])
+    except Exception as e:      # a file from other flags: say which and why
+        raise UsageError(f"--resume: cannot continue from {last} ({short_reason(e)})") from None
+    return state, opts
 
 
 def pretrain_encoder(cfg, out, model, device):
@@ -1792,7 +1755,9 @@ def train_in(cfg, out, generate=True):
     resuming = cfg.resume and resumable(out)
     more = lambda: state.current is not None or state.epoch < cfg.epochs and state.decays < cfg.max_decay
     if resuming:
-        state, opts, threads = load_last(out, model, cfg, rng, device, corpus)
+        ck = load_last(out, rng, device, corpus)
+        state, opts = restored(ck, model, cfg, out / "last.pt")
+        keep_rows(out, ck["rows"], out / "last.pt")
         if not more() and (out / "result.json").is_file():
             load_best(out / "model.pt", device)      # the result stands for a model that is there and readable
             if not cfg.quiet:
@@ -1816,7 +1781,7 @@ def train_in(cfg, out, generate=True):
     hooks = Hooks(cfg, corpus, model, out, state, device, fresh=not resuming)
     if not cfg.quiet:
         print("\n".join(banner(cfg, out, device, corpus, model, state if resuming else None,
-                               threads if resuming else None)), flush=True)
+                               ck["threads"] if resuming else None)), flush=True)
 
     if more():       # a finished run trained further is unfinished until its new result is written
         (out / "result.json").unlink(missing_ok=True)
@@ -1932,12 +1897,12 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
     batches = epoch_batches(corpus, cfg, rng, ep, device)
     random_batch = lambda: corpus.prepare(batches[rng.integers(len(batches))])
     checks = mi_check_points(cfg, len(batches))
-    progress = Progress(cfg, state.epoch, batches, ep.batch, ep.aggressive)
+    # No bound on the run's time left while aggressive: those epochs cost several times a plain one, so
+    # it would be hours off (446 min said for a 30-minute main job).
+    progress = Progress(cfg, f"epoch {state.epoch:3d}", len(batches), ep.batch,
+                        None if ep.aggressive else max(0, cfg.epochs - state.epoch))
     t0 = last_save = time.time()
     model.train()
-    # disable=None: progress bars only on a terminal, never in nohup logs.
-    bar = tqdm(total=len(batches), initial=ep.batch, desc=f"epoch {state.epoch}",
-               disable=cfg.quiet or None, leave=False)
     while ep.batch < len(batches):
         x = corpus.prepare(batches[ep.batch])
         state.it += 1
@@ -1955,8 +1920,8 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
             hooks.after_batch("joint")
         ep.sums += torch.stack([rec.sum(), kl.sum()])
         ep.batch += 1
-        bar.update()
-        progress.step(x.size(0), steps["encoder"] - ep.steps["encoder"], ep.sums)
+        progress.step(lambda: f"inner steps {steps['encoder'] - ep.steps['encoder']} | train -elbo "
+                              f"{float(ep.sums.sum()) / sum(len(b) for b in batches[:ep.batch]):.3f} | ")
         if switch.on and ep.batch in checks:      # Sec. 4.2, checked within the epoch
             ep.mi_checks.append(evaluate(model, val, cfg, desc="valid")["mi_full"])
             switch.step(ep.mi_checks[-1], final=False)
@@ -1968,7 +1933,6 @@ def train_epoch(model, opts, corpus, val, cfg, state, rng, hooks, save):
             t0 = last_save = time.time()
             save()
             STOP.check(f"epoch {state.epoch} batch {ep.batch}")
-    bar.close()
     ep.seconds += time.time() - t0
     ep.n_train = sum(len(b) for b in batches)
 
@@ -2015,9 +1979,7 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
     verdict = state.plateau.step(score)
     decay = state.epoch in decay_epochs(cfg.decay_at) if cfg.decay_at else verdict == "decay"
     if verdict == "best":
-        atomic_save({"config": asdict(cfg), "model": model.state_dict(),
-                     "vocab_size": getattr(corpus, "vocab_size", None), "epoch": state.epoch,
-                     **data_identity(corpus)}, out / "model.pt")
+        save_model(out / "model.pt", cfg, model, state.epoch, data_identity(corpus))
     if decay:                                     # halve the lr and restart from the best model
         state.lr *= cfg.lr_decay
         state.decays += 1
@@ -2045,11 +2007,9 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
     bad = lambda why: UsageError(f"--ckpt {ckpt}: {why}")
     if not Path(ckpt).is_file():
         raise bad("no such file" if not Path(ckpt).exists() else "not a file (a run directory? its model.pt)")
-    ck = load_pt(ckpt, "cpu", lambda why: bad(f"not a lagvae model checkpoint ({why})"))
-    missing = [k for k in CHECKPOINT_FIELDS if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        hint = "; last.pt holds training state, evaluate model.pt" if isinstance(ck, dict) and "state" in ck else ""
-        raise bad(f"not a lagvae model checkpoint (no {', '.join(missing)}{hint})")
+    not_model = lambda why: bad(f"not a lagvae model checkpoint ({why})")
+    ck = checked(load_pt(ckpt, "cpu", not_model), MODEL_FIELDS, not_model, "evaluate it with the lagvae that "
+                 "wrote it (its run's config.json names the git commit)")
     saved, weights = ck["config"], ck["model"]
     if not isinstance(saved, dict):
         raise bad(f"its config is a {type(saved).__name__}, expected a dict of fields")
@@ -2066,24 +2026,19 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
     cfg = resolve_config({**saved, "device": device, **({"data_dir": data_dir} if data_dir else {}), **overrides})
     if test and datalib.kind(cfg.data) != "text":
         raise UsageError(f"--test {test}: a file of sentences for a text model; {ckpt} is an image model")
-    if (test or not need_data) and ck.get("vocab") is not None:
+    if test:
         labelled = datalib.text_spec(cfg.data, ".")[1].get("labelled", False)
-        corpus = (datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled) if test
-                  else datalib.TextCorpus(cfg.data, ck["vocab"], {}))
-    elif not need_data and datalib.kind(cfg.data) == "image":       # the model needs no image to be built
-        corpus = datalib.ImageData(cfg.data, {}, "none")
-    elif test or not need_data:
-        raise bad("stores no vocabulary (an older checkpoint): new text needs the run's data files, "
-                  "use eval without --test, encode or samples without --input / --reconstruct")
-    else:
+        corpus = datalib.test_corpus(cfg.data, test, ck["vocab"], cfg.subset, cfg.max_len, labelled)
+    elif need_data:
         corpus = load_data(cfg, generate=False)
+    elif datalib.kind(cfg.data) == "text":
+        corpus = datalib.TextCorpus(cfg.data, ck["vocab"], {})
+    else:       # the model needs no image to be built
+        corpus = datalib.ImageData(cfg.data, {}, "none")
     if getattr(corpus, "vocab_size", None) != ck["vocab_size"]:
         raise bad(f"trained with vocabulary {ck['vocab_size']}, "
                   f"but {cfg.data} now has {getattr(corpus, 'vocab_size', None)}")
-    if corpus.splits and "fingerprints" not in ck:
-        print(f"lagvae: warning: --ckpt {ckpt} stores no vocabulary or data fingerprint (an older checkpoint): "
-              f"ids are rebuilt from {cfg.data}'s files, which must be the ones it was trained on", file=sys.stderr)
-    elif corpus.splits and ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
+    if corpus.splits and ck["vocab"] is not None and ck["vocab"] != corpus.vocab:
         first = next(i for i, (a, b) in enumerate(zip(ck["vocab"], corpus.vocab)) if a != b)
         raise bad(f"its vocabulary is not the one {cfg.data} gives now (id {first}: {ck['vocab'][first]!r} when "
                   f"trained, {corpus.vocab[first]!r} now): its numbers on this data would be wrong")
@@ -2092,7 +2047,7 @@ def load_checkpoint(ckpt, data_dir=None, device="auto", need_data=True, test=Non
         model.load_state_dict(weights)
     except RuntimeError as e:       # missing, unexpected or differently shaped tensors
         raise bad(f"its weights do not fit its config ({e})") from None
-    model.fingerprints, model.epoch = ck.get("fingerprints"), ck.get("epoch")
+    model.identity, model.epoch = {k: ck[k] for k in ("vocab", "specials", "fingerprints")}, ck["epoch"]
     return model, cfg, corpus
 
 
@@ -2130,7 +2085,7 @@ def evaluate_checkpoint(ckpt, iw_samples=None, mi_samples=None, data_dir=None, d
         if broken:
             raise UsageError(f"--ckpt {ckpt}: evaluation gave {', '.join(broken)}; the model is numerically broken")
         result = {"data": cfg.data, "mode": mode_name(cfg), "seed": cfg.seed, **result,
-                  **test_set_note(model.fingerprints, corpus, ckpt)}
+                  **test_set_note(model.identity["fingerprints"], corpus, ckpt)}
         return update_result(Path(ckpt).parent / "result.json", {**result, "mi_samples": cfg.mi_samples}) if update else result
 
 
@@ -2181,8 +2136,6 @@ def bound_spread(model, cfg, test, ks, n):
 def test_set_note(fingerprints, corpus, ckpt):
     """{"test_data": "as trained" | "other than at training"}, and a line on stderr when it is other:
     the same model on another test set is a fair evaluation, but not the run's own number."""
-    if fingerprints is None:
-        return {}
     if fingerprints["test"] == fingerprint(corpus.splits["test"]):
         return {"test_data": "as trained"}
     print(f"lagvae: note: the test set is not the one {ckpt} was tested on at the end of training", file=sys.stderr)
@@ -2402,10 +2355,7 @@ def load(path, device="auto", threads=None):
 
 def save(model, path):
     """A model from load() (trained further or not) as a model.pt that load() and every command read."""
-    atomic_save({"config": asdict(model.cfg), "model": model.state_dict(),
-                 "vocab_size": len(model.vocab) if model.vocab is not None else None, "epoch": model.epoch,
-                 "vocab": model.vocab, "specials": datalib.SPECIALS if model.vocab is not None else None,
-                 "fingerprints": model.fingerprints}, Path(path))
+    save_model(Path(path), model.cfg, model, model.epoch, model.identity)
     return Path(path)
 
 
@@ -2896,47 +2846,6 @@ def format_claims(path, fmt="md"):
     return write_table(rows, ["paper", "claim", "paper's number", "ours", "verdict", "section"], fmt)
 
 
-# RESULTS.md's tables sit in blocks headed by the `table` command that makes them (run from the
-# repository root), so that `report` rewrites each from the committed records and a test can say
-# when one no longer matches them.
-REPORT_BLOCK = re.compile(r"(<!-- lagvae\.py (table [^\n]*?) -->\n)(.*?)(?=<!-- end -->)", re.S)
-
-
-def report(path="RESULTS.md", check=False):
-    """Rewrites every block of `path` from the records its command names; with check, writes nothing
-    and refuses a file whose blocks differ from what their commands make now."""
-    def render(m):
-        argv = [a for arg in m.group(2).split() for a in (sorted(glob.glob(arg)) or [arg])]
-        args = vars(build_parser().parse_args(argv))
-        del args["cmd"], args["func"]
-        return m.group(1) + table_text(**args) + "\n"
-    old = Path(path).read_text(encoding="utf-8")
-    new = REPORT_BLOCK.sub(render, old)
-    stale = [a.group(2) for a, b in zip(REPORT_BLOCK.finditer(old), REPORT_BLOCK.finditer(new)) if a[0] != b[0]]
-    if check and stale:
-        raise UsageError(f"{path}: {len(stale)} block(s) differ from their records (`lagvae.py report` "
-                         f"rewrites them): {'; '.join(stale)}")
-    if not check and new != old:
-        write_atomic(Path(path), new.encode())
-    return f"{path}: {len(list(REPORT_BLOCK.finditer(old)))} blocks, {len(stale)} rewritten" + (
-        " (checked only)" if check else "")
-
-
-def read_jsonl(path):
-    """The records of a JSON-lines file (path:line names one that is not JSON)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not readable as JSON lines ({e})") from None
-    records = []
-    for n, line in enumerate(lines, 1):
-        try:
-            records += [json.loads(line)] if line else []
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
-    return records
-
-
 def read_means(path):
     """Posterior-mean records (snapshots or a trajectory): at least one, each with as many model as
     inference means (arrays), at least one of each."""
@@ -3278,7 +3187,7 @@ def build_parser():
         add_field_flag(ev, name, "default: the run's")
     ev.add_argument("--update", action="store_true",
                     help="write the evaluation into the run's result.json, printing each number that changes")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--quiet", action="store_true", help="no progress lines")
     ev.add_argument("--eval-seeds", type=positive(int), default=None, metavar="N",
                     help="evaluate N times with the noise of seeds 0..N-1 and report mean and variance "
                          "(the paper's Tables 7 and 8)")
@@ -3358,6 +3267,32 @@ def build_parser():
     return ap
 
 
+# RESULTS.md's tables sit in blocks headed by the `table` command that makes them (run from the
+# repository root), so that `report` rewrites each from the committed records and a test can say
+# when one no longer matches them.
+REPORT_BLOCK = re.compile(r"(<!-- lagvae\.py (table [^\n]*?) -->\n)(.*?)(?=<!-- end -->)", re.S)
+
+
+def report(path="RESULTS.md", check=False):
+    """Rewrites every block of `path` from the records its command names; with check, writes nothing
+    and refuses a file whose blocks differ from what their commands make now."""
+    def render(m):
+        argv = [a for arg in m.group(2).split() for a in (sorted(glob.glob(arg)) or [arg])]
+        args = vars(build_parser().parse_args(argv))
+        del args["cmd"], args["func"]
+        return m.group(1) + table_text(**args) + "\n"
+    old = Path(path).read_text(encoding="utf-8")
+    new = REPORT_BLOCK.sub(render, old)
+    stale = [a.group(2) for a, b in zip(REPORT_BLOCK.finditer(old), REPORT_BLOCK.finditer(new)) if a[0] != b[0]]
+    if check and stale:
+        raise UsageError(f"{path}: {len(stale)} block(s) differ from their records (`lagvae.py report` "
+                         f"rewrites them): {'; '.join(stale)}")
+    if not check and new != old:
+        write_atomic(Path(path), new.encode())
+    return f"{path}: {len(list(REPORT_BLOCK.finditer(old)))} blocks, {len(stale)} rewritten" + (
+        " (checked only)" if check else "")
+
+
 def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):
     """The fields of a run's config.json, less `left`: where it ran and how it was started."""
     saved = read_run_config(path, flag)
@@ -3416,7 +3351,7 @@ def main(argv=None):
     except (UsageError, datalib.DataError, OSError) as e:
         return fail(e)
     except Interrupted as e:
-        if sys.stderr.isatty():       # the progress bar's line is unfinished: the message starts its own
+        if sys.stderr.isatty():       # after the terminal's echo of ^C: the message starts its own line
             print(file=sys.stderr)
         fail(e)
         return e.exit_code

@@ -458,8 +458,10 @@ def test_help_explains_every_train_flag(capsys):
     assert "(ICLR 2019)." in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("quiet", [False, True])
-def test_progress_lines_when_stdout_is_not_a_terminal(data_env, tmp_path, capsys, quiet):
+@pytest.mark.parametrize("quiet,terminal", [(False, False), (True, False), (False, True)])
+def test_progress_lines_in_a_log_as_on_a_terminal(data_env, tmp_path, monkeypatch, capsys, quiet, terminal):
+    """One kind of progress, plain lines, wherever stdout goes (a nohup log, CI, a terminal)."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--progress-every", "1e-9",
                         "--out", str(tmp_path / "run"), *(["--quiet"] if quiet else [])]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -619,7 +621,7 @@ def with_weight(name, value):
     (without("vocab_size"), "not a lagvae model checkpoint (no vocab_size)"),
     (without("model"), "(no model)"),
     (without("config"), "(no config)"),
-    (lambda ck: torch.zeros(3), "(no config, model, vocab_size)"),
+    (lambda ck: torch.zeros(3), "(no config, model, vocab_size, epoch, vocab, specials, fingerprints)"),
     (lambda ck: {**ck, "config": [1, 2]}, "its config is a list"),
     (with_config(nz=3), "its weights do not fit its config"),
     (with_config(enc_nh=17), "its weights do not fit its config"),
@@ -644,7 +646,7 @@ def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, capsys, edit, ne
 
 def test_training_state_is_not_a_model_checkpoint(trained, capsys):
     assert lagvae.main(["eval", "--ckpt", str(trained / "last.pt")]) == 2
-    assert "last.pt holds training state, evaluate model.pt" in one_error_line(capsys)
+    assert "not a lagvae model checkpoint (it holds training state: a last.pt?)" in one_error_line(capsys)
 
 
 def test_eval_flags_are_checked_as_eval_flags(trained, capsys):

@@ -60,18 +60,30 @@ def test_a_kill_between_an_epochs_log_row_and_its_checkpoint_leaves_no_repeated_
     assert results[0] == results[1]
 
 
-def test_resume_of_a_checkpoint_from_before_row_counts_keeps_the_finished_epochs_rows(data_env, tmp_path, monkeypatch):
-    """last.pt files written before they counted rows (the grid's in-flight runs) still resume: the
-    log keeps one row per finished epoch, not one per started epoch."""
+def test_a_last_pt_of_another_format_version_is_refused_and_one_without_a_version_resumes(data_env, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """A last.pt of another version, or one without a version and of an older layout (before row
+    counts), is refused in one line that names it and says what to do, and the run's files are left
+    as they were; one without a version but with every field of version 1 (the grid in flight, commit
+    fcf27fc) resumes: the log keeps one row per finished epoch, not one per started epoch."""
     out = tmp_path / "run"
     flags = ["--epochs", "3", "--checkpoint-minutes", "1e-9"]
     with monkeypatch.context() as m:
         kill_after(m, "end_epoch", 2)
         with pytest.raises(Killed):
             lagvae.main(BASE + flags + ["--out", str(out)])
-    ck = torch.load(out / "last.pt", weights_only=False)
-    del ck["rows"]
-    torch.save(ck, out / "last.pt")
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["version"] == lagvae.CHECKPOINT_VERSION == 1
+    unversioned = {k: v for k, v in ck.items() if k != "version"}
+    log = (out / "log.jsonl").read_bytes()
+    for bad, says in (({**ck, "version": 2}, "format 2;"), ({**ck, "version": "1"}, "format '1';"),
+                      ({k: v for k, v in unversioned.items() if k != "rows"}, "format older, without a version;")):
+        torch.save(bad, out / "last.pt")
+        assert lagvae.main(BASE + flags + ["--out", str(out), "--resume"]) == 2
+        one_line(capsys, f"{out / 'last.pt'} (checkpoint {says} this lagvae reads version 1: finish the run with the "
+                         f"lagvae that wrote it", "--overwrite")
+        assert (out / "log.jsonl").read_bytes() == log
+    torch.save(unversioned, out / "last.pt")
     assert lagvae.main(BASE + flags + ["--out", str(out), "--resume"]) == 0
     assert [r["epoch"] for r in lagvae.read_jsonl(out / "log.jsonl")] == [1, 2, 3]
 
@@ -248,7 +260,7 @@ def test_kill_at_every_kind_of_write_then_resume_gives_every_file_of_the_uninter
 def test_a_corrupt_best_model_is_one_line_naming_it(tmp_path):
     for content in (b"", b"\x80\x02garbage", b"PK\x03\x04"):
         (tmp_path / "model.pt").write_bytes(content)
-        with pytest.raises(lagvae.UsageError, match=r"model.pt: not readable as a lagvae checkpoint"):
+        with pytest.raises(lagvae.UsageError, match=r"model.pt: not a best model of a run \(.*\); restore it or"):
             lagvae.load_best(tmp_path / "model.pt", torch.device("cpu"))
 
 
@@ -400,13 +412,14 @@ def test_a_crafted_checkpoint_runs_no_code_and_is_a_one_line_refusal(data_env, f
 
 
 def old_lagvae(tmp_path):
-    """lagvae.py, data.py and paper_results.csv of commit ca6172f, whose files the grid in flight wrote."""
+    """lagvae.py, data.py and paper_results.csv of commit fcf27fc, whose files the grid in flight writes
+    (without a checkpoint version: version 1's layout)."""
     old = tmp_path / "old"
     old.mkdir()
     for f in ("lagvae.py", "data.py", "paper_results.csv"):
-        shown = subprocess.run(["git", "show", f"ca6172f:{f}"], cwd=ROOT, capture_output=True)
+        shown = subprocess.run(["git", "show", f"fcf27fc:{f}"], cwd=ROOT, capture_output=True)
         if shown.returncode:
-            pytest.skip("commit ca6172f is not in this checkout")
+            pytest.skip("commit fcf27fc is not in this checkout")
         (old / f).write_bytes(shown.stdout)
     return old
 
@@ -426,16 +439,17 @@ lagvae.main(sys.argv[3:])
 
 
 @pytest.mark.slow
-def test_files_of_the_code_before_issue_37_load_and_resume_exactly(data_env, tmp_path):
-    """A last.pt (mid-epoch 2) and model.pt written by commit ca6172f load with weights_only and the
-    resumed run is bit-identical to an uninterrupted run of today's code."""
+def test_files_of_the_grid_in_flight_load_and_resume_exactly(data_env, tmp_path):
+    """A last.pt (mid-epoch 2) and model.pt written by commit fcf27fc, without a version, load with
+    weights_only and the resumed run is bit-identical to an uninterrupted run of today's code."""
     flags = BASE + ["--epochs", "2", "--aggressive", "--checkpoint-minutes", "1e-9"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert lagvae.main(flags + ["--out", str(straight)]) == 0
     proc = subprocess.run([sys.executable, "-c", KILL_OLD, str(old_lagvae(tmp_path)), "12", *flags, "--out", str(killed)],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 9
-    assert torch.load(killed / "last.pt", weights_only=True)["state"]["run"] is not None
+    ck = torch.load(killed / "last.pt", weights_only=True)
+    assert ck["state"]["run"] is not None and "version" not in ck
     assert lagvae.main(["eval", "--ckpt", str(killed / "model.pt"), "--iw-samples", "2", "--quiet"]) == 0
     assert lagvae.main(flags + ["--out", str(killed), "--resume"]) == 0
     assert untimed(lagvae.read_jsonl(straight / "log.jsonl")) == untimed(lagvae.read_jsonl(killed / "log.jsonl"))

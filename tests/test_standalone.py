@@ -128,21 +128,34 @@ def test_resume_refuses_other_training_data(tmp_path, capsys):
     assert len(err) == 1 and "the training data is not the one" in err[0]
 
 
-def test_an_older_checkpoint_without_vocabulary_loads_with_a_warning(tmp_path, capsys):
+def test_a_model_pt_of_another_format_version_is_refused_and_one_without_a_version_loads(tmp_path, capsys):
+    """A model.pt of another version, or one without a version and of an older layout (before it
+    carried its vocabulary), is refused in one line that names it and says what to do; one without a
+    version but with every field of version 1 (the grid in flight, commit fcf27fc) evaluates as it did."""
     data = corpus(tmp_path / "a", "c", sentences(200))
     train(data, tmp_path / "run")
-    ck = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
-    for k in ("vocab", "specials", "fingerprints"):
-        del ck[k]
-    torch.save(ck, tmp_path / "run" / "model.pt")
+    ckpt = tmp_path / "run" / "model.pt"
+    ck = torch.load(ckpt, weights_only=True)
+    assert ck["version"] == lagvae.CHECKPOINT_VERSION
     capsys.readouterr()
-    assert lagvae.main(["eval", "--ckpt", str(tmp_path / "run" / "model.pt"), "--quiet"]) == 0
-    out, err = capsys.readouterr()
-    assert "test_data" not in json.loads(out) and "warning" in err and "stores no vocabulary" in err
-    new = tmp_path / "new.txt"
-    new.write_text("a sentence\n")
-    with pytest.raises(lagvae.UsageError, match="stores no vocabulary .* new text needs the run's data files"):
-        lagvae.export_latents(tmp_path / "run" / "model.pt", input=str(new))      # new text alone: refused
+    assert lagvae.main(["eval", "--ckpt", str(ckpt), "--quiet", "--iw-samples", "5"]) == 0
+    versioned = json.loads(capsys.readouterr().out)
+    unversioned = {k: v for k, v in ck.items() if k != "version"}
+    for bad, says in (({**ck, "version": 0}, "format 0;"),
+                      ({k: v for k, v in unversioned.items() if k not in ("vocab", "specials", "fingerprints")},
+                       "format older, without a version;")):
+        torch.save(bad, ckpt)
+        assert lagvae.main(["eval", "--ckpt", str(ckpt), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0] == (f"lagvae: error: --ckpt {ckpt}: not a lagvae model checkpoint (checkpoint "
+                                            f"{says} this lagvae reads version 1: evaluate it with the lagvae that "
+                                            f"wrote it (its run's config.json names the git commit))")
+        with pytest.raises(lagvae.UsageError, match="this lagvae reads version 1"):
+            lagvae.load(ckpt)
+    torch.save(unversioned, ckpt)
+    assert lagvae.main(["eval", "--ckpt", str(ckpt), "--quiet", "--iw-samples", "5"]) == 0
+    assert json.loads(capsys.readouterr().out) == versioned
+    assert lagvae.load(ckpt).epoch == 1
 
 
 def test_a_vocabulary_that_differs_is_named_by_its_first_differing_id(tmp_path, capsys):
