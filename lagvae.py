@@ -2617,12 +2617,11 @@ def paired(results, a, b, paper_data=None, level=0.95):
 
 
 def paired_verdict(row):
-    """What the interval says: B lower, B higher or undecided, and whether the paper's B - A lies in it."""
-    lo, hi, p = row["ci_low"], row["ci_high"], row["paper"]
-    if math.isnan(lo):
+    """What the interval says of the direction: B lower, B higher or undecided. The paper's B - A is
+    set beside, never tested: its corpus and scale are not these runs'."""
+    if math.isnan(row["ci_low"]):
         return "one seed: no interval"
-    side = "B lower" if hi < 0 else "B higher" if lo > 0 else "undecided"
-    return side + ("" if p is None else "; paper's inside" if lo <= p <= hi else "; paper's excluded")
+    return "B lower" if row["ci_high"] < 0 else "B higher" if row["ci_low"] > 0 else "undecided"
 
 
 PAIRED_CSV = ["data", "a", "b", "metric", "n", "seeds", "diffs", "mean", "sd", "ci_low", "ci_high", "level",
@@ -2781,7 +2780,7 @@ def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, pap
 # paired seeds; a collapse state in more or fewer than half the runs) is tested two-sided, and Holm's
 # step-down rule over the claims of one of the paper's tables keeps that table's family-wise error at
 # 5 %. A test at another corpus or scale decides the direction only; the magnitudes are shown beside.
-CLAIM_FIELDS = ["table", "claim", "kind", "runs", "a", "b", "metric", "direction", "section"]
+CLAIM_FIELDS = ["table", "claim", "kind", "runs", "a", "b", "metric", "direction", "paper_data", "section"]
 
 
 def holm(pvalues, alpha=0.05):
@@ -2796,53 +2795,52 @@ def holm(pvalues, alpha=0.05):
 
 
 def claim_test(claim, results):
-    """(what we measured, its two-sided p-value, the sign of the effect) for one claim, and the paper's
-    number beside it. paired: B - A of `metric` over seeds with both runs; count: how many runs of mode
-    B are in the collapse state `metric`, against half of them."""
+    """(what we measured, its two-sided p-value, the sign of the effect, the paper's number) for one
+    claim. paired: B - A of `metric` over the seeds with both runs; count: how many runs of mode B are
+    in the collapse state `metric`, against half of them."""
     from scipy import stats
-    ref = PAPER_DATA.get(results[0]["data"], results[0]["data"]) if results else ""
-    paper = paper_results()
+    paper, ref = paper_results(), claim["paper_data"]
     pa, pb = paper.get((ref, claim["a"]), {}), paper.get((ref, claim["b"]), {})
     if claim["kind"] == "paired":
         row = next((r for r in paired(results, claim["a"], claim["b"]) if r["metric"] == claim["metric"]), None)
         if row is None:
-            raise UsageError(f"claim {claim['claim']!r}: no pair of {claim['a']} and {claim['b']} among its runs")
-        col = PAIRED_COLUMNS[claim["metric"]]
-        n, mean, sd = row["n"], row["mean"], row["sd"]
+            raise ValueError(f"claim {claim['claim']!r}: no seed has runs of both {claim['a']} and {claim['b']}")
+        col, n, mean, sd = PAIRED_COLUMNS[claim["metric"]], row["n"], row["mean"], row["sd"]
         p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if n > 1 and sd > 0 else 1.0
         here = (f"{mean:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], {n} seeds" if n > 1 else
                 f"{mean:+.2f}, one seed")
-        theirs = f"{float(pb[col]) - float(pa[col]):+.2f} ({ref})" if pa.get(col) and pb.get(col) else ""
+        theirs = f"{float(pb[col]) - float(pa[col]):+.2f}" if pa.get(col) and pb.get(col) else ""
         return here, p, np.sign(mean), theirs
     states = [collapse_state(r) for r in results if r["mode"] == claim["b"]]
+    if not states:
+        raise ValueError(f"claim {claim['claim']!r}: no run of mode {claim['b']}")
     k, n = states.count(claim["metric"]), len(states)
-    if not n:
-        raise UsageError(f"claim {claim['claim']!r}: no finished run of mode {claim['b']} among its runs")
-    p = float(stats.binomtest(k, n, 0.5).pvalue)
     theirs = ", ".join(f"{c.upper()} {pb[c]}" for c in ("kl", "au") if pb.get(c))
-    return f"{k} of {n} {claim['metric']}", p, np.sign(k - n / 2), theirs + (f" ({ref})" if theirs else "")
+    return f"{k} of {n} {claim['metric']}", float(stats.binomtest(k, n, 0.5).pvalue), np.sign(k - n / 2), theirs
 
 
 def format_claims(path, fmt="md"):
-    """The summary of the report: one row per claim of `path` (a CSV of CLAIM_FIELDS, each naming its
-    runs by a glob), with the paper's number, ours and the verdict."""
+    """The report's summary: one row per claim of `path` (a CSV of CLAIM_FIELDS, each naming its runs
+    by a glob), the paper's number on its dataset beside ours and the verdict. A claim none of whose
+    runs has finished says so and stays out of its table's family."""
     with record_of(path, f"a CSV of claims with the columns {', '.join(CLAIM_FIELDS)}"):
         with open(path, encoding="utf-8") as f:
             claims = list(csv.DictReader(f))
-        tests = []
-        for c in claims:
-            runs = sorted(glob.glob(c["runs"]))
-            if not runs:
-                raise UsageError(f"{path}: claim {c['claim']!r}: no run matches {c['runs']}")
-            tests.append(claim_test(c, load_results(runs)))
-    rows = []
-    for table in dict.fromkeys(c["table"] for c in claims):
-        family = [i for i, c in enumerate(claims) if c["table"] == table]
-        for i, rejected in zip(family, holm([tests[i][1] for i in family])):
-            claimed = {"<": -1, ">": 1}[claims[i]["direction"]]
-            verdict = "undecided" if not rejected else "yes" if tests[i][2] == claimed else "no"
-            rows.append([table, claims[i]["claim"], tests[i][3], tests[i][0], verdict,
-                         f"[{claims[i]['section']}](#{claims[i]['section'].lower().replace(' ', '-')})"])
+        tests = {}
+        for i, c in enumerate(claims):
+            results = load_results(sorted(glob.glob(c["runs"])))
+            if results:
+                tests[i] = claim_test(c, results)
+        verdicts = {}
+        for table in dict.fromkeys(c["table"] for c in claims):
+            family = [i for i, c in enumerate(claims) if c["table"] == table and i in tests]
+            for i, rejected in zip(family, holm([tests[i][1] for i in family])):
+                claimed = {"<": -1, ">": 1}[claims[i]["direction"]]
+                verdicts[i] = "undecided" if not rejected else "yes" if tests[i][2] == claimed else "no"
+    rows = [[c["table"], c["claim"], f"{tests[i][3]} ({c['paper_data']})" if i in tests and tests[i][3] else "",
+             tests[i][0] if i in tests else "no finished run yet", verdicts.get(i, "not run"),
+             f"[{c['section']}](#{re.sub(r'[^a-z0-9 -]', '', c['section'].lower()).replace(' ', '-')})"]
+            for i, c in enumerate(claims)]
     return write_table(rows, ["paper", "claim", "paper's number", "ours", "verdict", "section"], fmt)
 
 
@@ -3269,13 +3267,22 @@ def build_parser():
 
 # RESULTS.md's tables sit in blocks headed by the `table` command that makes them (run from the
 # repository root), so that `report` rewrites each from the committed records and a test can say
-# when one no longer matches them.
+# when one no longer matches them. A number in the prose must be one of a block's or the paper's.
 REPORT_BLOCK = re.compile(r"(<!-- lagvae\.py (table [^\n]*?) -->\n)(.*?)(?=<!-- end -->)", re.S)
+DECIMAL = re.compile(r"\d+\.\d+")
+
+
+def untraced_numbers(text, paper_csv=PAPER_CSV):
+    """The decimal numbers of `text` outside its blocks that no block and no row of the paper holds."""
+    known = set(DECIMAL.findall("".join(m[0] for m in REPORT_BLOCK.finditer(text))))
+    known |= set(DECIMAL.findall(Path(paper_csv).read_text(encoding="utf-8")))
+    return sorted(set(DECIMAL.findall(REPORT_BLOCK.sub("", text))) - known, key=float)
 
 
 def report(path="RESULTS.md", check=False):
     """Rewrites every block of `path` from the records its command names; with check, writes nothing
-    and refuses a file whose blocks differ from what their commands make now."""
+    and refuses a file whose blocks differ from what their commands make now, or whose prose has a
+    number that neither a block nor the paper has."""
     def render(m):
         argv = [a for arg in m.group(2).split() for a in (sorted(glob.glob(arg)) or [arg])]
         args = vars(build_parser().parse_args(argv))
@@ -3287,9 +3294,12 @@ def report(path="RESULTS.md", check=False):
     if check and stale:
         raise UsageError(f"{path}: {len(stale)} block(s) differ from their records (`lagvae.py report` "
                          f"rewrites them): {'; '.join(stale)}")
+    if check and untraced_numbers(old):
+        raise UsageError(f"{path}: numbers in the prose that no generated block and no row of the paper "
+                         f"hold: {', '.join(untraced_numbers(old))}")
     if not check and new != old:
         write_atomic(Path(path), new.encode())
-    return f"{path}: {len(list(REPORT_BLOCK.finditer(old)))} blocks, {len(stale)} rewritten" + (
+    return f"{path}: {len(REPORT_BLOCK.findall(old))} blocks, {len(stale)} rewritten" + (
         " (checked only)" if check else "")
 
 
