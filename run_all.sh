@@ -67,6 +67,11 @@ mkdir -p "$RUNS"
 # to $RUNS/NAME.log. A run that fails (diverged, bad flag, killed) is named on stderr and the others
 # go on: one bad run must not stall a grid that takes days; a section's tables are made only once
 # every run of it has finished.
+# NAME says everything that sets its run apart, so that one path never stands for two different runs:
+# DATA-PRESET-BUDGET-IWK-MODE-sSEED, e.g. ptb-cpu-ep30-iw50-aggressive-s0. BUDGET: ep30 or ep12, a fixed
+# 30 or 12 epochs; decay5, trained to the fifth lr decay (--epochs only a cap). IWK: the IW bound's
+# sample count (iw50, iw500; an LM's NLL is exact, it keeps its siblings' name). The synthetic, modes
+# and trajectory runs each have one setting, said in their section.
 queue=()
 failed=0
 HOURS=""      # with SCALE=paper, --list ends each job with its estimated GPU-hours (set per job)
@@ -212,40 +217,41 @@ if want protocol; then
   fi
 fi
 
-# The likelihood claims decided by paired seeds. ptb at the cpu scale, seeds 0-9, the
+# The likelihood claims decided by paired seeds. ptb at the cpu scale (its 30 epochs), seeds 0-9, the
 # paper's central rows; runs of one seed share the initialization and batch order, so B - A per seed
 # removes the seed's own luck. Seed by seed, Ours first, so that two lanes finish a seed together
 # (Ours ~49 min against the other four's ~47) and a grid cut short still has whole seeds to pair.
 # OMNIGLOT, seeds 0-2: the VAE, Ours and the PixelCNN at a converged budget: the cpu preset's 3,000
 # images trained until the fifth lr decay (the paper's stopping rule; --epochs 100 only caps it), not
-# 12 or 30 epochs, which stop the VAE while its validation -ELBO still falls.
+# 12 or 30 epochs, which stop the VAE while its validation -ELBO still falls (hence decay5 in the name).
 if want paired; then
   need paired ptb omniglot
   for seed in $PAIRED_SEEDS; do
     for job in "aggressive:--aggressive" "aggressive-anneal:--aggressive --anneal" "lm:--lm" "basic:" \
                "basic-anneal:--anneal"; do
-      run ptb-cpu-${job%%:*}-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed $seed
+      run ptb-cpu-ep30-iw50-${job%%:*}-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed $seed
     done
   done
   for seed in $IMAGE_PAIRED_SEEDS; do
     for job in "aggressive:--aggressive" "basic:" "lm:--lm"; do
-      run omniglot-conv-${job%%:*}-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 100 ${job#*:} \
-        --seed $seed
+      run omniglot-cpu-decay5-iw50-${job%%:*}-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu \
+        --epochs 100 ${job#*:} --seed $seed
     done
   done
   section_done && grid=1 || grid=0
   # The lr-schedule control: does the VAE - Ours gap come from their decay epochs? Seed 0's VAE with
   # the lr decays of seed 0's Ours (--decay-at reads them from its run), so queued after it.
-  run omniglot-conv-basic-decayat-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 100 \
-    --decay-at $T/omniglot-conv-aggressive-s0 --seed 0
+  run omniglot-cpu-decay5-iw50-basic-decayat-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 100 \
+    --decay-at $T/omniglot-cpu-decay5-iw50-aggressive-s0 --seed 0
   if section_done && [ $grid = 1 ]; then
     for pair in "basic aggressive" "basic+anneal aggressive+anneal" "lm aggressive" "lm aggressive+anneal"; do
       set -- $pair
-      $PY lagvae.py table --paired $1 $2 --paper-data yahoo $T/ptb-cpu-{lm,basic,basic-anneal,aggressive,aggressive-anneal}-s*/
+      $PY lagvae.py table --paired $1 $2 --paper-data yahoo \
+        $T/ptb-cpu-ep30-iw50-{lm,basic,basic-anneal,aggressive,aggressive-anneal}-s*/
       echo      # a blank line keeps the markdown tables apart
     done | tee $T/table_paired_ptb.md
     for pair in "basic aggressive" "lm aggressive" "lm basic" "basic basic+decayat" "basic+decayat aggressive"; do
-      $PY lagvae.py table --paired $pair $T/omniglot-conv-*-s*/
+      $PY lagvae.py table --paired $pair $T/omniglot-cpu-decay5-iw50-*-s*/
       echo
     done | tee $T/table_paired_omniglot.md
   fi
@@ -272,7 +278,7 @@ if want synthetic; then
   fi
 fi
 
-# Tables 1, 3 and 5 on the real text available offline (cpu preset, seeds 0-2): every
+# Tables 1, 3 and 5 on the real text available offline (cpu preset, its 30 epochs, seeds 0-2): every
 # row of the paper's Table 1 and the later remedies, on ptb and yahoo-small. The paper's own rows (LM,
 # VAE, VAE + anneal, Ours, Ours + anneal) get all three seeds before the remedies start, so that a
 # grid cut short still has the central comparison. SA-VAE costs 11x a basic run's gradient steps and
@@ -283,7 +289,7 @@ text_rows() {    # text_rows SEED "NAME:FLAGS"...: each row on both corpora
   local seed=$1 corpus job; shift
   for corpus in ptb yahoo-small; do
     for job in "$@"; do
-      run $corpus-cpu-${job%%:*}-s$seed --data $corpus ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed $seed
+      run $corpus-cpu-ep30-iw50-${job%%:*}-s$seed --data $corpus ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed $seed
     done
   done
 }
@@ -292,30 +298,30 @@ if want text; then
   for seed in $TEXT_SEEDS; do
     text_rows $seed "basic:" "aggressive:--aggressive" "lm:--lm" "basic-anneal:--anneal" \
       "aggressive-anneal:--aggressive --anneal"
-    run ptb-cpu-aggressive-adaptive-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --rule adaptive --seed $seed
+    run ptb-cpu-ep30-iw50-aggressive-adaptive-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --rule adaptive --seed $seed
   done
   for seed in $TEXT_SEEDS; do
     text_rows $seed "beta0.2:--beta 0.2" "beta0.4:--beta 0.4" "beta0.6:--beta 0.6" "beta0.8:--beta 0.8" \
       "fb0.125:--free-bits 0.125" "cyclical4:--cyclical 4" "bn0.6:--bn-gamma 0.6" "pretrain:--pretrain-encoder"
   done
   # The adaptive rule on yahoo-small, one seed (ptb has three above).
-  run yahoo-small-cpu-aggressive-adaptive-s0 --data yahoo-small ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --rule adaptive --seed 0
+  run yahoo-small-cpu-ep30-iw50-aggressive-adaptive-s0 --data yahoo-small ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --rule adaptive --seed 0
   # SA-VAE (Table 1's SA-VAE rows), seed 0, before Tables 9 and 10.
   text_rows 0 "savae:--savae" "savae-anneal:--savae --anneal"
   # Tables 4, 9 and 10 on ptb, seed 0 (the paper ran them on Yelp, and Table 9 on all three; ptb is the
-  # cheaper corpus). Table 4: fixed inner budgets; the convergence rule is ptb-cpu-aggressive-s0.
+  # cheaper corpus). Table 4: fixed inner budgets; the convergence rule is ptb-cpu-ep30-iw50-aggressive-s0.
   # Table 9: the paper's 30k-120k warm-up iterations are 10-38% of its 100-epoch Yahoo budget (3,125
   # batches an epoch); the same fractions of our 30 epochs of 136 ptb batches are 390-1570 iterations.
   # App. E warms up from 0.0 (Table 1's annealing starts at 0.1), seeds 0-2.
-  # Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-basic-s0).
+  # Table 10: the encoder's lr 2x, 4x, 6x (1x is ptb-cpu-ep30-iw50-basic-s0).
   for seed in $TEXT_SEEDS; do
     for n in 390 650 1300 1570; do
-      run ptb-cpu-anneal$n-from0-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --anneal --kl-start 0 \
+      run ptb-cpu-ep30-iw50-anneal$n-from0-s$seed --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --anneal --kl-start 0 \
         --warm-up-iters $n --seed $seed
     done
   done
   for m in 2 4 6; do
-    run ptb-cpu-enclr$m-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --encoder-lr-mult $m --seed 0
+    run ptb-cpu-ep30-iw50-enclr$m-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --encoder-lr-mult $m --seed 0
   done
   for seed in $TEXT_SEEDS; do      # seed 0's were queued above
     text_rows $seed "savae:--savae" "savae-anneal:--savae --anneal"
@@ -323,23 +329,24 @@ if want text; then
   # Table 4 on the CPU last: its result is already had from the same preset on a GPU (RESULTS.md), and
   # Table 1's rows, SA-VAE's included, get their three seeds first.
   for n in 10 30 50 70; do
-    run ptb-cpu-inner$n-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --inner-steps $n --seed 0
+    run ptb-cpu-ep30-iw50-inner$n-s0 --data ptb ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --inner-steps $n --seed 0
   done
   if section_done; then
     T1="lm basic basic-anneal beta0.2 beta0.4 beta0.6 beta0.8 savae savae-anneal aggressive aggressive-adaptive
         aggressive-anneal fb0.125 cyclical4 bn0.6 pretrain"
-    $PY lagvae.py table --all $(for c in ptb yahoo-small; do for r in $T1; do ls -d $T/$c-cpu-$r-s[012]/ 2>/dev/null; done; done) \
+    $PY lagvae.py table --all $(for c in ptb yahoo-small; do for r in $T1; do
+                                 ls -d $T/$c-cpu-ep30-iw50-$r-s[012]/ 2>/dev/null; done; done) \
       | tee $T/table_text.md
-    $PY lagvae.py table --all --by-run --paper-data yelp --paper-table 4 $T/ptb-cpu-inner*-s0/ $T/ptb-cpu-aggressive-s0 \
-      $T/ptb-cpu-basic-s0 | tee $T/table_text_inner.md
-    $PY lagvae.py table --all --paper-data yahoo --paper-table 9 $T/ptb-cpu-anneal*-from0-s[012]/ \
-      $T/ptb-cpu-{basic-anneal,aggressive-anneal,aggressive}-s[012]/ | tee $T/table_text_warmup.md
-    $PY lagvae.py table --all --by-run --paper-data yelp --paper-table 10 $T/ptb-cpu-enclr*-s0/ $T/ptb-cpu-basic-s0 \
-      | tee $T/table_text_enclr.md
-    $PY lagvae.py figure nll-au $T/ptb-cpu-*-s[012]/ --out $FIGS/nll_au_ptb.png
-    $PY lagvae.py figure nll-au $T/yahoo-small-cpu-*-s[012]/ --out $FIGS/nll_au_yahoo.png
-    $PY lagvae.py figure dynamics $T/ptb-cpu-basic-anneal-s0 $T/ptb-cpu-aggressive-s0 $T/ptb-cpu-beta0.2-s0 \
-      --out $FIGS/dynamics_ptb.png
+    $PY lagvae.py table --all --by-run --paper-data yelp --paper-table 4 $T/ptb-cpu-ep30-iw50-inner*-s0/ \
+      $T/ptb-cpu-ep30-iw50-aggressive-s0 $T/ptb-cpu-ep30-iw50-basic-s0 | tee $T/table_text_inner.md
+    $PY lagvae.py table --all --paper-data yahoo --paper-table 9 $T/ptb-cpu-ep30-iw50-anneal*-from0-s[012]/ \
+      $T/ptb-cpu-ep30-iw50-{basic-anneal,aggressive-anneal,aggressive}-s[012]/ | tee $T/table_text_warmup.md
+    $PY lagvae.py table --all --by-run --paper-data yelp --paper-table 10 $T/ptb-cpu-ep30-iw50-enclr*-s0/ \
+      $T/ptb-cpu-ep30-iw50-basic-s0 | tee $T/table_text_enclr.md
+    $PY lagvae.py figure nll-au $T/ptb-cpu-ep30-iw50-*-s[012]/ --out $FIGS/nll_au_ptb.png
+    $PY lagvae.py figure nll-au $T/yahoo-small-cpu-ep30-iw50-*-s[012]/ --out $FIGS/nll_au_yahoo.png
+    $PY lagvae.py figure dynamics $T/ptb-cpu-ep30-iw50-basic-anneal-s0 $T/ptb-cpu-ep30-iw50-aggressive-s0 \
+      $T/ptb-cpu-ep30-iw50-beta0.2-s0 --out $FIGS/dynamics_ptb.png
   fi
 fi
 
@@ -359,24 +366,26 @@ if want modes; then
   fi
 fi
 
-# Omniglot, cpu preset, basic vs aggressive (2 seeds), the PixelCNN without z (exact NLL),
-# and seed 0 of both trained for 30 epochs instead of 12.
+# Omniglot, cpu preset (12 epochs: ep12), basic vs aggressive (2 seeds), the PixelCNN without z (exact
+# NLL), and seed 0 of both trained for 30 epochs instead of 12 (ep30).
 if want omniglot; then
   need omniglot omniglot
   for seed in $IMAGE_SEEDS; do
-    run omniglot-cpu-basic-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --seed "$seed"
-    run omniglot-cpu-aggressive-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --seed "$seed"
+    run omniglot-cpu-ep12-iw50-basic-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --seed "$seed"
+    run omniglot-cpu-ep12-iw50-aggressive-s$seed --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --aggressive --seed "$seed"
   done
-  run omniglot-cpu-lm-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --lm --seed 0
-  run omniglot-cpu30-basic-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 30 --seed 0
-  run omniglot-cpu30-aggressive-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 30 --aggressive --seed 0
+  run omniglot-cpu-ep12-iw50-lm-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --lm --seed 0
+  run omniglot-cpu-ep30-iw50-basic-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 30 --seed 0
+  run omniglot-cpu-ep30-iw50-aggressive-s0 --data omniglot ${DATA:+--data-dir "$DATA"} --preset cpu --epochs 30 --aggressive --seed 0
   if section_done; then
-    $PY lagvae.py table --all $T/omniglot-cpu-*/ | tee $T/table_omniglot.md
-    $PY lagvae.py table --all --by-run $T/omniglot-cpu-*/ | tee $T/table_omniglot_by_run.md
-    $PY lagvae.py table --all $T/omniglot-cpu30-*/ | tee $T/table_omniglot_30.md
-    $PY lagvae.py figure dynamics $T/omniglot-cpu-basic-s0 $T/omniglot-cpu-aggressive-s0 --out $FIGS/dynamics_omniglot.png
+    $PY lagvae.py table --all $T/omniglot-cpu-ep12-iw50-*/ | tee $T/table_omniglot.md
+    $PY lagvae.py table --all --by-run $T/omniglot-cpu-ep12-iw50-*/ | tee $T/table_omniglot_by_run.md
+    $PY lagvae.py table --all $T/omniglot-cpu-ep30-iw50-*/ | tee $T/table_omniglot_30.md
+    $PY lagvae.py figure dynamics $T/omniglot-cpu-ep12-iw50-basic-s0 $T/omniglot-cpu-ep12-iw50-aggressive-s0 \
+      --out $FIGS/dynamics_omniglot.png
     for mode in basic aggressive; do     # needs the checkpoints: only where the runs were trained
-      [ -f $T/omniglot-cpu-$mode-s0/model.pt ] && $PY lagvae.py samples --ckpt $T/omniglot-cpu-$mode-s0/model.pt \
+      ckpt=$T/omniglot-cpu-ep12-iw50-$mode-s0/model.pt
+      [ -f $ckpt ] && $PY lagvae.py samples --ckpt $ckpt \
         ${DATA:+--data-dir "$DATA"} --out $FIGS/omniglot_samples_$mode.png
     done
   fi
@@ -386,16 +395,18 @@ fi
 # dataset, evaluated with 10 evaluation seeds. The JSON are committed; the checkpoints they need are not.
 if want spread; then
   need spread ptb yahoo-small omniglot
-  for corpus in ptb yahoo-small omniglot; do
+  SPREAD="ptb-cpu-ep30-iw50 yahoo-small-cpu-ep30-iw50 omniglot-cpu-ep12-iw50"    # the cpu preset's budgets
+  for prefix in $SPREAD; do
     for job in "aggressive:--aggressive" "basic:"; do
-      run $corpus-cpu-${job%%:*}-s0 --data $corpus ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed 0
+      run $prefix-${job%%:*}-s0 --data ${prefix%%-cpu-*} ${DATA:+--data-dir "$DATA"} --preset cpu ${job#*:} --seed 0
     done
   done
   if section_done; then
-    for corpus in ptb yahoo-small omniglot; do
-      for m in aggressive basic; do spread_eval $corpus-cpu-$m-s0; done
+    for prefix in $SPREAD; do
+      for m in aggressive basic; do spread_eval $prefix-$m-s0; done
     done
-    $PY lagvae.py table --spread $T/evalseeds-{ptb,yahoo-small,omniglot}-cpu-{aggressive,basic}-s0.json \
+    $PY lagvae.py table --spread $T/evalseeds-{ptb,yahoo-small}-cpu-ep30-iw50-{aggressive,basic}-s0.json \
+      $T/evalseeds-omniglot-cpu-ep12-iw50-{aggressive,basic}-s0.json \
       | tee $T/table_spread.md
   fi
 fi

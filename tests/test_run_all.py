@@ -205,18 +205,19 @@ def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_pat
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     trains = [c for c in calls if c.startswith("lagvae.py train")]
     ptb, omniglot = trains[:50], trains[50:]
-    assert all("--data ptb" in c and "--out rerun/ptb-cpu-" in c for c in ptb)
+    assert all("--data ptb" in c and "--out rerun/ptb-cpu-ep30-iw50-" in c for c in ptb)
     assert {c.split("--seed ")[1].split()[0] for c in ptb} == {str(s) for s in range(10)}
     assert len(omniglot) == 10 and all("--data omniglot" in c and "--preset cpu --epochs 100" in c for c in omniglot)
     assert {c.split("--out rerun/")[1].split()[0] for c in omniglot[:9]} == {
-        f"omniglot-conv-{m}-s{s}" for m in ("aggressive", "basic", "lm") for s in range(3)}
-    assert "--decay-at rerun/omniglot-conv-aggressive-s0 --seed 0 --out rerun/omniglot-conv-basic-decayat-s0" in omniglot[9]
+        f"omniglot-cpu-decay5-iw50-{m}-s{s}" for m in ("aggressive", "basic", "lm") for s in range(3)}
+    assert ("--decay-at rerun/omniglot-cpu-decay5-iw50-aggressive-s0 --seed 0 "
+            "--out rerun/omniglot-cpu-decay5-iw50-basic-decayat-s0") in omniglot[9]
     tables = [c for c in calls if c.startswith("lagvae.py table --paired")]
     assert [c.split()[3:5] for c in tables] == [["basic", "aggressive"], ["basic+anneal", "aggressive+anneal"],
                                                 ["lm", "aggressive"], ["lm", "aggressive+anneal"],
                                                 ["basic", "aggressive"], ["lm", "aggressive"], ["lm", "basic"],
                                                 ["basic", "basic+decayat"], ["basic+decayat", "aggressive"]]
-    assert all("rerun/omniglot-conv-*-s*/" in c for c in tables[4:])
+    assert all("rerun/omniglot-cpu-decay5-iw50-*-s*/" in c for c in tables[4:])
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     r = subprocess.run(["bash", "run_all.sh", "nope"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
@@ -241,7 +242,8 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
     lines = r.stdout.splitlines()
     outs = [line.split("--out ")[1].split()[0] for line in lines]
     assert len(outs) == len(set(outs)) > 100 and "runs/synthetic-nz1-basic-s0" not in outs
-    assert {"runs/synthetic-nz1-basic-s1", "runs/ptb-cpu-aggressive-anneal-s2", "runs/trajectory-aggressive"} <= set(outs)
+    assert {"runs/synthetic-nz1-basic-s1", "runs/ptb-cpu-ep30-iw50-aggressive-anneal-s2",
+            "runs/trajectory-aggressive"} <= set(outs)
     listed = (tmp_path / "calls.txt").read_text().splitlines()
     assert listed and all(c.startswith("data.py") for c in listed)      # listing checks the data, trains nothing
     (tmp_path / "calls.txt").unlink()
