@@ -5,6 +5,7 @@
 # result.json, log.jsonl, snapshots) are committed under runs/, so on a fresh clone it only redraws.
 #   JOBS=2 bash run_all.sh            # two runs at a time (one thread each)
 #   bash run_all.sh paired            # only the named sections (see SECTIONS), with their tables
+#   bash run_all.sh report            # only RESULTS.md's tables, rewritten from runs/ (no training)
 #   bash run_all.sh --list [SECTION]  # print the unfinished training jobs, one command per line, and stop
 #   RUNS=/scratch/rerun bash run_all.sh   # rerun everything into another directory (runs/ untouched)
 #   SCALE=paper bash run_all.sh --list    # the paper's own grid (preset paper, 5 seeds; needs a GPU and
@@ -19,8 +20,8 @@ JOBS=${JOBS:-1}
 DATA=${LAGVAE_DATA:-}     # the real datasets' root; unset, each job looks where lagvae does (./data)
 SCALE=${SCALE:-cpu}
 case $SCALE in
-  cpu) SECTIONS="protocol paired synthetic text modes omniglot spread trajectory"; TINY=0 ;;
-  tiny) SECTIONS="protocol paired synthetic text modes omniglot spread trajectory"; TINY=1 ;;
+  cpu) SECTIONS="protocol paired synthetic text modes omniglot spread trajectory report"; TINY=0 ;;
+  tiny) SECTIONS="protocol paired synthetic text modes omniglot spread trajectory report"; TINY=1 ;;
   paper) SECTIONS="paper"; TINY=0 ;;
   *) echo "run_all.sh: SCALE=$SCALE: expected cpu, tiny or paper" >&2; exit 2 ;;
 esac
@@ -420,6 +421,12 @@ if want trajectory; then
   if section_done; then
     $PY lagvae.py figure trajectory $T/trajectory-basic $T/trajectory-aggressive --out $FIGS/trajectory.png
   fi
+fi
+
+# The report: RESULTS.md's tables rewritten from the records under runs/ (no training, a few seconds;
+# only where the runs are runs/, the directory RESULTS.md's commands name).
+if want report && [ $LIST = 0 ] && [ "$RUNS" = runs ]; then
+  $PY lagvae.py report RESULTS.md
 fi
 
 if [ $failed = 1 ]; then

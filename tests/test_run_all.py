@@ -221,7 +221,7 @@ def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_pat
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     r = subprocess.run(["bash", "run_all.sh", "nope"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "run_all.sh: unknown section 'nope' (expected some of: protocol paired synthetic text modes omniglot spread trajectory)"]
+        "run_all.sh: unknown section 'nope' (expected some of: protocol paired synthetic text modes omniglot spread trajectory report)"]
 
 
 def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_path):
