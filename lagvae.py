@@ -174,7 +174,8 @@ class Config:
     decay_at: str = arg("", 'decay after exactly these epochs, e.g. "9,23,35,44,47", "never", or a finished '
                             'run directory whose decay epochs to repeat (default: on a plateau)',
                         parsed(lambda v: not v or decay_epochs(v) is not None,
-                               'increasing epochs >= 1 like 9,23,35, "never" or a run directory'))
+                               'increasing epochs >= 1 like 9,23,35, "never" or (on the command line) a run '
+                               'directory'))
     aggressive: bool = arg(False, "Algorithm 1: encoder-only inner loop before each decoder update",
                            group="aggressive inference-network training (Algorithm 1, Sec. 4.2)")
     rule: str = arg("paper", "when inner loop and aggressive phase end: paper | adaptive (README: Training modes)",
@@ -885,7 +886,7 @@ class Progress:
         eta = per_batch * (self.total - self.batch)
         run = "" if self.epochs_left is None else f", run ≤ {mmss(eta + self.epochs_left * per_batch * self.total)}"
         print(f"{self.head} | batch {self.batch}/{self.total} | {detail()}{mmss(now - self.start)} elapsed, "
-              f"ETA {mmss(eta)}{run}", flush=True)
+              f"ETA {mmss(eta)}{run}", file=sys.stderr, flush=True)
 
 
 def seed_all(seed):
@@ -1058,8 +1059,16 @@ def check_resume_config(out, cfg, old):
                          + (" (not --epochs: the cycles of --cyclical are fractions of it)" if "epochs" not in may else ""))
 
 
+def json_object(text):
+    """The JSON object in `text`; any other JSON value is the error record_of turns into one line."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise ValueError(f"{reprlib.repr(record)} is not a JSON object")
+    return record
+
+
 def read_jsonl(path):
-    """The records of a JSON-lines file (path:line names one that is not JSON)."""
+    """The records of a JSON-lines file, each an object (path:line names one that is not)."""
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, ValueError) as e:
@@ -1067,9 +1076,11 @@ def read_jsonl(path):
     records = []
     for n, line in enumerate(lines, 1):
         try:
-            records += [json.loads(line)] if line else []
+            records += [json_object(line)] if line else []
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:
+            raise UsageError(f"{path}:{n}: {e}") from None
     return records
 
 
@@ -1155,6 +1166,8 @@ def data_identity(corpus):
 # The layout of last.pt, epoch.pt and model.pt, written into each as "version"; a file of another version is
 # refused in one line, never read by guessing at its layout. The runs written before the version key (the grid
 # of commit fcf27fc) have version 1's layout: a file without the key that holds every field of its kind is one.
+# Older layouts (a last.pt without row counts, a model.pt without its vocabulary or data fingerprints) are
+# refused on purpose: the lagvae that wrote them reads them.
 CHECKPOINT_VERSION = 1
 LAST_FIELDS = ("model", "opts", "state", "rng", "torch_rng", "cuda_rng", "rows", "threads", "vocab", "specials",
                "fingerprints")
@@ -1260,11 +1273,14 @@ def checked(ck, fields, bad, redo):
     """ck if it is a checkpoint of this version holding `fields`, else bad(why): one of the other kind
     (last.pt holds training state, model.pt does not) is named as such, one of another version is
     refused with `redo`, what to do instead."""
-    if not isinstance(ck, dict):
-        raise bad(f"no {', '.join(fields)}")
+    if not isinstance(ck, dict) or "model" not in ck:       # not a checkpoint of any lagvae: say what it lacks
+        raise bad(f"no {', '.join(k for k in fields if not isinstance(ck, dict) or k not in ck)}")
     if ("state" in ck) != ("state" in fields):
         raise bad("it holds training state: a last.pt?" if "state" in ck else "it holds no training state: a model.pt?")
-    version = ck.get("version", CHECKPOINT_VERSION if all(k in ck for k in fields) else None)
+    # unversioned: version 1 only with all of its fields, the data's fingerprints among them (a model that an
+    # older lagvae saved from a file without them has the keys but None in them)
+    v1 = all(k in ck for k in fields) and ck["fingerprints"] is not None
+    version = ck.get("version", CHECKPOINT_VERSION if v1 else None)
     if type(version) is not int or version != CHECKPOINT_VERSION:
         raise bad(f"checkpoint format {'older, without a version' if version is None else repr(version)}; this "
                   f"lagvae reads version {CHECKPOINT_VERSION}: {redo}")
@@ -2458,6 +2474,15 @@ def record_of(path, holds):
         raise UsageError(f"{path}: {why} ({holds})") from None
 
 
+def typed(record, key, kind):
+    """record[key] if it is of `kind` (str or int), so that a hand-edited record is refused where it is
+    read, not where its value is sorted or compared."""
+    v = record[key]
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise ValueError(f"{key!r} is {reprlib.repr(v)}, expected {'text' if kind is str else 'an integer'}")
+    return v
+
+
 def number(record, key):
     """record[key] as a float. JSON may hold NaN and Infinity (Python writes them): a table cell or a
     plotted point of one would pass for a number, so they are refused like text."""
@@ -2506,9 +2531,9 @@ def load_results(run_dirs, needs=("au", "mi")):
             print(f"lagvae: {d}: {run_state(d)}, left out", file=sys.stderr)
             continue
         with record_of(d / "result.json", f"a result.json of `train` holds data, mode, seed, {', '.join(needs)}"):
-            r = json.loads((d / "result.json").read_text())
+            r = json_object((d / "result.json").read_text())
             r.update({c: number(r, c) for c in TABLE_COLUMNS if c in r or c in needs},
-                     data=r["data"], mode=r["mode"], seed=r["seed"])      # each read, so each must be there
+                     data=typed(r, "data", str), mode=typed(r, "mode", str), seed=typed(r, "seed", int))
         if (d / "log.jsonl").exists():
             with record_of(d / "log.jsonl", "a training log holds the seconds of each epoch"):
                 r.update(epoch_stats(read_jsonl(d / "log.jsonl")))
@@ -2652,14 +2677,14 @@ def load_evaluations(paths, command, read):
     records = []
     for p in map(Path, paths):
         with record_of(p, f"the JSON of `{command}`"):
-            records.append(read(json.loads(p.read_text())))
+            records.append(read(json_object(p.read_text())))
     return records
 
 
 def load_spreads(paths):
     """Tables 7 and 8 are made of these: each metric's mean and variance over the evaluation seeds."""
     return load_evaluations(paths, "eval --eval-seeds N", lambda r: {
-        "data": r["data"], "mode": r["mode"], "eval_seeds": r["eval_seeds"],
+        "data": typed(r, "data", str), "mode": typed(r, "mode", str), "eval_seeds": typed(r, "eval_seeds", int),
         "mean": {k: number(r["mean"], k) for k in r["mean"]}, "var": {k: number(r["var"], k) for k in r["var"]}})
 
 
@@ -2684,9 +2709,13 @@ def format_spread(spreads, paper_data=None, fmt="md"):
 
 def load_bounds(paths):
     """`eval --bound`'s records: the bound at each K (a string, as in JSON) as its mean and sd."""
-    return load_evaluations(paths, "eval --bound", lambda r: {
-        **{k: r[k] for k in ("data", "mode", "seed", "n", "exact")},
-        "bound": {str(int(k)): {"mean": number(b, "mean"), "sd": number(b, "sd")} for k, b in r["bound"].items()}})
+    def read(r):
+        if not r["bound"]:
+            raise ValueError("'bound' holds no K")
+        return {"data": typed(r, "data", str), "mode": typed(r, "mode", str), "seed": typed(r, "seed", int),
+                "n": typed(r, "n", int), "exact": r["exact"] is True,
+                "bound": {str(int(k)): {"mean": number(b, "mean"), "sd": number(b, "sd")} for k, b in r["bound"].items()}}
+    return load_evaluations(paths, "eval --bound", read)
 
 
 def exact_nll(bounds):
@@ -2779,69 +2808,99 @@ def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, pap
 # A verdict per claim of the paper, by one rule: the claim's direction (B - A below or above 0 over
 # paired seeds; a collapse state in more or fewer than half the runs) is tested two-sided, and Holm's
 # step-down rule over the claims of one of the paper's tables keeps that table's family-wise error at
-# 5 %. A test at another corpus or scale decides the direction only; the magnitudes are shown beside.
+# 5 %. A claim whose runs are too few for any outcome to reach 5 % (one seed; a count over five runs
+# or fewer) is said to be so and left out of the family (Tarone's refinement: it could never be
+# rejected, so it only costs the others power). A test at another corpus or scale decides the
+# direction only; the magnitudes are shown beside.
 CLAIM_FIELDS = ["table", "claim", "kind", "runs", "a", "b", "metric", "direction", "paper_data", "section"]
+CLAIM_KINDS = {"paired": tuple(PAIRED_COLUMNS), "count": ("collapsed", "escaped", "between")}
+ALPHA = 0.05
 
 
-def holm(pvalues, alpha=0.05):
-    """Which hypotheses Holm's step-down rule rejects: the i-th smallest p-value must be at most
-    alpha / (m - i), and the first that is not stops the rejections."""
-    rejected = [False] * len(pvalues)
-    for rank, i in enumerate(sorted(range(len(pvalues)), key=lambda i: pvalues[i])):
-        if pvalues[i] > alpha / (len(pvalues) - rank):
-            break
-        rejected[i] = True
-    return rejected
+def holm(pvalues):
+    """Holm's adjusted p-values: the k-th smallest (k = 1..m) times m - k + 1, kept non-decreasing and at
+    most 1. A claim is decided at family-wise level alpha where its adjusted p-value is at most alpha,
+    which is Holm's step-down rule."""
+    adjusted, top = [1.0] * len(pvalues), 0.0
+    for k, i in enumerate(sorted(range(len(pvalues)), key=lambda i: pvalues[i])):
+        top = max(top, min(1.0, (len(pvalues) - k) * pvalues[i]))
+        adjusted[i] = top
+    return adjusted
+
+
+def check_claim(claim, where):
+    """One line naming the row of claims.csv that would otherwise be read as some other claim."""
+    metrics = CLAIM_KINDS.get(claim["kind"])
+    why = (f"kind {claim['kind']!r}, expected one of {', '.join(CLAIM_KINDS)}" if metrics is None else
+           f"metric {claim['metric']!r}, expected one of {', '.join(metrics)}" if claim["metric"] not in metrics else
+           f"direction {claim['direction']!r}, expected < or >" if claim["direction"] not in ("<", ">") else None)
+    if why:
+        raise UsageError(f"{where}: {why}")
 
 
 def claim_test(claim, results):
-    """(what we measured, its two-sided p-value, the sign of the effect, the paper's number) for one
-    claim. paired: B - A of `metric` over the seeds with both runs; count: how many runs of mode B are
-    in the collapse state `metric`, against half of them."""
+    """(what we measured, its two-sided p-value or None where no outcome could reach ALPHA, the sign of the
+    effect, the paper's number) for one claim, or None before its runs have finished. paired: B - A of
+    `metric` over the seeds with both runs; count: how many runs of mode B are in the collapse state
+    `metric`, against half of them."""
     from scipy import stats
     paper, ref = paper_results(), claim["paper_data"]
     pa, pb = paper.get((ref, claim["a"]), {}), paper.get((ref, claim["b"]), {})
+    modes = {r["mode"] for r in results}
     if claim["kind"] == "paired":
+        if not {claim["a"], claim["b"]} <= modes:
+            return None
         row = next((r for r in paired(results, claim["a"], claim["b"]) if r["metric"] == claim["metric"]), None)
         if row is None:
-            raise ValueError(f"claim {claim['claim']!r}: no seed has runs of both {claim['a']} and {claim['b']}")
+            return None
         col, n, mean, sd = PAIRED_COLUMNS[claim["metric"]], row["n"], row["mean"], row["sd"]
-        p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if n > 1 and sd > 0 else 1.0
-        here = (f"{mean:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], {n} seeds" if n > 1 else
-                f"{mean:+.2f}, one seed")
+        if n < 2:
+            p, here = None, f"{mean:+.2f}, one seed"
+        else:      # every seed the same difference: no spread to doubt it by
+            p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if sd > 0 else float(mean == 0)
+            here = f"{mean:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], {n} seeds"
         theirs = f"{float(pb[col]) - float(pa[col]):+.2f}" if pa.get(col) and pb.get(col) else ""
         return here, p, np.sign(mean), theirs
     states = [collapse_state(r) for r in results if r["mode"] == claim["b"]]
     if not states:
-        raise ValueError(f"claim {claim['claim']!r}: no run of mode {claim['b']}")
+        return None
     k, n = states.count(claim["metric"]), len(states)
+    p = float(stats.binomtest(k, n, 0.5).pvalue) if 2 * 0.5 ** n <= ALPHA else None
     theirs = ", ".join(f"{c.upper()} {pb[c]}" for c in ("kl", "au") if pb.get(c))
-    return f"{k} of {n} {claim['metric']}", float(stats.binomtest(k, n, 0.5).pvalue), np.sign(k - n / 2), theirs
+    return f"{k} of {n} {claim['metric']}", p, np.sign(k - n / 2), theirs
 
 
 def format_claims(path, fmt="md"):
     """The report's summary: one row per claim of `path` (a CSV of CLAIM_FIELDS, each naming its runs
-    by a glob), the paper's number on its dataset beside ours and the verdict. A claim none of whose
-    runs has finished says so and stays out of its table's family."""
+    by a glob), the paper's number on its dataset beside ours, the Holm-adjusted p-value and the
+    verdict. A claim whose runs have not finished says so and stays out of its table's family."""
     with record_of(path, f"a CSV of claims with the columns {', '.join(CLAIM_FIELDS)}"):
         with open(path, encoding="utf-8") as f:
             claims = list(csv.DictReader(f))
-        tests = {}
-        for i, c in enumerate(claims):
-            results = load_results(sorted(glob.glob(c["runs"])))
-            if results:
-                tests[i] = claim_test(c, results)
-        verdicts = {}
-        for table in dict.fromkeys(c["table"] for c in claims):
-            family = [i for i, c in enumerate(claims) if c["table"] == table and i in tests]
-            for i, rejected in zip(family, holm([tests[i][1] for i in family])):
-                claimed = {"<": -1, ">": 1}[claims[i]["direction"]]
-                verdicts[i] = "undecided" if not rejected else "yes" if tests[i][2] == claimed else "no"
-    rows = [[c["table"], c["claim"], f"{tests[i][3]} ({c['paper_data']})" if i in tests and tests[i][3] else "",
-             tests[i][0] if i in tests else "no finished run yet", verdicts.get(i, "not run"),
-             f"[{c['section']}](#{re.sub(r'[^a-z0-9 -]', '', c['section'].lower()).replace(' ', '-')})"]
+        runs = {}
+        for n, c in enumerate(claims, 2):
+            check_claim(c, f"{path}:{n}")
+            if c["runs"] not in runs:
+                runs[c["runs"]] = load_results(sorted(glob.glob(c["runs"])))
+        tests = {i: claim_test(c, runs[c["runs"]]) for i, c in enumerate(claims)}
+    verdicts, adjusted = {}, {}
+    for table in dict.fromkeys(c["table"] for c in claims):
+        family = [i for i, c in enumerate(claims) if c["table"] == table and tests[i] and tests[i][1] is not None]
+        adjusted.update(zip(family, holm([tests[i][1] for i in family])))
+    for i, c in enumerate(claims):
+        if tests[i] is None:
+            verdicts[i] = "not run"
+        elif tests[i][1] is None:
+            verdicts[i] = "too few runs to test"
+        elif adjusted[i] > ALPHA:
+            verdicts[i] = "undecided"
+        else:
+            verdicts[i] = "yes" if tests[i][2] == {"<": -1, ">": 1}[c["direction"]] else "no"
+    rows = [[c["table"], c["claim"], f"{tests[i][3]} ({c['paper_data']})" if tests[i] and tests[i][3] else "",
+             tests[i][0] if tests[i] else "no finished run yet", f"{adjusted[i]:.2g}" if i in adjusted else "",
+             verdicts[i], f"[{c['section']}](#{re.sub(r'[^a-z0-9 -]', '', c['section'].lower()).replace(' ', '-')})"]
             for i, c in enumerate(claims)]
-    return write_table(rows, ["paper", "claim", "paper's number", "ours", "verdict", "section"], fmt)
+    return write_table(rows, ["paper", "claim", "paper's number", "ours", "p (Holm)", "verdict", "section"], fmt)
 
 
 def read_means(path):
@@ -3261,46 +3320,71 @@ def build_parser():
     rp = sub.add_parser("report", help="rewrite the tables of RESULTS.md from the records under runs/")
     rp.set_defaults(func=report)
     rp.add_argument("path", nargs="?", default="RESULTS.md", help="default: RESULTS.md (run from the repository root)")
-    rp.add_argument("--check", action="store_true", help="write nothing; fail if a table differs from its records")
+    rp.add_argument("--check", action="store_true",
+                    help="write nothing; fail if a table differs from its records or the prose cites a number "
+                         "that no table and no row of the paper holds")
     return ap
 
 
 # RESULTS.md's tables sit in blocks headed by the `table` command that makes them (run from the
 # repository root), so that `report` rewrites each from the committed records and a test can say
-# when one no longer matches them. A number in the prose must be one of a block's or the paper's.
-REPORT_BLOCK = re.compile(r"(<!-- lagvae\.py (table [^\n]*?) -->\n)(.*?)(?=<!-- end -->)", re.S)
-DECIMAL = re.compile(r"\d+\.\d+")
+# when one no longer matches them. A decimal number in the prose must be one of a block's or the
+# paper's (whole numbers are counts and sizes of the setup: not checked; nor are signs).
+REPORT_HEAD = "<!-- lagvae.py "
+REPORT_BLOCK = re.compile(r"(<!-- lagvae\.py (table [^\n]*?) -->\n)((?:(?!<!-- lagvae\.py ).)*?)(?=<!-- end -->)", re.S)
+DECIMAL = re.compile(r"\d+(?:,\d{3})*\.\d+")          # 1,234.5 is one number
+NOT_PROSE = re.compile(r"`[^`\n]*`|\]\([^)\n]*\)|https?://\S+|\d+(?:\.\d+){2,}")  # code, links, versions
+
+
+def decimals(text):
+    return {d.replace(",", "") for d in DECIMAL.findall(text)}
 
 
 def untraced_numbers(text, paper_csv=PAPER_CSV):
-    """The decimal numbers of `text` outside its blocks that no block and no row of the paper holds."""
-    known = set(DECIMAL.findall("".join(m[0] for m in REPORT_BLOCK.finditer(text))))
-    known |= set(DECIMAL.findall(Path(paper_csv).read_text(encoding="utf-8")))
-    return sorted(set(DECIMAL.findall(REPORT_BLOCK.sub("", text))) - known, key=float)
+    """The decimal numbers of `text`'s prose that no block and no row of the paper holds."""
+    known = decimals("".join(m[0] for m in REPORT_BLOCK.finditer(text)))
+    known |= decimals(Path(paper_csv).read_text(encoding="utf-8"))
+    return sorted(decimals(NOT_PROSE.sub("", REPORT_BLOCK.sub("", text))) - known, key=float)
+
+
+def render_block(m, path):
+    """A block of the report made anew by its command, each glob among its arguments expanded (sorted)."""
+    argv = []
+    for arg in m.group(2).split():
+        matched = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
+        if not matched:
+            raise UsageError(f"{path}: `{m.group(2)}`: {arg} matches nothing")
+        argv += matched
+    try:
+        args = vars(build_parser().parse_args(argv))
+    except SystemExit:       # argparse has said why on stderr
+        raise UsageError(f"{path}: `{m.group(2)}` is not a table command") from None
+    del args["cmd"], args["func"]
+    return m.group(1) + table_text(**args) + "\n"
 
 
 def report(path="RESULTS.md", check=False):
     """Rewrites every block of `path` from the records its command names; with check, writes nothing
     and refuses a file whose blocks differ from what their commands make now, or whose prose has a
     number that neither a block nor the paper has."""
-    def render(m):
-        argv = [a for arg in m.group(2).split() for a in (sorted(glob.glob(arg)) or [arg])]
-        args = vars(build_parser().parse_args(argv))
-        del args["cmd"], args["func"]
-        return m.group(1) + table_text(**args) + "\n"
     old = Path(path).read_text(encoding="utf-8")
-    new = REPORT_BLOCK.sub(render, old)
-    stale = [a.group(2) for a, b in zip(REPORT_BLOCK.finditer(old), REPORT_BLOCK.finditer(new)) if a[0] != b[0]]
+    blocks = list(REPORT_BLOCK.finditer(old))
+    if not len(blocks) == old.count(REPORT_HEAD) == old.count("<!-- end -->"):
+        raise UsageError(f"{path}: {old.count(REPORT_HEAD)} block heads, {old.count('<!-- end -->')} ends and "
+                         f"{len(blocks)} whole blocks; each `{REPORT_HEAD}table ... -->` line needs its own "
+                         f"`<!-- end -->`")
+    new = REPORT_BLOCK.sub(lambda m: render_block(m, path), old)
+    stale = [a.group(2) for a, b in zip(blocks, REPORT_BLOCK.finditer(new)) if a[0] != b[0]]
+    untraced = untraced_numbers(old)
     if check and stale:
         raise UsageError(f"{path}: {len(stale)} block(s) differ from their records (`lagvae.py report` "
                          f"rewrites them): {'; '.join(stale)}")
-    if check and untraced_numbers(old):
+    if check and untraced:
         raise UsageError(f"{path}: numbers in the prose that no generated block and no row of the paper "
-                         f"hold: {', '.join(untraced_numbers(old))}")
+                         f"hold: {', '.join(untraced)}")
     if not check and new != old:
         write_atomic(Path(path), new.encode())
-    return f"{path}: {len(REPORT_BLOCK.findall(old))} blocks, {len(stale)} rewritten" + (
-        " (checked only)" if check else "")
+    return f"{path}: {len(blocks)} blocks, {len(stale)} rewritten" + (" (checked only)" if check else "")
 
 
 def forked_config(path, flag="--config", left=("out", "resume", "overwrite")):

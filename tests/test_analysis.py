@@ -189,14 +189,17 @@ def put(key, value):
     return lambda r: {**r, key: value}
 
 
-# What is read must be there (a key, a finite number where a number is read); the records are this
-# module's own, so a seed or a dataset name of another type is not looked for.
+# What is read must be there, of its type (a finite number, an integer seed, a text name).
 @pytest.mark.parametrize("edit,needle", [
-    (lambda r: [r], "result.json: 'list' object has no attribute"),
+    (lambda r: [r], "result.json: [{"),
+    (lambda r: [r], "is not a JSON object"),
     (drop("mode"), "result.json: no 'mode' (a result.json of `train` holds data, mode, seed, au, mi)"),
     (drop("au"), "result.json: no 'au'"),
     (drop("seed"), "result.json: no 'seed'"),
     (drop("data"), "result.json: no 'data'"),
+    (put("seed", "0"), "result.json: 'seed' is '0', expected an integer"),
+    (put("seed", 1.5), "result.json: 'seed' is 1.5, expected an integer"),
+    (put("mode", None), "result.json: 'mode' is None, expected text"),
     (put("au", "x"), "result.json: 'au' is 'x', expected a number"),
     (put("iw_nll", "abc"), "'iw_nll' is 'abc', expected a number"),
     (put("iw_nll", [1.0]), "'iw_nll' is [1.0], expected a number"),
@@ -212,7 +215,7 @@ def test_table_refuses_bad_result_files(tmp_path, capsys, edit, needle):
 @pytest.mark.parametrize("log,needle", [
     ('{"epoch": 1}\n', "log.jsonl: no 'seconds' (a training log holds the seconds of each epoch)"),
     ('{"epoch": 1, "seconds": 2}\n{"seconds": "x"}\n', "log.jsonl: 'seconds' is 'x', expected a number"),
-    ('[1, 2]\n', "log.jsonl: 'list' object has no attribute 'get'"),
+    ('[1, 2]\n', "log.jsonl:1: [1, 2] is not a JSON object"),
     ('{"seconds": 1\n', "log.jsonl:1: not JSON ("),
 ])
 def test_table_refuses_bad_logs(tmp_path, capsys, log, needle):

@@ -464,7 +464,7 @@ def test_progress_lines_in_a_log_as_on_a_terminal(data_env, tmp_path, monkeypatc
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     assert lagvae.main(["train", "--preset", "tiny", "--epochs", "1", "--progress-every", "1e-9",
                         "--out", str(tmp_path / "run"), *(["--quiet"] if quiet else [])]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().err.splitlines()                # stdout is the command's output (eval's JSON)
     lines = [line for line in out if "ETA" in line and line.startswith("epoch")]
     evals = [line for line in out if "ETA" in line and not line.startswith("epoch")]
     if quiet:
@@ -483,7 +483,7 @@ def test_no_run_eta_while_aggressive(data_env, tmp_path, capsys):
                         "--mi-patience", "1", "--iw-samples", "2", "--out", str(tmp_path / "run")]) == 0
     rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert {r["aggressive"] for r in rows} == {True, False}        # both kinds of epoch
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch") and "ETA" in line]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch") and "ETA" in line]
     for row in rows:
         mine = [line for line in lines if line.startswith(f"epoch {row['epoch']:3d} | batch")]
         assert mine and all((", run ≤ " in line) != row["aggressive"] for line in mine)

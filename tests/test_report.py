@@ -13,22 +13,26 @@ from test_analysis import fake_run, paired_grid
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def decided(ps):
+    return [p <= 0.05 for p in lagvae.holm(ps)]
+
+
 def test_holm_steps_down_and_stops_at_the_first_kept_hypothesis():
     # sorted: 0.005 <= .05/4, 0.01 <= .05/3, 0.03 > .05/2: stop, so 0.04 stays too
-    assert lagvae.holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
-    assert lagvae.holm([0.04]) == [True] and lagvae.holm([0.06]) == [False]
-    assert lagvae.holm([0.03, 0.03]) == [False, False]          # the smaller must be <= .05/2
-    assert lagvae.holm([0.024, 0.049]) == [True, True]          # .024 <= .05/2, then .049 <= .05/1
+    assert decided([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    assert lagvae.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert decided([0.04]) == [True] and decided([0.06]) == [False]
+    assert decided([0.03, 0.03]) == [False, False]          # the smaller must be <= .05/2
+    assert decided([0.024, 0.049]) == [True, True]          # .024 <= .05/2, then .049 <= .05/1
+    assert lagvae.holm([0.9, 0.8]) == [1.0, 1.0]            # capped at 1
 
 
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
 def test_holm_is_monotone_and_never_laxer_than_bonferroni_nor_stricter_than_it_needs(ps):
-    rejected = lagvae.holm(ps)
+    adjusted = lagvae.holm(ps)
     for i, p in enumerate(ps):
-        if p <= 0.05 / len(ps):
-            assert rejected[i]                                  # Bonferroni's rejections are Holm's
-        if rejected[i]:
-            assert p <= 0.05 and all(rejected[j] for j, q in enumerate(ps) if q < p)
+        assert p <= adjusted[i] <= min(1.0, len(ps) * p) + 1e-12        # between no correction and Bonferroni
+        assert all(adjusted[j] <= adjusted[i] for j, q in enumerate(ps) if q < p)
 
 
 def claims_file(tmp_path, rows):
@@ -40,7 +44,7 @@ def claims_file(tmp_path, rows):
 
 def verdicts(path):
     lines = lagvae.format_claims(path).splitlines()[2:]
-    return [line.split(" | ")[4] for line in lines]
+    return [line.split(" | ")[5] for line in lines]
 
 
 def test_a_claim_is_yes_no_or_undecided_by_the_direction_of_its_paired_interval(tmp_path):
@@ -88,10 +92,36 @@ def test_a_count_claim_tests_half_of_the_runs_and_a_claim_without_runs_says_so(t
             ["V", "none escape", "count", f"{tmp_path}/basic-s*/", "basic", "basic", "escaped", ">", "yahoo", "S"],
             ["W", "not run", "count", f"{tmp_path}/nothing-*/", "basic", "basic", "escaped", ">", "yahoo", "S"]]
     table = lagvae.format_claims(claims_file(tmp_path, rows))
-    # 10 of 10: p = 2 / 2^10; 3 of 3: p = 0.25, too few runs to decide; 0 of 10 against the claim: no
-    assert verdicts(claims_file(tmp_path, rows)) == ["yes", "undecided", "no", "not run"]
+    # 10 of 10: p = 2 / 2^10; 3 of 3: no outcome of 3 runs reaches 5 % (2 / 2^3); 0 of 10 against the claim: no
+    assert verdicts(claims_file(tmp_path, rows)) == ["yes", "too few runs to test", "no", "not run"]
     assert "10 of 10 collapsed" in table and "3 of 3 escaped" in table and "no finished run yet" in table
     assert "KL 0.0, AU 0.0 (yahoo)" in table                                    # the paper's VAE on Yahoo
+
+
+def test_a_claim_of_one_seed_or_one_unfinished_mode_is_no_test_and_the_same_shift_every_seed_is(tmp_path):
+    (tmp_path / "one").mkdir()
+    paired_grid(tmp_path / "one", [-0.5])
+    (tmp_path / "same").mkdir()
+    paired_grid(tmp_path / "same", [1.0, 1.0, 1.0])            # KL: +1 in every seed, sd 0
+    (tmp_path / "half").mkdir()
+    fake_run(tmp_path / "half", "basic-s0", data="ptb")
+    row = lambda d, m="iw_nll", t="T": [t, d, "paired", f"{tmp_path / d}/*/", "basic", "aggressive", m, "<",
+                                         "yahoo", "S"]
+    rows = [row("one"), row("half", t="U"), row("same", "kl", "V")]
+    rows[2][7] = ">"
+    assert verdicts(claims_file(tmp_path, rows)) == ["too few runs to test", "not run", "yes"]
+
+
+@pytest.mark.parametrize("field,value,needle", [("kind", "pairs", "kind 'pairs'"), ("metric", "colapsed", "metric 'colapsed'"),
+                                               ("direction", "<=", "direction '<='")])
+def test_a_claim_that_names_no_test_is_one_line_naming_its_row(tmp_path, capsys, field, value, needle):
+    claim = dict(zip(lagvae.CLAIM_FIELDS, ["T", "c", "count", f"{tmp_path}/*/", "basic", "basic", "collapsed", ">",
+                                          "yahoo", "S"]))
+    claim[field] = value
+    path = claims_file(tmp_path, [list(claim.values())])
+    assert lagvae.main(["table", "--claims", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"claims.csv:2: {needle}" in err[0]
 
 
 def test_report_rewrites_its_blocks_and_check_refuses_a_stale_digit_or_an_untraced_number(tmp_path, monkeypatch):
@@ -110,9 +140,17 @@ def test_report_rewrites_its_blocks_and_check_refuses_a_stale_digit_or_an_untrac
     assert lagvae.main(["report", str(doc)]) == 0 and doc.read_text() == text       # idempotent
     doc.write_text(text.replace("-0.40 |", "-0.41 |", 1))
     assert lagvae.main(["report", "--check", str(doc)]) == 2
-    doc.write_text(text.replace("After.", "After: -0.40 and 0.123."))
-    with pytest.raises(lagvae.UsageError, match=r"hold: 0\.123$"):
+    doc.write_text(text.replace("After.", "After: -0.40 and 0.123, `1.5` (torch 2.1.0), [x](#a-0.7)."))
+    with pytest.raises(lagvae.UsageError, match=r"hold: 0\.123$"):          # code, versions and links aside
         lagvae.report(str(doc), check=True)
+    unclosed = text.replace("<!-- end -->\nAfter.", "After.\n" + text[text.index("<!-- lagvae"):])
+    doc.write_text(unclosed)                 # the first block's end is gone: refused, nothing swallowed
+    with pytest.raises(lagvae.UsageError, match="2 block heads, 1 ends"):
+        lagvae.report(str(doc))
+    assert doc.read_text() == unclosed
+    for command, needle in (("table --nope *-s*/", "is not a table command"), ("table nothing-*/", "matches nothing")):
+        doc.write_text(f"<!-- lagvae.py {command} -->\n<!-- end -->\n")
+        assert lagvae.main(["report", str(doc)]) == 2
 
 
 def test_results_md_tables_are_what_their_records_make(monkeypatch):
