@@ -4,11 +4,12 @@
     python lagvae.py train --data synthetic --aggressive --nz 1
     python lagvae.py eval --ckpt runs/synthetic-nz1-aggressive-s0/model.pt
     python lagvae.py table runs/*
+    python lagvae.py report
 
 Sections, each using only those above it: 1 config & presets, 2 models, 3 objectives & estimators,
-4 runs (directories, checkpoints, resume, signals), 5 evaluation, 6 training modes, 7 saved models
-(eval, samples, latents, Python API), 8 analysis (tables, figures), 9 benchmark, 10 CLI. Paper
-equations are tagged `# Eq. N`.
+4 runs (directories, checkpoints, resume, signals, progress), 5 evaluation, 6 training modes, 7 saved
+models (eval, samples, latents, Python API), 8 analysis (tables, figures, the claims' verdicts),
+9 benchmark, 10 CLI (with the report). Paper equations are tagged `# Eq. N`.
 """
 import argparse
 import collections
@@ -2008,7 +2009,6 @@ def end_epoch(model, opts, corpus, val, cfg, state, out, device):
 # 7. Saved models: load a model.pt and evaluate it, its samples and latents; the Python API.
 
 
-
 def given(**flags):
     """The flags a command was given (None: not given, so the run's own value stands)."""
     return {k: v for k, v in flags.items() if v is not None}
@@ -2417,7 +2417,7 @@ def sample(model, n, method="greedy", beam_size=5, temperature=1.0, max_len=50, 
 
 
 # ------------------------------------------------------------------------------------------------
-# 8. Analysis: tables and figures from run directories.
+# 8. Analysis: tables, figures and the verdicts on the paper's claims, from the runs' records.
 
 TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds",
                  "steps", "agg_epochs", "agg_epoch_s", "epoch_s"]

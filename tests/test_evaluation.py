@@ -1,4 +1,4 @@
-"""Sections 4 and 7: decoding text from z, the reconstruction score, encoding examples in order."""
+"""Sections 5 and 7: decoding text from z, the reconstruction score, encoding examples in order."""
 import itertools
 import json
 

@@ -32,7 +32,7 @@ def load_baseline(folder):
 
 def compare(overrides, baseline, steps=20, rounds=5, profile=0):
     """lagvae.bench's result with the baseline's rows after this version's, and each row's speedup."""
-    cfg = lagvae.resolve_config({**overrides, "quiet": True})
+    cfg = lagvae.resolve_config(lagvae.with_run_decays({**overrides, "quiet": True}))
     inputs = lagvae.bench_inputs(cfg, steps)
     old = load_baseline(baseline)
     known = {f.name for f in dataclasses.fields(old.Config)}       # an older Config may lack newer fields
@@ -96,15 +96,17 @@ def main(argv=None):
     opts = {k: args.pop(k) for k in ("cmd", "func", "steps", "rounds", "json_file")}
     try:
         result = compare(args, own.baseline, opts["steps"], opts["rounds"], own.profile)
-    except (lagvae.UsageError, lagvae.datalib.DataError) as e:
+        print(lagvae.format_bench(result))
+        if own.profile:
+            print(format_profile(result["profile"]))
+        print(json.dumps(result))
+        if opts["json_file"]:
+            Path(opts["json_file"]).write_text(json.dumps(result, indent=2))
+    except Exception as e:      # the baseline's errors are its own module's classes, of the same names
+        if not isinstance(e, OSError) and type(e).__name__ not in ("UsageError", "DataError", "DataMissing"):
+            raise
         print(f"bench_compare: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(lagvae.format_bench(result))
-    if own.profile:
-        print(format_profile(result["profile"]))
-    print(json.dumps(result))
-    if opts["json_file"]:
-        Path(opts["json_file"]).write_text(json.dumps(result, indent=2))
     return 0
 
 
