@@ -1,4 +1,4 @@
-"""Section 4, the run's files after a crash: every file of a run tells the same story (issue 27)."""
+"""Section 4, the run's files after a crash: every file of a run tells the same story."""
 import json
 import os
 import signal

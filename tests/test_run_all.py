@@ -191,7 +191,7 @@ def test_run_all_tries_every_run_and_names_the_one_that_failed(tmp_path, jobs):
 
 
 def test_run_all_runs_the_named_sections_only_and_into_another_directory(tmp_path):
-    """`bash run_all.sh paired` runs issue 24's grids alone (ptb and OMNIGLOT, then the lr-schedule
+    """`bash run_all.sh paired` runs the paired grids alone (ptb and OMNIGLOT, then the lr-schedule
     control on Ours' finished run) and makes their paired tables; RUNS= sends a whole rerun elsewhere;
     an unknown section is one line, exit 2."""
     shutil.copy(ROOT / "run_all.sh", tmp_path)

@@ -1,4 +1,4 @@
-"""Sections 4 and 7: a model that stands alone (issue 28): its vocabulary travels with it, other data is
+"""Sections 4 and 7: a model that stands alone: its vocabulary travels with it, other data is
 refused or named, a researcher's own corpus is not cut, and a run says what it does."""
 import json
 from pathlib import Path

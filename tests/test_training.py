@@ -283,7 +283,7 @@ def test_training_is_deterministic(data_env, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Modes of issue 4: KL schedules, free bits, BN-VAE, SA-VAE, LM
+# The other modes: KL schedules, free bits, BN-VAE, SA-VAE, LM
 
 def test_annealing_and_cyclical_schedules():
     cfg = lagvae.resolve_config({"anneal": True, "kl_start": 0.1, "warm_up": 10})
