@@ -2785,19 +2785,19 @@ def write_table(rows, columns, fmt="md"):
 
 
 def table_text(run_dirs, format="md", by_run=False, columns=None, all=False, paper_data=None, paper_table=None,
-               paired=None, spread=False, bound=False, claims=False):
-    """The `table` command's output: a summary over seeds (default), per-seed differences (paired),
-    Tables 7-8 (spread) or the bound against K (bound)."""
+               pair=None, spread=False, bound=False, claims=False):
+    """The `table` command's output: a summary over seeds (default), per-seed differences of a pair of
+    modes, Tables 7-8 (spread), the bound against K (bound) or the verdicts on the paper's claims."""
     if claims:
         return "\n\n".join(format_claims(p, format) for p in run_dirs)
     if spread:
         return format_spread(load_spreads(run_dirs), paper_data, format)
     if bound:
         return format_bounds(load_bounds(run_dirs), format)
-    if paired:
+    if pair:
         if by_run:
             raise UsageError("--paired: pairs runs by seed already; drop --by-run")
-        return format_paired(globals()["paired"](load_results(run_dirs), *paired, paper_data), format)
+        return format_paired(paired(load_results(run_dirs), *pair, paper_data), format)
     bad = sorted(set(columns or []) - set(TABLE_COLUMNS))
     if bad:
         raise UsageError(f"--columns: unknown {', '.join(bad)} (expected some of {', '.join(TABLE_COLUMNS)})")
@@ -3307,7 +3307,7 @@ def build_parser():
     tb.add_argument("--paper-table", choices=sorted({t for r in paper_results().values() for t in r["table"].split("+")},
                                                     key=int), default=None,
                     help="where a mode has rows in several of the paper's tables, take this table's (e.g. 4, 9, 10)")
-    tb.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
+    tb.add_argument("--paired", dest="pair", nargs=2, metavar=("A", "B"), default=None,
                     help="per-seed differences B - A of two modes (e.g. basic aggressive): mean, sd, 95%% t-interval, "
                          "sign counts and the paper's B - A")
     tb.add_argument("--spread", action="store_true",
