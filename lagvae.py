@@ -2562,8 +2562,8 @@ def summarize(results, by_run=False, paper_data=None, paper_table=None):
         for c in TABLE_COLUMNS:
             v = np.array([r.get(c, np.nan) for r in rs], dtype=float)       # e.g. no iw_nll: NaN
             row[c], row[c + "_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        states = [collapse_state(r) for r in rs]
-        row.update({k: states.count(k) for k in ("collapsed", "escaped", "between")})
+        states = [collapse_state(r) for r in rs]       # a model without a latent neither collapses nor escapes
+        row.update({k: None if mode.startswith("lm") else states.count(k) for k in ("collapsed", "escaped", "between")})
         rows.append(row)
     for row in rows:
         row["differs"] = settings_apart(row, [p for p in rows if (p["data"], p["mode"]) == (row["data"], row["mode"])])
