@@ -80,17 +80,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"bench_compare: error: {message}\n")
 
 
-def count(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return int(text)
-
-
 def main(argv=None):
     ap = Parser(prog="bench_compare", allow_abbrev=False, description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, metavar="DIR", help="a folder holding an older lagvae.py")
-    ap.add_argument("--profile", type=count, default=0, metavar="N", help="list each kind's N costliest operators")
+    ap.add_argument("--profile", type=lagvae.positive(int), default=0, metavar="N", help="list each kind's N costliest operators")
     own, rest = ap.parse_known_args(argv)
     args = vars(lagvae.build_parser().parse_args(["bench", *rest]))       # the flags of `lagvae.py bench`
     opts = {k: args.pop(k) for k in ("cmd", "func", "steps", "rounds", "json_file")}
