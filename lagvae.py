@@ -3027,22 +3027,22 @@ def plot_trajectory(runs, out, lim=3.0):
 
 def plot_bound(paths, out):
     """The IW bound against the number of samples K (log scale), one line per model with its spread
-    over groups, and the exact NLL of each seed's LM as a dashed line: the gap left at the largest K is
-    the model's, the rest the estimator's."""
+    over groups, and the exact NLL of each seed's LM as a grey line of the seed's style: the gap left at
+    the largest K is the model's, the rest the estimator's."""
     plt = pyplot()
     bounds = load_bounds(paths)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     modes = sorted({b["mode"] for b in bounds if not b["exact"]})
+    seeds = sorted({b["seed"] for b in bounds})          # a seed's models and its LM share a line style
     for b in bounds:
+        style = ("-", "--", ":", "-.")[seeds.index(b["seed"]) % 4]
         if b["exact"]:
-            ax.axhline(b["bound"]["1"]["mean"], color="grey", ls="--", lw=0.8,
-                       label="LM (exact)" if b is next(c for c in bounds if c["exact"]) else None)
+            ax.axhline(b["bound"]["1"]["mean"], color="grey", ls=style, lw=0.8, label=f"LM, seed {b['seed']} (exact)")
             continue
         ks = sorted(map(int, b["bound"]))
-        first = b is next(c for c in bounds if c["mode"] == b["mode"])
         ax.errorbar(ks, [b["bound"][str(k)]["mean"] for k in ks], [b["bound"][str(k)]["sd"] for k in ks],
-                    color=plt.cm.tab10(modes.index(b["mode"])), marker="o", ms=3, capsize=2,
-                    label=b["mode"] if first else None)
+                    color=plt.cm.tab10(modes.index(b["mode"])), ls=style, marker="o", ms=3, capsize=2,
+                    label=f"{b['mode']}, seed {b['seed']}")
     ax.set(xscale="log", xlabel="importance samples K", ylabel="IW bound on NLL (nats)",
            title=", ".join(sorted({b["data"] for b in bounds})) + f" ({bounds[0]['n']} test documents)")
     ax.legend(fontsize=8)
