@@ -266,7 +266,7 @@ def test_training_objective_is_rec_plus_weighted_kl_of_the_evaluation_estimator(
     assert torch.allclose(kl, gaussian_kl(mu, logvar), rtol=1e-12, atol=0)
     torch.manual_seed(7)
     assert torch.allclose(rec, -model.log_px_given_z(x, sample_z(mu, logvar))[:, 0], rtol=1e-12)
-    assert float(loss.detach()) == pytest.approx(float(rec.mean() + kl_weight * kl.mean()), rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(float((rec.mean() + kl_weight * kl.mean()).detach()), rel=1e-12)
 
 
 @pytest.mark.parametrize("fb_at", [0.25, 0.5, 0.75])
