@@ -2666,7 +2666,7 @@ def format_paired(rows, fmt="md"):
               str(r["b_lower"]), str(r["b_higher"]),
               f"{f(r['paper'])} ({r['paper_data']})" if r["paper"] is not None else "", r["verdict"]] for r in rows]
     return write_table(cells, ["data", "B − A", "metric", "seeds", "per seed", "mean", "sd", "95 % CI", "B < A",
-                               "B > A", "paper B − A", "verdict"])
+                               "B > A", "paper B − A", "its CI alone"])
 
 
 SPREAD_TABLE = {"aggressive": ("7", "Ours"), "basic": ("8", "VAE")}    # App. D: the mode -> its table
