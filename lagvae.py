@@ -3031,7 +3031,7 @@ def plot_bound(paths, out):
     the largest K is the model's, the rest the estimator's."""
     plt = pyplot()
     bounds = load_bounds(paths)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4))
     modes = sorted({b["mode"] for b in bounds if not b["exact"]})
     seeds = sorted({b["seed"] for b in bounds})          # a seed's models and its LM share a line style
     for b in bounds:
@@ -3045,9 +3045,8 @@ def plot_bound(paths, out):
                     label=f"{b['mode']}, seed {b['seed']}")
     ax.set(xscale="log", xlabel="importance samples K", ylabel="IW bound on NLL (nats)",
            title=", ".join(sorted({b["data"] for b in bounds})) + f" ({bounds[0]['n']} test documents)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))   # outside: inside, it hides lines
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
