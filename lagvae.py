@@ -502,14 +502,21 @@ class VAE(nn.Module):
         return self.decoder(x, z)
 
 
+@contextlib.contextmanager
+def empty_z_layers():
+    """--lm (nz 0): the layers of z are empty by design, and torch warns of initializing them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        yield
+
+
 class TextVAE(VAE):
     kind = "text"
 
     def __init__(self, vocab_size, cfg):
         super().__init__()
         self.nz, self.vocab_size = cfg.nz, vocab_size
-        with warnings.catch_warnings():     # --lm (nz 0): its z layers are empty by design, torch warns of them
-            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        with empty_z_layers():
             self.encoder = LSTMEncoder(vocab_size, cfg)
             self.decoder = LSTMDecoder(vocab_size, cfg)
         uniform_init(self, cfg.shifted_init)
@@ -615,15 +622,16 @@ class ImageVAE(VAE):
     def __init__(self, cfg):
         super().__init__()
         self.nz = cfg.nz
-        self.encoder = ResNetEncoder(cfg)
-        self.decoder = PixelCNNDecoder(cfg)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):        # He init for the convolutions, as the official code
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        with empty_z_layers():
+            self.encoder = ResNetEncoder(cfg)
+            self.decoder = PixelCNNDecoder(cfg)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):        # He init for the convolutions, as the official code
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     @staticmethod
     def n_targets(x):

@@ -927,6 +927,7 @@ def test_a_language_model_builds_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lagvae.TextVAE(12, lagvae.resolve_config({"preset": "tiny", "lm": True}))
+        lagvae.ImageVAE(lagvae.resolve_config({"data": "omniglot", "preset": "tiny", "lm": True}))
 
 
 def test_an_interrupt_on_a_terminal_starts_its_own_line(monkeypatch, capsys):
