@@ -130,6 +130,8 @@ def test_every_table_and_figure_step_runs_on_the_committed_records(tmp_path, tem
     for name in tracked.stdout.splitlines():         # the committed records, not runs in flight here
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
+    # Once every bound is committed no eval step would run; one removed keeps that step tested.
+    sorted(runs.glob("bound-*.json"))[0].unlink()
     for run in runs.glob("*/"):                      # checkpoints are never committed
         shutil.copy(templates / ("image" if run.name.startswith("omniglot") else "text") / "model.pt", run)
     listed, _ = run_all(tmp_path, "--list", RUNS=str(runs))
