@@ -203,7 +203,8 @@ if want protocol; then
     for job in "aggressive:--aggressive --iw-samples 500" "aggressive-anneal:--aggressive --anneal --iw-samples 500" \
                "lm:--lm" "basic:--iw-samples 500" "basic-anneal:--anneal --iw-samples 500"; do
       name=ptb-cpu-decay5-iw500-${job%%:*}-s$seed
-      [[ " $BOUND_SEEDS " == *" $seed "* && " aggressive lm basic " == *" ${job%%:*} "* ]] && THEN=$(bound_cmd $name)
+      [[ " $BOUND_SEEDS " == *" $seed "* && " aggressive lm basic " == *" ${job%%:*} "* && ! -f $T/bound-$name.json ]] \
+        && THEN=$(bound_cmd $name)
       run $name --data ptb ${DATA:+--data-dir "$DATA"} $PROTOCOL ${job#*:} --seed $seed
       THEN=""
     done

@@ -237,11 +237,15 @@ def test_run_all_list_prints_each_unfinished_job_once_and_each_line_runs_it(tmp_
     fake.chmod(0o755)
     (tmp_path / "runs/synthetic-nz1-basic-s0").mkdir(parents=True)
     (tmp_path / "runs/synthetic-nz1-basic-s0/result.json").write_text("{}")
+    (tmp_path / "runs/ptb-cpu-decay5-iw500-basic-s2").mkdir()     # finished, its bound too: nothing left
+    (tmp_path / "runs/ptb-cpu-decay5-iw500-basic-s2/result.json").write_text("{}")
+    (tmp_path / "runs/bound-ptb-cpu-decay5-iw500-basic-s2.json").write_text("{}")
     env = {**os.environ, "PY": str(fake)}
     r = subprocess.run(["bash", "run_all.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 0 and r.stderr == ""
     lines = r.stdout.splitlines()
+    assert not any("ptb-cpu-decay5-iw500-basic-s2" in line for line in lines)
     outs = [line.split("--out ")[1].split()[0] for line in lines]
     assert len(outs) == len(set(outs)) > 100 and "runs/synthetic-nz1-basic-s0" not in outs
     assert {"runs/synthetic-nz1-basic-s1", "runs/ptb-cpu-ep30-iw50-aggressive-anneal-s2",
