@@ -2428,7 +2428,7 @@ def sample(model, n, method="greedy", beam_size=5, temperature=1.0, max_len=50, 
 # 8. Analysis: tables, figures and the verdicts on the paper's claims, from the runs' records.
 
 TABLE_COLUMNS = ["iw_nll", "elbo", "kl", "mi", "mi_full", "au", "rec_acc", "rec_acc_other", "train_seconds",
-                 "steps", "agg_epochs", "agg_epoch_s", "epoch_s"]
+                 "steps", "epochs", "agg_epochs", "agg_epoch_s", "epoch_s"]
 PAPER_COLUMNS = ["nll", "kl", "mi", "au", "time_ratio", "hours"]
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 PAPER_DATA = {"yahoo-small": "yahoo"}      # our stand-in -> the paper's dataset it is compared with
